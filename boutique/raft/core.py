@@ -75,11 +75,13 @@ class _ReadRound:
 class Raft:
     """One node's Raft state. Drive it through ``RawNode``; tests may inspect it."""
 
+    log_class: type[RaftLog] = RaftLog
+
     def __init__(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> None:
         self.id = config.id
         self.config = config
         self.rng = rng
-        self.log = RaftLog(storage, config.applied)
+        self.log = self.log_class(storage, config.applied)
         hard_state, conf = storage.initial_state()
         self.term = hard_state.term
         self.vote = hard_state.vote

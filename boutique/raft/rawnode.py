@@ -101,8 +101,15 @@ def bootstrap(voters: set[int] | frozenset[int]) -> tuple[HardState, list[Entry]
 class RawNode:
     """A Raft node that does nothing by itself: the caller drives every step."""
 
-    def __init__(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> None:
-        self.raft = Raft(config, storage, rng)
+    def __init__(
+        self,
+        config: RaftConfig,
+        storage: LogStorage,
+        rng: random.Random,
+        core: type[Raft] = Raft,
+    ) -> None:
+        # ``core`` lets tests run deliberately broken variants through the simulator.
+        self.raft = core(config, storage, rng)
         self._prev_hard_state = self._hard_state()
         self._prev_soft_state = self._soft_state()
         self._in_ready = False

@@ -1,0 +1,1 @@
+"""boutique: a strongly consistent, sharded key-value store and the Raft library under it."""

@@ -1,0 +1,269 @@
+"""The replicated state machine contract, and the host that feeds it committed entries.
+
+Raft agrees on a log of opaque command bytes; a `StateMachine` gives them meaning. This
+is the Python counterpart of Elixir's `pistis` Machine (`initial_state` /
+`process_command`) and `rafted_value`'s Data (`command` / `query`): a user writes a
+small class, and every replica of the group runs the same commands in the same order,
+so every replica holds the same state.
+
+`MachineHost` sits between the Raft runtime and one machine: it decodes each committed
+entry, applies it in log order exactly once, turns a command the machine rejects into a
+`CommandFailed` reply, and wraps snapshots with the applied index.
+
+The contract a machine must keep (replicas diverge silently if it is broken):
+
+1. `apply` is deterministic: its reply and new state depend only on the state and the
+   command. No clocks, no randomness, no I/O, no environment, no iteration over sets of
+   str/bytes (hash order varies between processes), no `id()`.
+2. `apply` may mutate the state in place and return the same object. If it rejects a
+   command by raising, it should do so before mutating: the host keeps the state object
+   it had, so a half-applied mutation would stay. (It stays identically on every
+   replica, so replicas still agree, but the machine's own invariants may not.)
+3. An exception's type name and `str()` become the `CommandFailed` every replica
+   reports, so messages must be deterministic too (no addresses, no timestamps).
+4. `query` never changes the state. Replies and answers may share objects with the
+   state: callers treat them as read-only.
+5. `snapshot` captures the whole state and `restore(snapshot(s))` gives a state that
+   behaves exactly like `s` for every later command. Snapshots are msgpack, never
+   pickle: a snapshot arrives from another node and must not be able to run code.
+
+Commands, replies, queries and answers are plain msgpack values (`WireValue`). Decoded
+commands have every array as a tuple, so machines match on tuples.
+
+This module never touches trio, sockets, files or the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar
+
+import msgpack  # type: ignore[import-untyped]
+
+__all__ = [
+    "CommandFailed",
+    "MachineHost",
+    "StateMachine",
+    "WireValue",
+    "decode_value",
+    "encode_value",
+]
+
+WireValue: TypeAlias = (
+    bool
+    | int
+    | float
+    | str
+    | bytes
+    | list["WireValue"]
+    | tuple["WireValue", ...]
+    | dict["WireValue", "WireValue"]
+    | None
+)
+"""A value msgpack round-trips: what commands, replies, queries and answers are made of."""
+
+S = TypeVar("S")
+C = TypeVar("C")
+R = TypeVar("R")
+Q = TypeVar("Q")
+A = TypeVar("A")
+C_contra = TypeVar("C_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+Q_contra = TypeVar("Q_contra", contravariant=True)
+A_co = TypeVar("A_co", covariant=True)
+
+
+class StateMachine(Protocol[S, C_contra, R_co, Q_contra, A_co]):
+    """A deterministic machine replicated by Raft.
+
+    Type parameters: State, Command, Reply, Query, Answer. See the module docstring
+    for the rules every method must follow.
+    """
+
+    def initial_state(self) -> S:
+        """The state before the first command; a fresh object on every call."""
+        ...
+
+    def apply(self, state: S, command: C_contra) -> tuple[R_co, S]:
+        """Apply one committed command: return (reply to the proposer, new state).
+
+        Deterministic. May mutate `state` and return it. Raise (before mutating) to
+        reject a command; the host turns the exception into a `CommandFailed`.
+        """
+        ...
+
+    def query(self, state: S, query: Q_contra) -> A_co:
+        """Answer a read-only question about `state`; never mutate it."""
+        ...
+
+    def snapshot(self, state: S) -> bytes:
+        """Serialize the whole state with msgpack (never pickle)."""
+        ...
+
+    def restore(self, data: bytes) -> S:
+        """Rebuild a state from `snapshot` bytes; raise `ValueError` if malformed."""
+        ...
+
+
+def encode_value(value: object) -> bytes:
+    """Encode a plain value as msgpack; raises `TypeError` for anything else."""
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def _reject_ext(code: int, data: bytes) -> NoReturn:
+    raise ValueError(f"msgpack extension type {code} is not a plain value")
+
+
+def decode_value(data: bytes) -> Any:
+    """Decode exactly one msgpack value: arrays as tuples, any hashable map key.
+
+    Raises a `ValueError` subclass (or `TypeError` for an unhashable map key) when
+    `data` is not exactly one msgpack value, or holds an extension type. The one
+    extension msgpack itself defines, the timestamp, decodes as `msgpack.Timestamp`
+    and encodes back unchanged, so it is let through.
+    """
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=False, use_list=False, ext_hook=_reject_ext
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed:
+    """The reply for a committed command the machine rejected (or could not decode).
+
+    The entry still occupies its log index and the state is left as it was. Every
+    replica produces the same `CommandFailed` for the same entry.
+    """
+
+    error_type: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> CommandFailed:
+        return cls(type(exc).__name__, str(exc))
+
+    def to_wire(self) -> tuple[str, str]:
+        """A msgpack-ready form. A channel that also carries ordinary replies must
+        tag which is which; a bare pair could be mistaken for a reply."""
+        return (self.error_type, self.message)
+
+    @classmethod
+    def from_wire(cls, value: object) -> CommandFailed:
+        """Inverse of `to_wire`; accepts a list or tuple; `ValueError` otherwise."""
+        match value:
+            case (str() as error_type, str() as message):
+                return cls(error_type, message)
+            case _:
+                raise ValueError(f"not a wire CommandFailed: {value!r}")
+
+
+# These depend on the host (free memory, stack depth), not on the command, so turning
+# them into a reply could make replicas disagree. They propagate; the replica must stop.
+_HOST_FAULTS = (MemoryError, RecursionError)
+
+
+class MachineHost(Generic[S, C, R, Q, A]):
+    """One machine, its current state and the index of the last entry applied.
+
+    The Raft runtime hands every committed entry to `apply_entry` (commands) or
+    `skip` (no-ops, configuration changes) in log order, exactly once. Log indices
+    start at 1; a fresh host has applied index 0.
+    """
+
+    __slots__ = ("_applied_index", "_machine", "_state")
+
+    def __init__(self, machine: StateMachine[S, C, R, Q, A]) -> None:
+        self._machine = machine
+        self._state = machine.initial_state()
+        self._applied_index = 0
+
+    @property
+    def machine(self) -> StateMachine[S, C, R, Q, A]:
+        return self._machine
+
+    @property
+    def state(self) -> S:
+        """The current state; read-only for callers."""
+        return self._state
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    @staticmethod
+    def encode_command(command: object) -> bytes:
+        """The entry data for proposing `command`; `TypeError` if it is not plain."""
+        return encode_value(command)
+
+    def apply_entry(self, index: int, data: bytes) -> R | CommandFailed:
+        """Apply the committed command entry at `index` and return its reply.
+
+        `index` must be exactly `applied_index + 1`, else `ValueError` (a caller bug;
+        nothing changes). A command that cannot be decoded or that the machine
+        rejects gives `CommandFailed`, consumes the index and keeps the state.
+        `MemoryError` and `RecursionError` propagate with the index not consumed.
+        """
+        self._check_next(index)
+        try:
+            command = decode_value(data)
+        except _HOST_FAULTS:
+            raise
+        except Exception:
+            self._applied_index = index
+            # A fixed message: msgpack's own wording could differ between replicas.
+            return CommandFailed(
+                "DecodeError", f"command is not one msgpack value ({len(data)} bytes)"
+            )
+        try:
+            result = self._machine.apply(self._state, command)
+        except _HOST_FAULTS:
+            raise
+        except Exception as exc:
+            self._applied_index = index
+            return CommandFailed.from_exception(exc)
+        reply, self._state = result
+        self._applied_index = index
+        return reply
+
+    def skip(self, index: int) -> None:
+        """Consume a committed entry that is not a command (e.g. a leader's no-op)."""
+        self._check_next(index)
+        self._applied_index = index
+
+    def query(self, query: Q) -> A:
+        """Answer a read on the current state; the machine's exceptions propagate."""
+        return self._machine.query(self._state, query)
+
+    def snapshot(self) -> bytes:
+        """msgpack `[applied_index, machine snapshot bytes]`."""
+        return encode_value([self._applied_index, self._machine.snapshot(self._state)])
+
+    def restore(self, data: bytes) -> None:
+        """Replace state and applied index with those of a `snapshot`.
+
+        Raises `ValueError` for a malformed envelope; the machine's `restore` errors
+        propagate. On any error the host is unchanged.
+        """
+        try:
+            envelope = decode_value(data)
+        except Exception as exc:
+            raise ValueError("not a machine host snapshot") from exc
+        match envelope:
+            case (int() as index, bytes() as machine_data) if (
+                not isinstance(index, bool) and index >= 0
+            ):
+                pass
+            case _:
+                raise ValueError("not a machine host snapshot")
+        state = self._machine.restore(machine_data)
+        self._state = state
+        self._applied_index = index
+
+    def _check_next(self, index: int) -> None:
+        expected = self._applied_index + 1
+        if index != expected:
+            raise ValueError(
+                f"entry {index} out of order: expected {expected} "
+                f"(applied index {self._applied_index})"
+            )

@@ -1,0 +1,151 @@
+"""Raft's safety properties, checked incrementally while a simulation runs.
+
+Figure 3 of the Raft paper lists what must always hold; each is checked here at the
+moment it could first be broken, so a violation is reported at the step that caused it:
+
+* Election safety: at most one leader per term (and at most one vote per voter per
+  term, which is what guarantees it).
+* Log matching: two logs holding an entry with the same index and term are identical
+  up to it. Checked as: every ``(index, term)`` ever persisted carries the same data
+  and follows the same previous term everywhere.
+* Leader completeness: a committed entry is in the log of every later leader.
+* State machine safety: no two nodes apply different entries at one index.
+* Commit-index monotonicity: within one incarnation of a node, and across restarts
+  relative to what it persisted, the commit index never goes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from boutique.raft import NONE, Entry, HardState, Role
+from boutique.raft.core import Raft
+
+
+class InvariantViolation(AssertionError):
+    """A safety property of Raft does not hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class _EntryIdentity:
+    data: bytes
+    type: int
+    prev_term: int | None
+
+
+class InvariantChecker:
+    """Collects global knowledge of the run and raises on the first violation."""
+
+    def __init__(self) -> None:
+        self.leaders: dict[int, int] = {}
+        self.votes: dict[tuple[int, int], int] = {}
+        self.entries: dict[tuple[int, int], _EntryIdentity] = {}
+        self.applied: dict[int, Entry] = {}
+        self.commits: dict[int, int] = {}
+        self.checks = 0
+
+    def fail(self, message: str) -> None:
+        raise InvariantViolation(message)
+
+    # --- Election safety ----------------------------------------------------------------
+
+    def observe_roles(self, rafts: list[Raft]) -> None:
+        for raft in rafts:
+            if raft.role is Role.LEADER:
+                self.checks += 1
+                holder = self.leaders.setdefault(raft.term, raft.id)
+                if holder != raft.id:
+                    self.fail(
+                        f"election safety: nodes {holder} and {raft.id} both lead term {raft.term}"
+                    )
+
+    def observe_vote(self, voter: int, term: int, candidate: int) -> None:
+        previous = self.votes.setdefault((term, voter), candidate)
+        if previous != candidate:
+            self.fail(
+                f"election safety: node {voter} voted for {previous} and {candidate} in term {term}"
+            )
+
+    def observe_new_leader(self, raft: Raft) -> None:
+        """Leader completeness: every entry known applied must be in the new leader's log."""
+        log = raft.log
+        first = log.first_index()
+        for index, entry in self.applied.items():
+            if entry.term < raft.term and index >= first:
+                self.checks += 1
+                if log.term_or_none(index) != entry.term:
+                    self.fail(
+                        f"leader completeness: leader {raft.id} of term {raft.term} lacks "
+                        f"committed entry {index}/{entry.term}"
+                    )
+
+    # --- Log matching -------------------------------------------------------------------
+
+    def observe_persisted(self, node: int, entries: list[Entry], prev_term: int | None) -> None:
+        for entry in entries:
+            self.checks += 1
+            identity = _EntryIdentity(entry.data, int(entry.type), prev_term)
+            known = self.entries.setdefault((entry.index, entry.term), identity)
+            if known.data != identity.data or known.type != identity.type:
+                self.fail(
+                    f"log matching: node {node} holds a different entry {entry.index}/{entry.term}"
+                )
+            if (
+                known.prev_term is not None
+                and identity.prev_term is not None
+                and known.prev_term != identity.prev_term
+            ):
+                self.fail(
+                    f"log matching: node {node}'s entry {entry.index}/{entry.term} follows term "
+                    f"{identity.prev_term}, elsewhere term {known.prev_term}"
+                )
+            prev_term = entry.term
+
+    # --- State machine safety -----------------------------------------------------------
+
+    def observe_applied(self, node: int, entry: Entry, leaders: list[Raft]) -> None:
+        self.checks += 1
+        known = self.applied.get(entry.index)
+        if known is None:
+            self.applied[entry.index] = entry
+            # An entry now known committed must be in every leader of a later term.
+            for raft in leaders:
+                if raft.term > entry.term and entry.index >= raft.log.first_index():
+                    if raft.log.term_or_none(entry.index) != entry.term:
+                        self.fail(
+                            f"leader completeness: leader {raft.id} of term {raft.term} lacks "
+                            f"committed entry {entry.index}/{entry.term}"
+                        )
+        elif known != entry:
+            self.fail(
+                f"state machine safety: node {node} applied {entry.index}/{entry.term} "
+                f"but {entry.index}/{known.term} was applied elsewhere"
+            )
+
+    # --- Monotonicity -------------------------------------------------------------------
+
+    def observe_commit(self, node: int, commit: int) -> None:
+        previous = self.commits.get(node, 0)
+        if commit < previous:
+            self.fail(f"commit index of node {node} went back from {previous} to {commit}")
+        self.commits[node] = commit
+
+    def observe_restart(self, node: int, persisted: HardState) -> None:
+        """A restarted node starts from its persisted commit index, which it may lower."""
+        self.commits[node] = persisted.commit
+
+    def observe_hard_state(self, node: int, previous: HardState, new: HardState) -> None:
+        self.checks += 1
+        if new.term < previous.term:
+            self.fail(f"node {node} persisted term {new.term} after term {previous.term}")
+        if (
+            new.term == previous.term
+            and previous.vote != NONE
+            and new.vote != previous.vote
+        ):
+            self.fail(
+                f"node {node} changed its persisted vote in term {new.term} "
+                f"from {previous.vote} to {new.vote}"
+            )
+        if new.commit < previous.commit:
+            self.fail(f"node {node} persisted commit {new.commit} after {previous.commit}")

@@ -1,0 +1,366 @@
+"""Seeded simulation runs: a scenario of faults, a client workload, and every check.
+
+``run_simulation(seed, scenario)`` builds a ``SimCluster``, lets clients work while a
+nemesis injects the scenario's faults, then heals everything and demands liveness: a
+leader emerges and a fresh write commits on every live voter within a bounded number of
+steps. Safety invariants are checked at every step; the client history is checked for
+linearizability at the end. The same seed and scenario replay the same run exactly:
+``python -m boutique.testing --seed S --scenario NAME``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from boutique.raft import (
+    ChangeType,
+    ConfChange,
+    InvalidConfChangeError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RawNode,
+    Role,
+)
+from boutique.raft.core import Raft
+
+from .cluster import SimCluster, SimOptions
+from .invariants import InvariantViolation
+from .linearizability import CheckResult, check_kv_history
+from .network import LinkFaults
+from .workload import Clients
+
+FAULTS = (
+    "crash",
+    "crash_leader",
+    "crash_all",
+    "partition",
+    "isolate_leader",
+    "one_way",
+    "lossy_links",
+    "transfer",
+    "membership",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A mix of faults and the cluster shape they run against."""
+
+    name: str
+    faults: tuple[str, ...]
+    options: SimOptions = field(default_factory=SimOptions)
+    links: LinkFaults = field(default_factory=LinkFaults)
+    fault_rate: float = 0.03
+    """Chance per step that the nemesis starts a new fault."""
+    steps: int = 500
+    """Steps with faults before the heal."""
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("calm", (), links=LinkFaults(drop=0.01, max_delay=2), steps=300),
+        Scenario(
+            "lossy",
+            ("lossy_links",),
+            links=LinkFaults(drop=0.1, duplicate=0.05, max_delay=4),
+        ),
+        Scenario("partitions", ("partition", "isolate_leader", "one_way")),
+        Scenario(
+            "crashes",
+            ("crash", "crash_leader", "crash_all"),
+            options=SimOptions(mid_ready_crash=0.002),
+        ),
+        Scenario(
+            "snapshots",
+            ("crash", "partition", "isolate_leader"),
+            options=SimOptions(snapshot_every=12, snapshot_chunk_size=24),
+        ),
+        Scenario("transfers", ("transfer", "crash", "lossy_links")),
+        Scenario(
+            "membership",
+            ("membership", "crash", "partition"),
+            options=SimOptions(pool=5, voters=3, snapshot_every=25),
+            fault_rate=0.05,
+        ),
+        Scenario(
+            "uneven_clocks",
+            ("partition", "crash_leader", "transfer"),
+            options=SimOptions(varied_tick_rates=True),
+        ),
+        Scenario(
+            "chaos",
+            FAULTS,
+            options=SimOptions(
+                pool=5,
+                voters=5,
+                snapshot_every=20,
+                varied_tick_rates=True,
+                mid_ready_crash=0.001,
+            ),
+            links=LinkFaults(drop=0.03, duplicate=0.03, max_delay=3),
+            fault_rate=0.04,
+        ),
+    )
+}
+
+
+class LivenessFailure(AssertionError):
+    """After every fault healed, the cluster did not make progress in time."""
+
+
+@dataclass(slots=True)
+class SimResult:
+    seed: int
+    scenario: str
+    steps: int
+    operations: int
+    ok: int
+    failed: int
+    unknown: int
+    faults: dict[str, int]
+    linearizability: CheckResult
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.linearizability.ok
+
+    def replay_command(self, variant: str | None = None) -> str:
+        extra = f" --variant {variant}" if variant else ""
+        return f"python -m boutique.testing --seed {self.seed} --scenario {self.scenario}{extra}"
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        faults = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
+        line = (
+            f"{verdict} seed={self.seed} scenario={self.scenario} steps={self.steps} "
+            f"ops={self.operations} ok={self.ok} fail={self.failed} unknown={self.unknown} "
+            f"faults: {faults}"
+        )
+        if self.error:
+            line += f"\n  error: {self.error}"
+        if not self.linearizability.ok:
+            line += "\n" + self.linearizability.explain()
+        return line
+
+
+class Nemesis:
+    """Starts faults at random and undoes the temporary ones after a while."""
+
+    def __init__(self, cluster: SimCluster, scenario: Scenario, rng: random.Random) -> None:
+        self.cluster = cluster
+        self.scenario = scenario
+        self.rng = rng
+        self.undo: list[tuple[int, str, Any]] = []
+        self.counts: dict[str, int] = {}
+
+    def step(self) -> None:
+        now = self.cluster.now
+        for item in [u for u in self.undo if u[0] <= now]:
+            self.undo.remove(item)
+            self._undo(item[1], item[2])
+        if self.scenario.faults and self.rng.random() < self.scenario.fault_rate:
+            fault = self.rng.choice(self.scenario.faults)
+            if self._start(fault):
+                self.counts[fault] = self.counts.get(fault, 0) + 1
+
+    def heal(self) -> None:
+        for _, kind, arg in list(self.undo):
+            self._undo(kind, arg)
+        self.undo.clear()
+        self.cluster.network.heal()
+        self.cluster.network.faults = LinkFaults()
+        self.cluster.mid_ready_crash = 0.0
+        for node_id in self.cluster.nodes:
+            self.cluster.restart(node_id)
+
+    def _later(self, low: int, high: int, kind: str, arg: Any = None) -> None:
+        self.undo.append((self.cluster.now + self.rng.randint(low, high), kind, arg))
+
+    def _undo(self, kind: str, arg: Any) -> None:
+        if kind == "restart":
+            for node_id in arg:
+                self.cluster.restart(node_id)
+        elif kind == "heal":
+            self.cluster.network.heal()
+        elif kind == "links":
+            self.cluster.network.faults = arg
+
+    def _start(self, fault: str) -> bool:
+        cluster = self.cluster
+        ids = sorted(cluster.nodes)
+        leader = cluster.leader()
+        if fault == "crash":
+            victim = self.rng.choice(ids)
+            cluster.crash(victim)
+            self._later(5, 60, "restart", [victim])
+        elif fault == "crash_leader":
+            if leader is None:
+                return False
+            cluster.crash(leader.id)
+            self._later(5, 60, "restart", [leader.id])
+        elif fault == "crash_all":
+            for node_id in ids:
+                cluster.crash(node_id)
+            self._later(1, 30, "restart", ids)
+        elif fault == "partition":
+            if cluster.network.has_cuts:
+                return False
+            shuffled = ids[:]
+            self.rng.shuffle(shuffled)
+            cut = self.rng.randint(1, len(ids) - 1)
+            cluster.network.partition(set(shuffled[:cut]), set(shuffled[cut:]))
+            self._later(20, 120, "heal")
+        elif fault == "isolate_leader":
+            if leader is None or cluster.network.has_cuts:
+                return False
+            cluster.network.isolate(leader.id, set(ids))
+            self._later(20, 120, "heal")
+        elif fault == "one_way":
+            if cluster.network.has_cuts:
+                return False
+            frm, to = self.rng.sample(ids, 2)
+            cluster.network.cut(frm, to)
+            self._later(20, 120, "heal")
+        elif fault == "lossy_links":
+            previous = cluster.network.faults
+            cluster.network.faults = LinkFaults(
+                drop=self.rng.choice((0.2, 0.4)),
+                duplicate=0.1,
+                max_delay=self.rng.choice((3, 6, 10)),
+            )
+            self._later(20, 80, "links", previous)
+        elif fault == "transfer":
+            if leader is None:
+                return False
+            target = self.rng.choice(sorted(leader.raft.conf.voters))
+            try:
+                leader.raft_node().transfer_leader(target)
+            except (InvalidConfChangeError, NotLeaderError):
+                return False
+        elif fault == "membership":
+            return self._change_membership(leader)
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+        return True
+
+    def _change_membership(self, leader: Any) -> bool:
+        if leader is None:
+            return False
+        raft = leader.raft
+        conf = raft.conf
+        outsiders = [n for n in self.cluster.nodes if n not in conf.members()]
+        caught_up = [
+            n for n in conf.learners if n in raft.progress and raft.progress[n].match >= raft.log.committed
+        ]
+        choices: list[ConfChange] = []
+        if outsiders:
+            choices.append(ConfChange.single(ChangeType.ADD_LEARNER, self.rng.choice(outsiders)))
+        if caught_up:
+            choices.append(ConfChange.single(ChangeType.ADD_VOTER, self.rng.choice(caught_up)))
+        if len(conf.voters) > 3:
+            # Sometimes the leader removes itself (thesis §4.2.2).
+            choices.append(ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.voters))))
+        if conf.learners:
+            choices.append(ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.learners))))
+        if not choices:
+            return False
+        try:
+            leader.raft_node().propose_conf_change(self.rng.choice(choices))
+        except (ProposalDroppedError, InvalidConfChangeError, NotLeaderError):
+            return False
+        return True
+
+
+def run_simulation(
+    seed: int,
+    scenario: str | Scenario,
+    *,
+    node_class: type[RawNode] = RawNode,
+    raft_class: type[Raft] = Raft,
+    liveness_steps: int = 600,
+) -> SimResult:
+    """Run one seeded scenario to the end and report; never raises for a finding."""
+    spec = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    rng = random.Random(f"{spec.name}:{seed}")
+    cluster = SimCluster(
+        rng.getrandbits(64), spec.options, node_class=node_class, raft_class=raft_class
+    )
+    cluster.network.faults = spec.links
+    clients = Clients(cluster, random.Random(rng.getrandbits(64)))
+    nemesis = Nemesis(cluster, spec, random.Random(rng.getrandbits(64)))
+    error: str | None = None
+    try:
+        for _ in range(spec.steps):
+            nemesis.step()
+            clients.step()
+            cluster.step()
+        nemesis.heal()
+        _demand_liveness(cluster, clients, liveness_steps)
+    except (InvariantViolation, LivenessFailure) as exc:
+        error = f"{type(exc).__name__} at step {cluster.now}: {exc}"
+    ops = clients.history.operations()
+    check = check_kv_history(ops)
+    return SimResult(
+        seed=seed,
+        scenario=spec.name,
+        steps=cluster.now,
+        operations=len(ops),
+        ok=sum(1 for op in ops if op.outcome is not None and op.outcome.name == "OK"),
+        failed=sum(1 for op in ops if op.outcome is not None and op.outcome.name == "FAIL"),
+        unknown=sum(1 for op in ops if op.outcome is not None and op.outcome.name == "UNKNOWN"),
+        faults=dict(nemesis.counts),
+        linearizability=check,
+        error=error,
+    )
+
+
+def _demand_liveness(cluster: SimCluster, clients: Clients, budget: int) -> None:
+    """With every fault healed, a leader must emerge and a probe write must commit on
+    every live voter, and every client operation must resolve, within ``budget`` steps."""
+    deadline = cluster.now + budget
+    probe_index: int | None = None
+    probe_sent = cluster.now
+    patience = 5 * cluster.options.election_tick
+    probe_done: list[str] = []
+
+    def probe_callback(status: str, detail: Any) -> None:
+        probe_done.append(status)
+
+    while cluster.now < deadline:
+        clients.step()
+        cluster.step()
+        leader = cluster.leader()
+        if leader is None:
+            continue
+        stale = probe_index is not None and not probe_done and cluster.now > probe_sent + patience
+        if probe_index is None or stale or (probe_done and probe_done[-1] != "ok"):
+            # A probe sent to a leader that was then deposed (or removed) may never
+            # be answered there; send a fresh one to whoever leads now.
+            probe_done.clear()
+            probe_index = leader.raft.log.last_index() + 1
+            probe_sent = cluster.now
+            cluster.submit_write(leader.id, ("put", "probe", str(cluster.now)), probe_callback)
+            continue
+        voters = leader.raft.conf.voters
+        if (
+            probe_done == ["ok"]
+            and all(cluster.nodes[v].up and cluster.nodes[v].host.applied_index >= probe_index for v in voters)
+        ):
+            clients.enabled = False
+            if clients.idle():
+                return
+    states = ", ".join(
+        f"{sim.id}:{sim.raft.role.value}/t{sim.raft.term}/c{sim.raft.log.committed}"
+        for sim in cluster.live()
+    )
+    raise LivenessFailure(
+        f"no progress {budget} steps after healing (probe at {probe_index}: {probe_done}); "
+        f"nodes {states}"
+    )
+
+
+__all__ = ["SCENARIOS", "LivenessFailure", "Role", "Scenario", "SimResult", "run_simulation"]
