@@ -26,6 +26,7 @@ from .messages import (
     AppendResponse,
     ChangeType,
     ConfChange,
+    ConfState,
     Entry,
     EntryType,
     Heartbeat,
@@ -41,6 +42,7 @@ from .messages import (
     TransferLeaderRequest,
     VoteRequest,
     VoteResponse,
+    decode_conf_change,
     encode_conf_change,
 )
 from .progress import Inflights, Progress, ProgressState
@@ -88,6 +90,10 @@ class Raft:
         if hard_state.commit:
             self.log.commit_to(hard_state.commit)
         self.conf = conf
+        if self.log.applied > self.log.first_index() - 1:
+            # A durable state machine has applied past the snapshot: the membership
+            # changes it applied there are in effect already.
+            self.conf = self._replay_conf_changes(conf, self.log.applied)
         self.role = Role.FOLLOWER
         self.lead = NONE
         self.progress: dict[int, Progress] = {}
@@ -107,6 +113,12 @@ class Raft:
         self.next_read_round = 1
         self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
         self.become_follower(self.term, NONE)
+
+    def _replay_conf_changes(self, conf: ConfState, upto: int) -> ConfState:
+        for entry in self.log.slice(self.log.first_index(), upto + 1):
+            if entry.type is EntryType.CONF_CHANGE:
+                conf = decode_conf_change(entry.data).apply_to(conf)
+        return conf
 
     # --- Inspection ---------------------------------------------------------------------
 
@@ -219,7 +231,9 @@ class Raft:
                 self.lead_transferee = NONE  # the transfer did not finish in time
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            self.broadcast_heartbeat(read_round=0)
+            # Carry the newest unconfirmed read round, so reads whose own heartbeats
+            # were lost are confirmed by the next regular round.
+            self.broadcast_heartbeat(read_round=max(self.read_rounds, default=0))
             self._retry_stalled_snapshots()
 
     def _quorum_recently_active(self) -> bool:
@@ -381,7 +395,9 @@ class Raft:
                 if msg.frm in self.conf.members():
                     self.pending_reads.extend((ctx, msg.frm) for ctx in msg.contexts)
             case TransferLeaderRequest():
-                self.transfer_leader(msg.target)
+                # A peer's request must never raise out of step(): ignore bad targets.
+                if msg.target in self.conf.voters:
+                    self.transfer_leader(msg.target)
             case _:
                 pass  # another leader's traffic in our term cannot exist (§5.2)
 
@@ -400,7 +416,11 @@ class Raft:
                 self.send_append(msg.frm)
             return
         was_paused = pr.is_paused()
-        if not pr.maybe_update(msg.index):
+        advanced = pr.maybe_update(msg.index)
+        # A probe answered at the match we already knew (e.g. right after a snapshot)
+        # still proves where the logs meet: switch to replicating.
+        confirmed_probe = pr.state is ProgressState.PROBE and pr.match == msg.index
+        if not advanced and not confirmed_probe:
             if pr.state is ProgressState.REPLICATE:
                 pr.inflights.free_to(msg.index)
             return
@@ -508,9 +528,7 @@ class Raft:
         done = start + len(chunk) >= len(data)
         transfer.sent = start + len(chunk)
         transfer.idle_heartbeats = 0
-        self.send(
-            SnapshotChunk(self.id, to, self.term, transfer.snapshot.meta, start, chunk, done)
-        )
+        self.send(SnapshotChunk(self.id, to, self.term, transfer.snapshot.meta, start, chunk, done))
 
     def _retry_stalled_snapshots(self) -> None:
         for member, pr in self.progress.items():
@@ -685,10 +703,12 @@ class Raft:
         for member in list(self.progress):
             if member not in self.conf.members():
                 del self.progress[member]
+        joined = set()
         for member in self.conf.members():
             pr = self.progress.get(member)
             if pr is None:
                 self.progress[member] = self._new_progress(member, last)
+                joined.add(member)
             else:
                 pr.learner = member in self.conf.learners
         if self.lead_transferee not in self.conf.voters:
@@ -698,9 +718,13 @@ class Raft:
             self.become_follower(self.term, NONE)
             return
         # The quorum changed: what a majority stores, and which reads are confirmed,
-        # may have changed with it.
-        self.maybe_commit()
-        self.broadcast_append()
+        # may have changed with it. New members get their first probe now.
+        if self.maybe_commit():
+            self.broadcast_append()
+        else:
+            for member in sorted(self.progress):
+                if member != self.id:
+                    self.send_append(member, send_empty=member in joined)
         self._release_confirmed_reads()
 
     def transfer_leader(self, target: int) -> None:
@@ -725,9 +749,7 @@ class Raft:
     # --- ReadIndex (§6.4, thesis §6.4) -----------------------------------------------------
 
     def read_index(self, context: bytes) -> None:
-        if self.role is Role.LEADER:
-            self.pending_reads.append((context, self.id))
-        elif self.lead != NONE:
+        if self.role is Role.LEADER or self.lead != NONE:
             self.pending_reads.append((context, self.id))
         else:
             raise NotLeaderError(NONE)
@@ -788,9 +810,7 @@ class Raft:
                     remote[origin].append(context)
             for origin, contexts in remote.items():
                 self.send(
-                    ReadIndexResponse(
-                        self.id, origin, self.term, read_round.index, tuple(contexts)
-                    )
+                    ReadIndexResponse(self.id, origin, self.term, read_round.index, tuple(contexts))
                 )
             remote.clear()
 

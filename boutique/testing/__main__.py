@@ -16,17 +16,28 @@ from .simulation import SCENARIOS, run_simulation
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m boutique.testing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m boutique.testing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds per scenario")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, help="run just this seed")
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append",
-                        help="limit to these scenarios (repeatable)")
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        action="append",
+        help="limit to these scenarios (repeatable)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="print every run")
     args = parser.parse_args(argv)
     scenarios = args.scenario or sorted(SCENARIOS)
-    seeds = [args.seed] if args.seed is not None else range(args.first_seed, args.first_seed + args.seeds)
+    seeds = (
+        [args.seed]
+        if args.seed is not None
+        else range(args.first_seed, args.first_seed + args.seeds)
+    )
     started = time.perf_counter()
     runs = failures = 0
     for scenario in scenarios:

@@ -2,8 +2,8 @@
 
 ``SimCluster`` plays the caller of every ``RawNode`` exactly as the Ready contract says
 (persist, send, apply, advance), with ``MemoryStorage`` as each node's disk, so a
-simulated crash loses precisely what was never persisted. Each node hosts a
-``KVStore`` through ``MachineHost``. Everything random comes from one seed; one call to
+simulated crash loses precisely what was never persisted. Each node hosts a state
+machine (``KVStore`` unless told otherwise) through ``MachineHost``. Everything random comes from one seed; one call to
 ``step()`` is one unit of virtual time.
 
 The invariant checker watches every persist, apply and role change.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from boutique.examples import KVStore
-from boutique.machine import CommandFailed, MachineHost
+from boutique.machine import CommandFailed, MachineHost, StateMachine
 from boutique.raft import (
     EntryType,
     HardState,
@@ -28,7 +28,7 @@ from boutique.raft import (
     bootstrap,
 )
 from boutique.raft.core import Raft
-from boutique.raft.messages import VoteResponse
+from boutique.raft.messages import AppendResponse, VoteResponse
 from boutique.storage import MemoryStorage
 
 from .invariants import InvariantChecker
@@ -113,8 +113,10 @@ class SimCluster:
         *,
         node_class: type[RawNode] = RawNode,
         raft_class: type[Raft] = Raft,
+        machine: Callable[[], StateMachine[Any, Any, Any, Any, Any]] = KVStore,
     ) -> None:
         self.seed = seed
+        self.machine = machine
         self.options = options or SimOptions()
         self.rng = random.Random(seed)
         self.network = SimNetwork(random.Random(self.rng.getrandbits(64)))
@@ -132,7 +134,7 @@ class SimCluster:
             if node_id in founders:
                 hard_state, entries = bootstrap(founders)
                 storage.bootstrap(hard_state, entries)
-            sim = SimNode(node_id, storage, MachineHost(KVStore()))
+            sim = SimNode(node_id, storage, MachineHost(machine()))
             if self.options.varied_tick_rates:
                 sim.tick_rate = self.rng.choice((1.0, 1.0, 0.8, 0.6))
             self.nodes[node_id] = sim
@@ -143,7 +145,7 @@ class SimCluster:
     def _start(self, sim: SimNode) -> None:
         opts = self.options
         snapshot = sim.storage.snapshot()
-        sim.host = MachineHost(KVStore())
+        sim.host = MachineHost(self.machine())
         if snapshot.meta.index:
             sim.host.restore(snapshot.data)
         config = RaftConfig(
@@ -264,6 +266,9 @@ class SimCluster:
                 self._handle_ready(sim, sim.node.ready())
         rafts = [sim.raft for sim in self.live()]
         self.checker.observe_roles(rafts)
+        for raft in rafts:
+            if raft.role is Role.CANDIDATE:
+                self.checker.observe_vote(raft.id, raft.term, raft.id)
         for sim in self.live():
             is_leader = sim.raft.role is Role.LEADER
             if is_leader and not sim.was_leader:
@@ -298,6 +303,8 @@ class SimCluster:
     def _send(self, msg: Any) -> None:
         if isinstance(msg, VoteResponse) and msg.granted and not msg.pre_vote:
             self.checker.observe_vote(msg.frm, msg.term, msg.to)
+        elif isinstance(msg, AppendResponse) and not msg.reject:
+            self.checker.observe_ack(msg.frm, msg.term, msg.index)
         self.network.send(self.now, msg)
 
     def _persist(self, sim: SimNode, ready: Ready) -> None:
@@ -313,6 +320,8 @@ class SimCluster:
                 prev_term = None
             self.checker.observe_persisted(sim.id, ready.entries, prev_term)
             storage.append(ready.entries)
+            term = ready.hard_state.term if ready.hard_state is not None else sim.persisted.term
+            self.checker.observe_log_end(sim.id, term, storage.last_index())
         if ready.hard_state is not None:
             self.checker.observe_hard_state(sim.id, sim.persisted, ready.hard_state)
             storage.set_hard_state(ready.hard_state)
@@ -366,4 +375,3 @@ class SimCluster:
 
     def forget_read(self, node_id: int, context: bytes) -> None:
         self.nodes[node_id].reads.pop(context, None)
-

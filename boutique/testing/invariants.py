@@ -10,6 +10,9 @@ moment it could first be broken, so a violation is reported at the step that cau
   and follows the same previous term everywhere.
 * Leader completeness: a committed entry is in the log of every later leader.
 * State machine safety: no two nodes apply different entries at one index.
+* Acknowledgements are promises: a node that told the leader of term T it stores the
+  log up to index n keeps it while it stays in term T (the Ready contract's "persist
+  before you acknowledge", and §5.3's "truncate only on conflict").
 * Commit-index monotonicity: within one incarnation of a node, and across restarts
   relative to what it persisted, the commit index never goes back.
 """
@@ -42,6 +45,7 @@ class InvariantChecker:
         self.entries: dict[tuple[int, int], _EntryIdentity] = {}
         self.applied: dict[int, Entry] = {}
         self.commits: dict[int, int] = {}
+        self.acks: dict[int, tuple[int, int]] = {}
         self.checks = 0
 
     def fail(self, message: str) -> None:
@@ -101,6 +105,21 @@ class InvariantChecker:
                 )
             prev_term = entry.term
 
+    def observe_ack(self, node: int, term: int, index: int) -> None:
+        previous = self.acks.get(node)
+        if previous is None or previous[0] < term or (previous[0] == term and previous[1] < index):
+            self.acks[node] = (term, index)
+
+    def observe_log_end(self, node: int, term: int, last_index: int) -> None:
+        """After a persist, the log must still hold what was acknowledged in this term."""
+        self.checks += 1
+        acked = self.acks.get(node)
+        if acked is not None and acked[0] == term and last_index < acked[1]:
+            self.fail(
+                f"node {node} acknowledged index {acked[1]} in term {term} "
+                f"but its log now ends at {last_index}"
+            )
+
     # --- State machine safety -----------------------------------------------------------
 
     def observe_applied(self, node: int, entry: Entry, leaders: list[Raft]) -> None:
@@ -110,12 +129,15 @@ class InvariantChecker:
             self.applied[entry.index] = entry
             # An entry now known committed must be in every leader of a later term.
             for raft in leaders:
-                if raft.term > entry.term and entry.index >= raft.log.first_index():
-                    if raft.log.term_or_none(entry.index) != entry.term:
-                        self.fail(
-                            f"leader completeness: leader {raft.id} of term {raft.term} lacks "
-                            f"committed entry {entry.index}/{entry.term}"
-                        )
+                if (
+                    raft.term > entry.term
+                    and entry.index >= raft.log.first_index()
+                    and raft.log.term_or_none(entry.index) != entry.term
+                ):
+                    self.fail(
+                        f"leader completeness: leader {raft.id} of term {raft.term} lacks "
+                        f"committed entry {entry.index}/{entry.term}"
+                    )
         elif known != entry:
             self.fail(
                 f"state machine safety: node {node} applied {entry.index}/{entry.term} "
@@ -138,11 +160,7 @@ class InvariantChecker:
         self.checks += 1
         if new.term < previous.term:
             self.fail(f"node {node} persisted term {new.term} after term {previous.term}")
-        if (
-            new.term == previous.term
-            and previous.vote != NONE
-            and new.vote != previous.vote
-        ):
+        if new.term == previous.term and previous.vote != NONE and new.vote != previous.vote:
             self.fail(
                 f"node {node} changed its persisted vote in term {new.term} "
                 f"from {previous.vote} to {new.vote}"

@@ -41,6 +41,7 @@ FAULTS = (
     "lossy_links",
     "transfer",
     "membership",
+    "short_reign",
 )
 
 
@@ -78,6 +79,15 @@ SCENARIOS: dict[str, Scenario] = {
             ("crash", "partition", "isolate_leader"),
             options=SimOptions(snapshot_every=12, snapshot_chunk_size=24),
         ),
+        Scenario(
+            # Without pre-vote, and with slow links, candidates often run in the same
+            # term: a voter that forgets its vote across a crash would vote twice.
+            "split_votes",
+            ("crash", "crash_leader", "crash_all"),
+            options=SimOptions(pool=5, voters=5, pre_vote=False, mid_ready_crash=0.003),
+            links=LinkFaults(drop=0.02, min_delay=1, max_delay=6),
+            fault_rate=0.05,
+        ),
         Scenario("transfers", ("transfer", "crash", "lossy_links")),
         Scenario(
             "membership",
@@ -89,6 +99,15 @@ SCENARIOS: dict[str, Scenario] = {
             "uneven_clocks",
             ("partition", "crash_leader", "transfer"),
             options=SimOptions(varied_tick_rates=True),
+        ),
+        Scenario(
+            # Figure 8 of the paper: leaders come and go while entries trickle one per
+            # message, so an old-term entry can sit on a majority without a newer one.
+            "figure8",
+            ("short_reign", "isolate_leader", "partition", "crash"),
+            options=SimOptions(pool=5, voters=5, max_entries_per_msg=1, max_inflight_msgs=1),
+            links=LinkFaults(drop=0.05, max_delay=4),
+            fault_rate=0.08,
         ),
         Scenario(
             "chaos",
@@ -126,7 +145,7 @@ class SimResult:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.linearizability.ok
+        return self.error is None and self.linearizability.linearizable
 
     def replay_command(self, variant: str | None = None) -> str:
         extra = f" --variant {variant}" if variant else ""
@@ -142,7 +161,7 @@ class SimResult:
         )
         if self.error:
             line += f"\n  error: {self.error}"
-        if not self.linearizability.ok:
+        if not self.linearizability.linearizable:
             line += "\n" + self.linearizability.explain()
         return line
 
@@ -156,20 +175,38 @@ class Nemesis:
         self.rng = rng
         self.undo: list[tuple[int, str, Any]] = []
         self.counts: dict[str, int] = {}
+        self.short_reigns = 0
+        self.last_leader: tuple[int, int] | None = None
 
     def step(self) -> None:
         now = self.cluster.now
         for item in [u for u in self.undo if u[0] <= now]:
             self.undo.remove(item)
             self._undo(item[1], item[2])
+        if self.short_reigns:
+            self._cut_reign_short()
         if self.scenario.faults and self.rng.random() < self.scenario.fault_rate:
             fault = self.rng.choice(self.scenario.faults)
             if self._start(fault):
                 self.counts[fault] = self.counts.get(fault, 0) + 1
 
+    def _cut_reign_short(self) -> None:
+        """Crash the next new leader a few steps into its term, while what it inherited
+        from earlier terms may still be half-replicated (Figure 8 of the paper)."""
+        leader = self.cluster.leader()
+        if leader is None:
+            return
+        reign = (leader.id, leader.raft.term)
+        if reign != self.last_leader:
+            self.last_leader = reign
+            self.short_reigns -= 1
+            self._later(1, 6, "crash", leader.id)
+
     def heal(self) -> None:
+        self.short_reigns = 0
         for _, kind, arg in list(self.undo):
-            self._undo(kind, arg)
+            if kind != "crash":
+                self._undo(kind, arg)
         self.undo.clear()
         self.cluster.network.heal()
         self.cluster.network.faults = LinkFaults()
@@ -181,7 +218,10 @@ class Nemesis:
         self.undo.append((self.cluster.now + self.rng.randint(low, high), kind, arg))
 
     def _undo(self, kind: str, arg: Any) -> None:
-        if kind == "restart":
+        if kind == "crash":
+            self.cluster.crash(arg)
+            self._later(3, 30, "restart", [arg])
+        elif kind == "restart":
             for node_id in arg:
                 self.cluster.restart(node_id)
         elif kind == "heal":
@@ -241,6 +281,8 @@ class Nemesis:
                 leader.raft_node().transfer_leader(target)
             except (InvalidConfChangeError, NotLeaderError):
                 return False
+        elif fault == "short_reign":
+            self.short_reigns += self.rng.randint(1, 4)
         elif fault == "membership":
             return self._change_membership(leader)
         else:
@@ -254,7 +296,9 @@ class Nemesis:
         conf = raft.conf
         outsiders = [n for n in self.cluster.nodes if n not in conf.members()]
         caught_up = [
-            n for n in conf.learners if n in raft.progress and raft.progress[n].match >= raft.log.committed
+            n
+            for n in conf.learners
+            if n in raft.progress and raft.progress[n].match >= raft.log.committed
         ]
         choices: list[ConfChange] = []
         if outsiders:
@@ -263,9 +307,13 @@ class Nemesis:
             choices.append(ConfChange.single(ChangeType.ADD_VOTER, self.rng.choice(caught_up)))
         if len(conf.voters) > 3:
             # Sometimes the leader removes itself (thesis §4.2.2).
-            choices.append(ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.voters))))
+            choices.append(
+                ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.voters)))
+            )
         if conf.learners:
-            choices.append(ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.learners))))
+            choices.append(
+                ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.learners)))
+            )
         if not choices:
             return False
         try:
@@ -346,9 +394,9 @@ def _demand_liveness(cluster: SimCluster, clients: Clients, budget: int) -> None
             cluster.submit_write(leader.id, ("put", "probe", str(cluster.now)), probe_callback)
             continue
         voters = leader.raft.conf.voters
-        if (
-            probe_done == ["ok"]
-            and all(cluster.nodes[v].up and cluster.nodes[v].host.applied_index >= probe_index for v in voters)
+        if probe_done == ["ok"] and all(
+            cluster.nodes[v].up and cluster.nodes[v].host.applied_index >= probe_index
+            for v in voters
         ):
             clients.enabled = False
             if clients.idle():

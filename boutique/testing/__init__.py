@@ -1,0 +1,1 @@
+"""Test doubles shipped with boutique: simulated cluster, history recording, linearizability checking."""
