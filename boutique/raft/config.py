@@ -32,7 +32,10 @@ class RaftConfig:
     """The index the caller's state machine has already applied (after a restart it is
     the snapshot's index unless the machine is itself durable)."""
     quiesce: bool = False
-    """Let an idle leader stop heartbeating (see ``RawNode.quiesce``)."""
+    """Let a group with nothing to do go quiet: once every member has the whole log,
+    the leader sends a last heartbeat marked ``quiesce`` and stops; followers stop
+    their election timers. Any request, or ``RawNode.suspect_leader`` when the caller
+    believes the leader's node is gone, wakes the group."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:

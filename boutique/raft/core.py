@@ -112,6 +112,7 @@ class Raft:
         self.read_rounds: dict[int, _ReadRound] = {}
         self.next_read_round = 1
         self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
+        self.quiesced = False
         self.become_follower(self.term, NONE)
 
     def _replay_conf_changes(self, conf: ConfState, upto: int) -> ConfState:
@@ -142,6 +143,7 @@ class Raft:
             self.config.election_tick
         )
         self.lead_transferee = NONE
+        self.quiesced = False
         self.votes = {}
         self.progress = {}
         # Reads that were waiting on our leadership can no longer be confirmed; their
@@ -206,6 +208,8 @@ class Raft:
     # --- Ticks --------------------------------------------------------------------------
 
     def tick(self) -> None:
+        if self.quiesced:
+            return  # an idle group costs nothing until it is woken
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
@@ -231,10 +235,49 @@ class Raft:
                 self.lead_transferee = NONE  # the transfer did not finish in time
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
+            if self.config.quiesce and self._can_quiesce():
+                self.quiesced = True
+                self.broadcast_heartbeat(read_round=0, quiesce=True)
+                return
             # Carry the newest unconfirmed read round, so reads whose own heartbeats
             # were lost are confirmed by the next regular round.
             self.broadcast_heartbeat(read_round=max(self.read_rounds, default=0))
             self._retry_stalled_snapshots()
+
+    def _can_quiesce(self) -> bool:
+        """Idle: everything is committed, applied and held by every member, and no
+        read, transfer or snapshot is under way."""
+        last = self.log.last_index()
+        if self.pending_reads or self.read_rounds or self.lead_transferee != NONE:
+            return False
+        if self.log.committed != last or self.log.applied != last:
+            return False
+        return all(
+            pr.match == last and pr.state is ProgressState.REPLICATE
+            for pr in self.progress.values()
+        )
+
+    def wake(self) -> None:
+        """Leave the quiet state. A leader resumes heartbeats at once; a follower
+        resumes its election timer, still trusting its leader."""
+        if not self.quiesced:
+            return
+        self.quiesced = False
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        if self.role is Role.LEADER:
+            # Silence was agreed, not a sign of lost followers: start check-quorum afresh.
+            for pr in self.progress.values():
+                pr.recent_active = True
+            self.broadcast_heartbeat(read_round=0)
+
+    def suspect_leader(self) -> None:
+        """The caller believes our leader's node is gone: wake, and stop honouring
+        its lease so a new election can start promptly."""
+        if self.role is Role.LEADER:
+            return
+        self.quiesced = False
+        self.election_elapsed = max(self.election_elapsed, self.config.election_tick)
 
     def _quorum_recently_active(self) -> bool:
         active = {self.id}
@@ -354,11 +397,13 @@ class Raft:
             in_lease = (
                 self.config.check_quorum
                 and self.lead != NONE
-                and self.election_elapsed < self.config.election_tick
+                and (self.quiesced or self.election_elapsed < self.config.election_tick)
             )
             if in_lease and not msg.force:
                 # Thesis §4.2.3: while we hear from a leader, disruptive candidates
-                # (e.g. a removed server) are ignored.
+                # (e.g. a removed server) are ignored. A quiet group wakes, though:
+                # someone is missing the leader, and heartbeats will reach it again.
+                self.wake()
                 return False
             if msg.pre_vote:
                 return True  # a pre-vote never changes our term
@@ -384,6 +429,8 @@ class Raft:
     # --- Leader -------------------------------------------------------------------------
 
     def _step_leader(self, msg: Message) -> None:
+        if self.quiesced and not isinstance(msg, HeartbeatResponse):
+            self.wake()  # a follower needs something from us
         match msg:
             case AppendResponse():
                 self._handle_append_response(msg)
@@ -499,14 +546,14 @@ class Raft:
         pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
         return True
 
-    def broadcast_heartbeat(self, read_round: int) -> None:
+    def broadcast_heartbeat(self, read_round: int, quiesce: bool = False) -> None:
         for member in sorted(self.progress):
             if member == self.id:
                 continue
             pr = self.progress[member]
             # Never tell a follower to commit past what it is known to match.
             commit = min(pr.match, self.log.committed)
-            self.send(Heartbeat(self.id, member, self.term, commit, read_round))
+            self.send(Heartbeat(self.id, member, self.term, commit, read_round, quiesce))
 
     # --- Snapshot transfer (leader side) --------------------------------------------------
 
@@ -569,6 +616,7 @@ class Raft:
                 self._handle_append(msg)
             case Heartbeat():
                 self._heard_from_leader(msg.frm)
+                self.quiesced = msg.quiesce
                 self.log.commit_to(min(msg.commit, self.log.last_index()))
                 self.send(HeartbeatResponse(self.id, msg.frm, self.term, msg.read_round))
             case SnapshotChunk():
@@ -588,6 +636,7 @@ class Raft:
             self.become_follower(self.term, leader)  # §5.2: a leader of our term exists
         self.lead = leader
         self.election_elapsed = 0
+        self.quiesced = False
 
     def _handle_append(self, msg: AppendRequest) -> None:
         if msg.prev_log_index < self.log.committed:
@@ -657,6 +706,7 @@ class Raft:
     def propose(self, data: bytes, entry_type: EntryType = EntryType.NORMAL) -> Entry:
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.lead)
+        self.wake()
         if self.lead_transferee != NONE:
             raise ProposalDroppedError("leadership transfer in progress")
         limit = self.config.max_uncommitted_entries
@@ -733,6 +783,7 @@ class Raft:
                 raise NotLeaderError(NONE)
             self.send(TransferLeaderRequest(self.id, self.lead, self.term, target))
             return
+        self.wake()
         if target == self.id or target == self.lead_transferee:
             return
         if target not in self.conf.voters:

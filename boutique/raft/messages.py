@@ -203,13 +203,15 @@ class AppendResponse:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Leader liveness and commit propagation. ``read_round`` > 0 asks the follower to
-    confirm leadership for that batch of ReadIndex requests."""
+    confirm leadership for that batch of ReadIndex requests; ``quiesce`` tells it the
+    group is idle and the leader will stay silent until there is work."""
 
     frm: int
     to: int
     term: int
     commit: int
     read_round: int = 0
+    quiesce: bool = False
 
 
 @dataclass(frozen=True, slots=True)

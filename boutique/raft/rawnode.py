@@ -156,6 +156,23 @@ class RawNode:
         self._check_not_in_ready()
         self.raft.transfer_leader(target)
 
+    def wake(self) -> None:
+        """Wake a quiet group (see ``RaftConfig.quiesce``) without doubting its leader."""
+        self._check_not_in_ready()
+        self.raft.wake()
+
+    def suspect_leader(self) -> None:
+        """Tell a follower its leader's node seems gone (e.g. the transport lost it):
+        it wakes and may campaign. Harmless if the leader is in fact alive."""
+        self._check_not_in_ready()
+        self.raft.suspect_leader()
+
+    @property
+    def quiesced(self) -> bool:
+        """True while the group is quiet: ``tick()`` does nothing, so the caller may
+        stop calling it until the node is woken (by a message or a request)."""
+        return self.raft.quiesced
+
     # --- Output -------------------------------------------------------------------------
 
     def has_ready(self) -> bool:

@@ -56,6 +56,9 @@ class SimOptions:
     pre_vote: bool = True
     check_quorum: bool = True
     varied_tick_rates: bool = False
+    quiesce: bool = False
+    """Let idle groups go quiet; followers of a leader that crashed or was cut off
+    are woken the way the runtime's transport does: by suspicion."""
     mid_ready_crash: float = 0.0
     """Chance, per Ready of a node, to crash it after sending the messages that may
     leave early but before anything is persisted."""
@@ -158,6 +161,7 @@ class SimCluster:
             snapshot_chunk_size=opts.snapshot_chunk_size,
             pre_vote=opts.pre_vote,
             check_quorum=opts.check_quorum,
+            quiesce=opts.quiesce,
         )
         node_rng = random.Random(self.rng.getrandbits(64))
         sim.node = self.node_class(config, sim.storage, node_rng, core=self.raft_class)
@@ -250,11 +254,23 @@ class SimCluster:
             while sim.tick_credit >= 1.0 and sim.node is not None:
                 sim.tick_credit -= 1.0
                 sim.node.tick()
+        if self.options.quiesce:
+            self._suspect_lost_leaders()
         for msg in self.network.due(self.now):
             target = self.nodes.get(msg.to)
             if target is not None and target.node is not None:
                 target.node.step(msg)
         self.process_ready()
+
+    def _suspect_lost_leaders(self) -> None:
+        """What the runtime's transport does: a quiet follower whose leader's node is
+        down or unreachable is told so, and may campaign."""
+        for sim in self.live():
+            raft = sim.raft
+            if raft.quiesced and raft.role is not Role.LEADER:
+                lead = self.nodes.get(raft.lead)
+                if lead is None or not lead.up or self.network.is_cut(raft.lead, sim.id):
+                    sim.raft_node().suspect_leader()
 
     def process_ready(self) -> None:
         for sim in list(self.nodes.values()):

@@ -57,6 +57,7 @@ class Scenario:
     """Chance per step that the nemesis starts a new fault."""
     steps: int = 500
     """Steps with faults before the heal."""
+    bursty_clients: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -87,6 +88,16 @@ SCENARIOS: dict[str, Scenario] = {
             options=SimOptions(pool=5, voters=5, pre_vote=False, mid_ready_crash=0.003),
             links=LinkFaults(drop=0.02, min_delay=1, max_delay=6),
             fault_rate=0.05,
+        ),
+        Scenario(
+            # Idle groups go quiet between bursts of work; crashes and cuts of a quiet
+            # leader must be noticed by suspicion, and every request must wake them.
+            "quiet",
+            ("crash", "crash_leader", "isolate_leader", "partition", "transfer"),
+            options=SimOptions(quiesce=True, snapshot_every=30),
+            fault_rate=0.02,
+            steps=900,
+            bursty_clients=True,
         ),
         Scenario("transfers", ("transfer", "crash", "lossy_links")),
         Scenario(
@@ -338,7 +349,7 @@ def run_simulation(
         rng.getrandbits(64), spec.options, node_class=node_class, raft_class=raft_class
     )
     cluster.network.faults = spec.links
-    clients = Clients(cluster, random.Random(rng.getrandbits(64)))
+    clients = Clients(cluster, random.Random(rng.getrandbits(64)), bursty=spec.bursty_clients)
     nemesis = Nemesis(cluster, spec, random.Random(rng.getrandbits(64)))
     error: str | None = None
     try:

@@ -39,6 +39,7 @@ class Clients:
         keys: int = 3,
         timeout: int = 60,
         rate: float = 0.3,
+        bursty: bool = False,
     ) -> None:
         self.cluster = cluster
         self.rng = rng
@@ -52,6 +53,8 @@ class Clients:
         self.issued = 0
         self._clock = 0
         self.enabled = True
+        self.bursty = bursty
+        """Alternate busy and silent stretches, so idle groups go quiet in between."""
 
     def clock(self) -> float:
         # One event counter gives every invocation and completion a distinct instant,
@@ -67,6 +70,8 @@ class Clients:
                 if flight.context is not None:
                     self.cluster.forget_read(flight.node, flight.context)
         if not self.enabled:
+            return
+        if self.bursty and (now // 150) % 2 == 1:
             return
         for client in range(self.count):
             if client not in self.in_flight and self.rng.random() < self.rate:
