@@ -233,6 +233,8 @@ class Raft:
                 return
             if self.lead_transferee != NONE:
                 self.lead_transferee = NONE  # the transfer did not finish in time
+                if self.id not in self.conf.voters:
+                    self._hand_over()  # we are leaving: try again, maybe elsewhere
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             if self.config.quiesce and self._can_quiesce():
@@ -485,7 +487,7 @@ class Raft:
         while self.send_append(msg.frm, send_empty=False):
             pass
         if msg.frm == self.lead_transferee and pr.match == self.log.last_index():
-            self.send(TimeoutNow(self.id, msg.frm, self.term))
+            self._send_timeout_now(msg.frm)
 
     def _handle_heartbeat_response(self, msg: HeartbeatResponse) -> None:
         pr = self.progress.get(msg.frm)
@@ -763,10 +765,6 @@ class Raft:
                 pr.learner = member in self.conf.learners
         if self.lead_transferee not in self.conf.voters:
             self.lead_transferee = NONE
-        if self.id not in self.conf.voters:
-            # We removed ourselves: stop leading; the remaining voters elect a leader.
-            self.become_follower(self.term, NONE)
-            return
         # The quorum changed: what a majority stores, and which reads are confirmed,
         # may have changed with it. New members get their first probe now.
         if self.maybe_commit():
@@ -776,6 +774,20 @@ class Raft:
                 if member != self.id:
                     self.send_append(member, send_empty=member in joined)
         self._release_confirmed_reads()
+        if self.id not in self.conf.voters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """We removed ourselves. Stepping down at once could strand the others: one that
+        has not yet learnt that the change committed still counts us and needs our vote.
+        So hand leadership to the most caught-up remaining voter (thesis §3.10, §4.2.2),
+        refusing proposals meanwhile; its forced election succeeds with or without us."""
+        if not self.conf.voters:
+            self.become_follower(self.term, NONE)
+            return
+        target = max(self.conf.voters, key=lambda v: (self.progress[v].match, -v))
+        self.lead_transferee = NONE
+        self.transfer_leader(target)
 
     def transfer_leader(self, target: int) -> None:
         if self.role is not Role.LEADER:
@@ -793,9 +805,16 @@ class Raft:
         self.election_elapsed = 0
         pr = self.progress[target]
         if pr.match == self.log.last_index():
-            self.send(TimeoutNow(self.id, target, self.term))
+            self._send_timeout_now(target)
         else:
             self.send_append(target)
+
+    def _send_timeout_now(self, target: int) -> None:
+        self.send(TimeoutNow(self.id, target, self.term))
+        if self.id not in self.conf.voters:
+            # A removed leader is done once the target holds our whole log: even if
+            # this message is lost, we would vote for the target's own campaign.
+            self.become_follower(self.term, NONE)
 
     # --- ReadIndex (§6.4, thesis §6.4) -----------------------------------------------------
 
