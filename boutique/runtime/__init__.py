@@ -1,0 +1,1 @@
+"""The node runtime: the only trio code in boutique."""

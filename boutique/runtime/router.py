@@ -1,0 +1,202 @@
+"""Request routing: any node takes any bucket command and finds where it must run.
+
+The ``Router`` looks the bucket up in the registry, then proposes (or reads) in the
+bucket's group: locally when this node leads it, otherwise at the node it believes
+leads, following leader hints and trying the other replicas until the request's
+deadline. The caller gets exactly one answer, classed as the wire contract wants:
+
+* a result — the command was applied (or the read served);
+* ``Unavailable`` — certainly not applied (no leader reachable in time, no quorum);
+* ``OutcomeUnknown`` — a write was handed to a leader but its fate was not learnt;
+* ``NotFound`` — the bucket does not exist (decided by a linearizable registry read);
+* ``CommandRejected`` — the state machine refused the command (bad input).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from boutique.machine import CommandFailed, MachineHost
+from boutique.registry import BucketInfo
+
+from .group import Applied, Outcome, Rejected, Unknown
+from .node import META_GROUP, Node
+
+
+class RoutingError(Exception):
+    """Base class of the errors a routed request ends with."""
+
+
+class NotFound(RoutingError):
+    """The bucket does not exist."""
+
+
+class Unavailable(RoutingError):
+    """The request certainly had no effect; it may be retried."""
+
+
+class OutcomeUnknown(RoutingError):
+    """The request may or may not have been applied."""
+
+
+class CommandRejected(RoutingError):
+    """The state machine refused the command; nothing changed."""
+
+    def __init__(self, failed: CommandFailed) -> None:
+        super().__init__(failed.message)
+        self.failed = failed
+
+
+class Router:
+    """The client-facing API of a node; every method may be called from any task."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.leader_hints: dict[str, int] = {}
+
+    # --- Buckets ------------------------------------------------------------------------
+
+    async def create(self, name: str) -> BucketInfo:
+        reply = await self._write(META_GROUP, self._meta_replicas(), ("create", name))
+        return BucketInfo.from_wire(reply[1])
+
+    async def drop(self, name: str) -> bool:
+        info = await self.lookup(name)
+        del info
+        existed = await self._write(META_GROUP, self._meta_replicas(), ("drop", name))
+        return bool(existed)
+
+    async def buckets(self) -> list[str]:
+        names = await self._read(META_GROUP, self._meta_replicas(), ("list",))
+        return list(names)
+
+    async def lookup(self, name: str) -> BucketInfo:
+        """The bucket's catalog entry. A local hit is trusted (buckets only disappear by
+        DROP, whose group then refuses requests); a miss is confirmed by a linearizable
+        read of the registry before ``NotFound`` is raised."""
+        info = self.node.catalog().get(name)
+        if info is not None:
+            return info
+        wire = await self._read(META_GROUP, self._meta_replicas(), ("lookup", name))
+        if wire is None:
+            raise NotFound(name)
+        return BucketInfo.from_wire(wire)
+
+    # --- Keys ---------------------------------------------------------------------------
+
+    async def put(self, bucket: str, key: bytes, value: bytes) -> None:
+        info = await self.lookup(bucket)
+        await self._write(info.group, info.replicas, ("put", key, value), bucket=bucket)
+
+    async def delete(self, bucket: str, key: bytes) -> bool:
+        info = await self.lookup(bucket)
+        return bool(await self._write(info.group, info.replicas, ("delete", key), bucket=bucket))
+
+    async def get(self, bucket: str, key: bytes) -> bytes | None:
+        info = await self.lookup(bucket)
+        value = await self._read(info.group, info.replicas, ("get", key), bucket=bucket)
+        return value if value is None else bytes(value)
+
+    async def keys(self, bucket: str, prefix: bytes | None, limit: int | None) -> list[bytes]:
+        info = await self.lookup(bucket)
+        return list(
+            await self._read(info.group, info.replicas, ("keys", prefix, limit), bucket=bucket)
+        )
+
+    async def scan(
+        self, bucket: str, start: bytes, end: bytes | None, limit: int | None
+    ) -> list[tuple[bytes, bytes]]:
+        info = await self.lookup(bucket)
+        pairs = await self._read(
+            info.group, info.replicas, ("scan", start, end, limit), bucket=bucket
+        )
+        return [(bytes(k), bytes(v)) for k, v in pairs]
+
+    # --- Routing ------------------------------------------------------------------------
+
+    def _meta_replicas(self) -> tuple[int, ...]:
+        return self.node.config.meta_replicas
+
+    async def _write(
+        self,
+        group: str,
+        replicas: tuple[int, ...],
+        command: tuple[Any, ...],
+        bucket: str | None = None,
+    ) -> Any:
+        data = MachineHost.encode_command(command)
+        return await self._route(group, replicas, "w", data, bucket)
+
+    async def _read(
+        self,
+        group: str,
+        replicas: tuple[int, ...],
+        query: tuple[Any, ...],
+        bucket: str | None = None,
+    ) -> Any:
+        return await self._route(group, replicas, "r", query, bucket)
+
+    async def _route(
+        self, group: str, replicas: tuple[int, ...], kind: str, body: Any, bucket: str | None
+    ) -> Any:
+        node = self.node
+        deadline = trio.current_time() + node.config.request_timeout
+        target = self.leader_hints.get(group)
+        if target not in replicas:
+            target = node.id if node.id in replicas else replicas[0]
+        backoff = 0.01
+        tried: list[int] = []
+        last_reason = "no replica answered"
+        while True:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                raise Unavailable(last_reason)
+            outcome: Outcome
+            if target == node.id:
+                if kind == "w":
+                    outcome = await node.propose(group, body, remaining)
+                else:
+                    outcome = await node.read(group, body, remaining)
+            else:
+                outcome = await node.forward(target, group, kind, body, remaining)
+            match outcome:
+                case Applied(CommandFailed() as failed):
+                    raise CommandRejected(failed)
+                case Applied(reply):
+                    self.leader_hints[group] = target
+                    return reply
+                case Unknown(reason) if kind == "w":
+                    raise OutcomeUnknown(reason)
+                case Unknown(reason) | Rejected(reason, 0):
+                    last_reason = reason
+                    tried.append(target)
+                    target = self._next_replica(replicas, tried)
+                    if len(tried) >= len(replicas):
+                        await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
+                        backoff = min(backoff * 2, 0.2)
+                        tried.clear()
+                case Rejected(reason, leader):
+                    last_reason = reason
+                    if leader in replicas and leader != target:
+                        target = leader
+                    else:
+                        tried.append(target)
+                        target = self._next_replica(replicas, tried)
+                        await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
+                        backoff = min(backoff * 2, 0.2)
+            if bucket is not None and group != META_GROUP and group not in self._live_groups():
+                # The bucket may have been dropped (and re-created) meanwhile.
+                info = self.node.catalog().get(bucket)
+                if info is None or info.group != group:
+                    raise NotFound(bucket)
+
+    def _live_groups(self) -> set[str]:
+        return {info.group for info in self.node.catalog().values()}
+
+    def _next_replica(self, replicas: tuple[int, ...], tried: list[int]) -> int:
+        for replica in replicas:
+            if replica not in tried:
+                return replica
+        return replicas[0]

@@ -1,0 +1,662 @@
+"""Peer transport: authenticated streams of msgpack frames between the nodes of a cluster.
+
+Every node listens on its peer port and keeps one outbound TCP connection to every
+other node. A connection carries frames one way only, dialer to acceptor (as etcd keeps
+one stream per direction), so each node sends on the connections it dialed and receives
+on the ones it accepted. Payloads are any msgpack value; what they mean is the caller's
+business (the node runtime sends codec batches).
+
+Before a single frame is delivered, both ends of a connection prove they hold the
+cluster secret, without ever sending it (the Erlang cookie idea, done safely)::
+
+    dialer   -> acceptor   hello      {protocol, cluster, node: dialer id, nonce: A}
+    acceptor -> dialer     challenge  {protocol, cluster, node: acceptor id, nonce: B,
+                                       mac: HMAC(secret, "acceptor" | fields)}
+    dialer   -> acceptor   proof      {mac: HMAC(secret, "dialer" | fields)}
+
+``fields`` binds the protocol, the cluster name, both node ids and both fresh 32-byte
+nonces, so a MAC cannot be replayed on another connection nor reflected back at its
+sender in the other role. A wrong secret, wrong cluster, unknown or unexpected node id,
+malformed frame or a handshake slower than ``io_timeout`` closes the connection, logs a
+warning on the ``boutique.transport`` logger naming the peer's address, and counts in
+``stats.auth_failures``. The secret must be long and random: a peer that can connect
+can collect MACs to guess a weak one offline.
+
+Sending never blocks: ``send`` encodes the payload and appends it to the peer's bounded
+queue, or drops it (returns False) when the queue is full. Raft tolerates lost messages,
+and memory stays bounded however long a peer is down. A sender task per peer dials with
+exponential backoff and jitter, writes every queued frame it can in one ``send_all``,
+and sends a ``KEEPALIVE`` frame when it has had nothing to send for
+``heartbeat_interval``. Receivers note when they last heard from each peer; that drives
+``reachable`` and ``on_suspect``.
+
+All of it runs inside ``run``; cancelling ``run`` closes every socket. Frames already in
+a connection that breaks are lost; frames still queued wait for the next connection.
+This module never uses pickle, and never delivers a frame from an unauthenticated peer.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from boutique.runtime.framing import (
+    DEFAULT_MAX_FRAME,
+    KEEPALIVE,
+    FrameDecoder,
+    FrameError,
+    encode_frame,
+)
+
+__all__ = ["PeerTransport", "TransportStats"]
+
+logger = logging.getLogger("boutique.transport")
+
+PROTOCOL = "boutique-peer/1"
+"""Sent in every handshake and bound into every MAC; change it when the wire changes."""
+
+_NONCE_BYTES = 32
+_MAC_BYTES = hashlib.sha256().digest_size
+_MAX_NODE_ID = 2**64 - 1
+_HANDSHAKE_MAX_FRAME = 4096
+_MAX_PENDING_HANDSHAKES = 64
+_MAX_BATCH_BYTES = 1 << 20
+_RECEIVE_BYTES = 1 << 18
+
+Address = tuple[str, int]
+
+
+@dataclass
+class TransportStats:
+    """Counters since the transport was made. Plain ints, safe to read at any time."""
+
+    frames_sent: int = 0
+    """Payload frames written to a socket (keepalives not included)."""
+    frames_received: int = 0
+    """Payload frames delivered to ``on_frame``."""
+    frames_dropped: int = 0
+    """Payloads refused by ``send`` plus payloads lost in a failed write."""
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    keepalives_sent: int = 0
+    auth_failures: int = 0
+    """Handshakes that failed, on either side, for any reason."""
+    dial_failures: int = 0
+    """Outbound connection attempts that found nobody listening (or timed out)."""
+    connections_out: int = 0
+    """Outbound connections that completed the handshake."""
+    connections_in: int = 0
+    """Inbound connections that completed the handshake."""
+    callback_errors: int = 0
+    """Exceptions raised by ``on_frame`` or ``on_suspect`` (logged, then ignored)."""
+
+
+class _HandshakeError(Exception):
+    """The other end did not prove it belongs to this cluster."""
+
+
+def _mac(
+    secret: bytes,
+    role: bytes,
+    cluster: str,
+    dialer: int,
+    acceptor: int,
+    nonce_a: bytes,
+    nonce_b: bytes,
+) -> bytes:
+    name = cluster.encode()
+    message = b"".join(
+        (
+            PROTOCOL.encode(),
+            b"\0",
+            role,
+            b"\0",
+            len(name).to_bytes(4, "big"),
+            name,
+            dialer.to_bytes(8, "big"),
+            acceptor.to_bytes(8, "big"),
+            nonce_a,
+            nonce_b,
+        )
+    )
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def _expect(frame: object, kind: str, schema: Mapping[str, type]) -> dict[str, Any]:
+    """``frame`` as a handshake message of ``kind`` with exactly ``schema``'s fields."""
+    if type(frame) is not dict or frame.get("type") != kind:
+        raise _HandshakeError(f"expected a {kind} message")
+    if set(frame) != {"type", *schema}:
+        raise _HandshakeError(f"malformed {kind} message")
+    for key, expected in schema.items():
+        if type(frame[key]) is not expected:
+            raise _HandshakeError(f"malformed {kind} message: {key}")
+    if "protocol" in frame and frame["protocol"] != PROTOCOL:
+        raise _HandshakeError(f"unsupported protocol {frame['protocol'][:40]!r}")
+    for key in ("nonce", "mac"):
+        if key in frame and len(frame[key]) != (_NONCE_BYTES if key == "nonce" else _MAC_BYTES):
+            raise _HandshakeError(f"malformed {kind} message: {key}")
+    return frame
+
+
+_HELLO = {"protocol": str, "cluster": str, "node": int, "nonce": bytes}
+_CHALLENGE = {"protocol": str, "cluster": str, "node": int, "nonce": bytes, "mac": bytes}
+_PROOF = {"mac": bytes}
+
+
+async def _next_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> object:
+    """The next handshake frame; leaves anything after it in ``decoder``."""
+    data = b""
+    while True:
+        try:
+            frames = decoder.feed(data, max_frames=1)
+        except FrameError as exc:
+            raise _HandshakeError(str(exc)) from None
+        if frames:
+            return frames[0]
+        data = await stream.receive_some(_HANDSHAKE_MAX_FRAME)
+        if not data:
+            raise _HandshakeError("connection closed during handshake")
+
+
+def _set_nodelay(stream: trio.SocketStream) -> None:
+    # Raft messages are small and latency-bound; trio sets this already, we insist.
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "<unknown>"
+    return f"{host}:{port}"
+
+
+class _Outbound:
+    """One peer's send side: where it lives, its bounded queue, the task draining it."""
+
+    __slots__ = ("address", "peer", "queue", "queued_bytes", "scope", "wakeup")
+
+    def __init__(self, peer: int, address: Address) -> None:
+        self.peer = peer
+        self.address = address
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued_bytes = 0
+        self.wakeup = trio.Event()
+        self.scope: trio.CancelScope | None = None
+
+
+class PeerTransport:
+    """Authenticated, bounded, reconnecting frame transport between cluster nodes.
+
+    ``peers`` maps every other node's id to its peer address (an entry for this node's
+    own id is ignored). ``on_frame(peer, value)`` is called, synchronously and in order
+    per connection, for every frame an authenticated peer sends; exceptions from it are
+    logged and swallowed. ``on_suspect(peer)`` is called once each time a peer that was
+    reachable has been silent for ``suspect_after`` seconds.
+
+    Call ``send``, ``reachable`` and ``set_peers`` from the trio thread.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        secret: bytes,
+        cluster: str,
+        peers: dict[int, tuple[str, int]],
+        on_frame: Callable[[int, object], None],
+        *,
+        queue_limit: int = 1024,
+        queue_byte_limit: int = 64 * 1024 * 1024,
+        heartbeat_interval: float = 0.1,
+        suspect_after: float = 0.5,
+        on_suspect: Callable[[int], None] | None = None,
+        io_timeout: float = 2.0,
+        reconnect_min: float = 0.05,
+        reconnect_max: float = 2.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < node_id <= _MAX_NODE_ID:
+            raise ValueError(f"node_id must be a positive 64-bit int, got {node_id}")
+        if not secret:
+            raise ValueError("the cluster secret must not be empty")
+        if queue_limit < 1 or queue_byte_limit < 1:
+            raise ValueError("queue limits must be positive")
+        if not 0 < heartbeat_interval < suspect_after:
+            raise ValueError("need 0 < heartbeat_interval < suspect_after")
+        if not 0 < reconnect_min <= reconnect_max or io_timeout <= 0:
+            raise ValueError("need 0 < reconnect_min <= reconnect_max and io_timeout > 0")
+        self.node_id = node_id
+        self.cluster = cluster
+        self.stats = TransportStats()
+        self._secret = secret
+        self._on_frame = on_frame
+        self._on_suspect = on_suspect
+        self._queue_limit = queue_limit
+        self._queue_byte_limit = queue_byte_limit
+        self._heartbeat_interval = heartbeat_interval
+        self._suspect_after = suspect_after
+        self._io_timeout = io_timeout
+        # An inbound stream that stays silent this long is dead: its dialer would have
+        # sent a keepalive many times over.
+        self._idle_timeout = max(io_timeout, suspect_after) + 4 * heartbeat_interval
+        self._reconnect_min = reconnect_min
+        self._reconnect_max = reconnect_max
+        self._max_frame = max_frame
+        self._rng = rng if rng is not None else random.Random()
+        self._outbound: dict[int, _Outbound] = {}
+        self._inbound: dict[int, trio.CancelScope] = {}
+        self._last_heard: dict[int, float] = {}
+        self._reachable: set[int] = set()
+        self._pending_handshakes = 0
+        self._nursery: trio.Nursery | None = None
+        self.set_peers(peers)
+
+    # --- Public API -----------------------------------------------------------------
+
+    async def run(
+        self,
+        listen_host: str,
+        listen_port: int,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``listen_host:listen_port`` (port 0 picks one) and keep a connection
+        to every peer until cancelled. ``task_status.started`` gets the bound port."""
+        if self._nursery is not None:
+            raise RuntimeError("this transport is already running")
+        listeners = await trio.open_tcp_listeners(listen_port, host=listen_host)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for out in self._outbound.values():
+                    self._start_sender(out)
+                nursery.start_soon(self._watch_liveness)
+                await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
+                port: int = listeners[0].socket.getsockname()[1]
+                logger.info("node %d listening for peers on %s:%d", self.node_id, listen_host, port)
+                task_status.started(port)
+        finally:
+            self._nursery = None
+            # A stopped transport hears nobody; on restart peers must prove life again.
+            self._inbound.clear()
+            self._last_heard.clear()
+            self._reachable.clear()
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    def send(self, peer: int, payload: object) -> bool:
+        """Queue ``payload`` for ``peer``; False (and counted) if it was dropped because
+        the peer is unknown or its queue is full. Never blocks.
+
+        Raises ``TypeError`` if msgpack cannot encode ``payload`` and ``FrameError`` if it
+        encodes larger than ``max_frame``: no peer would accept it.
+        """
+        frame = encode_frame(payload)
+        if len(frame) - len(KEEPALIVE) > self._max_frame:
+            raise FrameError(f"payload of {len(frame)} bytes exceeds max_frame")
+        out = self._outbound.get(peer)
+        if (
+            out is None
+            or len(out.queue) >= self._queue_limit
+            or (out.queue and out.queued_bytes + len(frame) > self._queue_byte_limit)
+        ):
+            self.stats.frames_dropped += 1
+            return False
+        out.queue.append(frame)
+        out.queued_bytes += len(frame)
+        out.wakeup.set()
+        return True
+
+    def queued(self, peer: int) -> int:
+        """Frames waiting to be sent to ``peer``."""
+        out = self._outbound.get(peer)
+        return len(out.queue) if out is not None else 0
+
+    def reachable(self, peer: int) -> bool:
+        """True if ``peer`` sent anything (a frame or a keepalive) in ``suspect_after``."""
+        heard = self._last_heard.get(peer)
+        return heard is not None and trio.current_time() - heard <= self._suspect_after
+
+    def set_peers(self, peers: Mapping[int, Address]) -> None:
+        """Replace the membership: connect to new peers, forget removed ones (their
+        queues are dropped and their connections closed), redial moved ones."""
+        wanted = {peer: address for peer, address in peers.items() if peer != self.node_id}
+        for peer in wanted:
+            if not 0 < peer <= _MAX_NODE_ID:
+                raise ValueError(f"peer ids must be positive 64-bit ints, got {peer}")
+        for peer in [peer for peer in self._outbound if peer not in wanted]:
+            gone = self._outbound.pop(peer)
+            self.stats.frames_dropped += len(gone.queue)
+            gone.queue.clear()
+            if gone.scope is not None:
+                gone.scope.cancel()
+            inbound = self._inbound.pop(peer, None)
+            if inbound is not None:
+                inbound.cancel()
+            self._last_heard.pop(peer, None)
+            self._reachable.discard(peer)
+        for peer, address in wanted.items():
+            out = self._outbound.get(peer)
+            if out is None:
+                out = self._outbound[peer] = _Outbound(peer, address)
+            elif out.address == address:
+                continue
+            else:
+                out.address = address
+                if out.scope is not None:
+                    out.scope.cancel()
+            if self._nursery is not None:
+                self._start_sender(out)
+
+    # --- Sending --------------------------------------------------------------------
+
+    def _start_sender(self, out: _Outbound) -> None:
+        assert self._nursery is not None
+        scope = out.scope = trio.CancelScope()
+        self._nursery.start_soon(self._dial_loop, out, scope)
+
+    async def _dial_loop(self, out: _Outbound, scope: trio.CancelScope) -> None:
+        with scope:
+            delay = self._reconnect_min
+            while True:
+                host, port = out.address
+                where = f"{host}:{port}"
+                stream: trio.SocketStream | None = None
+                try:
+                    with trio.fail_after(self._io_timeout):
+                        stream = await trio.open_tcp_stream(host, port)
+                except (OSError, trio.TooSlowError) as exc:
+                    self.stats.dial_failures += 1
+                    logger.debug(
+                        "node %d: cannot reach peer %d at %s: %r",
+                        self.node_id,
+                        out.peer,
+                        where,
+                        exc,
+                    )
+                else:
+                    try:
+                        if await self._dial_session(stream, out, where):
+                            delay = self._reconnect_min
+                    finally:
+                        await trio.aclose_forcefully(stream)
+                await trio.sleep(delay * (0.5 + self._rng.random() / 2))
+                delay = min(delay * 2, self._reconnect_max)
+
+    async def _dial_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> bool:
+        """Authenticate and then send until the connection breaks; True if the
+        handshake succeeded."""
+        try:
+            _set_nodelay(stream)
+            decoder = FrameDecoder(max_frame=_HANDSHAKE_MAX_FRAME)
+            with trio.fail_after(self._io_timeout):
+                await self._dial_handshake(stream, out.peer, decoder)
+        except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            self._auth_failed(f"handshake with peer {out.peer} at {where} failed", exc)
+            return False
+        self.stats.connections_out += 1
+        logger.info("node %d: connected to peer %d at %s", self.node_id, out.peer, where)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_for_close, stream, nursery.cancel_scope)
+            try:
+                await self._drain(stream, out)
+            except (trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+                # Caught here, not around the nursery, so it is not wrapped in a group.
+                logger.info(
+                    "node %d: lost connection to peer %d at %s: %r",
+                    self.node_id,
+                    out.peer,
+                    where,
+                    exc,
+                )
+                nursery.cancel_scope.cancel()
+        logger.info("node %d: connection to peer %d at %s is over", self.node_id, out.peer, where)
+        return True
+
+    async def _dial_handshake(
+        self, stream: trio.SocketStream, peer: int, decoder: FrameDecoder
+    ) -> None:
+        nonce_a = secrets.token_bytes(_NONCE_BYTES)
+        hello = {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "cluster": self.cluster,
+            "node": self.node_id,
+            "nonce": nonce_a,
+        }
+        await stream.send_all(encode_frame(hello))
+        try:
+            frame = await _next_frame(stream, decoder)
+        except _HandshakeError as exc:
+            if decoder.buffered:
+                raise
+            # The acceptor hangs up without a word on anyone it will not talk to.
+            raise _HandshakeError(
+                f"{exc} (refused: wrong cluster name, or node {self.node_id} unknown to it?)"
+            ) from None
+        challenge = _expect(frame, "challenge", _CHALLENGE)
+        if challenge["cluster"] != self.cluster:
+            raise _HandshakeError(f"wrong cluster {challenge['cluster'][:80]!r}")
+        if challenge["node"] != peer:
+            raise _HandshakeError(f"expected node {peer}, it claims to be {challenge['node']}")
+        nonce_b = challenge["nonce"]
+        expected = _mac(
+            self._secret, b"acceptor", self.cluster, self.node_id, peer, nonce_a, nonce_b
+        )
+        if not hmac.compare_digest(challenge["mac"], expected):
+            raise _HandshakeError("bad MAC (wrong cluster secret?)")
+        proof = _mac(self._secret, b"dialer", self.cluster, self.node_id, peer, nonce_a, nonce_b)
+        await stream.send_all(encode_frame({"type": "proof", "mac": proof}))
+
+    async def _drain(self, stream: trio.SocketStream, out: _Outbound) -> None:
+        while True:
+            if not out.queue:
+                out.wakeup = trio.Event()
+                with trio.move_on_after(self._heartbeat_interval):
+                    await out.wakeup.wait()
+            if out.queue:
+                data, count = self._take_batch(out)
+                try:
+                    with trio.fail_after(self._io_timeout):
+                        await stream.send_all(data)
+                except BaseException:
+                    self.stats.frames_dropped += count
+                    raise
+                self.stats.frames_sent += count
+            else:
+                data = KEEPALIVE
+                with trio.fail_after(self._io_timeout):
+                    await stream.send_all(data)
+                self.stats.keepalives_sent += 1
+            self.stats.bytes_sent += len(data)
+
+    @staticmethod
+    def _take_batch(out: _Outbound) -> tuple[bytes, int]:
+        """As many queued frames as fit one write (always at least one)."""
+        parts: list[bytes] = []
+        size = 0
+        while out.queue and (not parts or size + len(out.queue[0]) <= _MAX_BATCH_BYTES):
+            frame = out.queue.popleft()
+            parts.append(frame)
+            size += len(frame)
+        out.queued_bytes -= size
+        return b"".join(parts), len(parts)
+
+    @staticmethod
+    async def _watch_for_close(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        # The acceptor never writes after the handshake, so any read result means the
+        # connection is over: notice at once instead of at the next failed write.
+        with contextlib.suppress(trio.BrokenResourceError, OSError):
+            await stream.receive_some(1)
+        scope.cancel()
+
+    # --- Receiving ------------------------------------------------------------------
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        where = _remote(stream)
+        try:
+            if self._pending_handshakes >= _MAX_PENDING_HANDSHAKES:
+                self.stats.auth_failures += 1
+                logger.warning(
+                    "node %d: refused connection from %s: too many handshakes in progress",
+                    self.node_id,
+                    where,
+                )
+                return
+            self._pending_handshakes += 1
+            try:
+                _set_nodelay(stream)
+                decoder = FrameDecoder(max_frame=_HANDSHAKE_MAX_FRAME)
+                with trio.fail_after(self._io_timeout):
+                    peer = await self._accept_handshake(stream, decoder)
+            except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+                self._auth_failed(f"refused connection from {where}", exc)
+                return
+            finally:
+                self._pending_handshakes -= 1
+            decoder.max_frame = self._max_frame
+            await self._receive(stream, peer, decoder, where)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _accept_handshake(self, stream: trio.SocketStream, decoder: FrameDecoder) -> int:
+        hello = _expect(await _next_frame(stream, decoder), "hello", _HELLO)
+        if hello["cluster"] != self.cluster:
+            raise _HandshakeError(f"wrong cluster {hello['cluster'][:80]!r}")
+        dialer: int = hello["node"]
+        if dialer not in self._outbound:
+            raise _HandshakeError(f"unknown node id {dialer}")
+        nonce_a = hello["nonce"]
+        nonce_b = secrets.token_bytes(_NONCE_BYTES)
+        mac_b = _mac(
+            self._secret, b"acceptor", self.cluster, dialer, self.node_id, nonce_a, nonce_b
+        )
+        challenge = {
+            "type": "challenge",
+            "protocol": PROTOCOL,
+            "cluster": self.cluster,
+            "node": self.node_id,
+            "nonce": nonce_b,
+            "mac": mac_b,
+        }
+        await stream.send_all(encode_frame(challenge))
+        proof = _expect(await _next_frame(stream, decoder), "proof", _PROOF)
+        expected = _mac(
+            self._secret, b"dialer", self.cluster, dialer, self.node_id, nonce_a, nonce_b
+        )
+        if not hmac.compare_digest(proof["mac"], expected):
+            raise _HandshakeError(f"node {dialer}: bad MAC (wrong cluster secret?)")
+        if dialer not in self._outbound:
+            raise _HandshakeError(f"node {dialer} was removed during the handshake")
+        return dialer
+
+    async def _receive(
+        self, stream: trio.SocketStream, peer: int, decoder: FrameDecoder, where: str
+    ) -> None:
+        # One inbound stream per peer: a newer one means the old one is stale (the peer
+        # restarted, or its side of the old connection died without us noticing).
+        previous = self._inbound.get(peer)
+        if previous is not None:
+            previous.cancel()
+        scope = self._inbound[peer] = trio.CancelScope()
+        self.stats.connections_in += 1
+        logger.info("node %d: peer %d connected from %s", self.node_id, peer, where)
+        try:
+            with scope:
+                self._heard(peer)
+                self._deliver(peer, decoder.feed())
+                while True:
+                    with trio.move_on_after(self._idle_timeout):
+                        data = await stream.receive_some(_RECEIVE_BYTES)
+                        if not data:
+                            logger.info(
+                                "node %d: peer %d at %s closed its stream",
+                                self.node_id,
+                                peer,
+                                where,
+                            )
+                            return
+                        self.stats.bytes_received += len(data)
+                        self._heard(peer)
+                        self._deliver(peer, decoder.feed(data))
+                        continue
+                    logger.warning(
+                        "node %d: peer %d at %s went silent; closing its stream",
+                        self.node_id,
+                        peer,
+                        where,
+                    )
+                    return
+        except FrameError as exc:
+            logger.warning(
+                "node %d: bad frame from peer %d at %s (%s); closing",
+                self.node_id,
+                peer,
+                where,
+                exc,
+            )
+        except (trio.BrokenResourceError, OSError) as exc:
+            logger.info(
+                "node %d: lost stream from peer %d at %s: %r", self.node_id, peer, where, exc
+            )
+        finally:
+            if self._inbound.get(peer) is scope:
+                del self._inbound[peer]
+
+    def _deliver(self, peer: int, frames: list[object]) -> None:
+        for frame in frames:
+            self.stats.frames_received += 1
+            try:
+                self._on_frame(peer, frame)
+            except Exception:
+                self.stats.callback_errors += 1
+                logger.exception(
+                    "node %d: on_frame failed for a frame from peer %d", self.node_id, peer
+                )
+
+    def _auth_failed(self, what: str, exc: BaseException) -> None:
+        self.stats.auth_failures += 1
+        reason = (
+            "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc) or repr(exc)
+        )
+        logger.warning("node %d: %s: %s", self.node_id, what, reason)
+
+    # --- Liveness -------------------------------------------------------------------
+
+    def _heard(self, peer: int) -> None:
+        self._last_heard[peer] = trio.current_time()
+        if peer not in self._reachable:
+            self._reachable.add(peer)
+            logger.info("node %d: peer %d is reachable", self.node_id, peer)
+
+    async def _watch_liveness(self) -> None:
+        interval = min(self._heartbeat_interval, self._suspect_after / 4)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for peer in sorted(self._reachable):
+                if now - self._last_heard.get(peer, now) <= self._suspect_after:
+                    continue
+                self._reachable.discard(peer)
+                logger.info("node %d: peer %d is unreachable", self.node_id, peer)
+                if self._on_suspect is not None:
+                    try:
+                        self._on_suspect(peer)
+                    except Exception:
+                        self.stats.callback_errors += 1
+                        logger.exception(
+                            "node %d: on_suspect failed for peer %d", self.node_id, peer
+                        )

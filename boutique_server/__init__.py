@@ -1,0 +1,96 @@
+"""boutique_server: the line-protocol edge of boutique, the part people reach with telnet or nc.
+
+The public API here is the sans-I/O protocol (``LineParser``, ``render``, the command and
+reply types): bytes in, commands out; replies to bytes. The trio server that drives it
+lives in ``boutique_server.server`` and is not imported here, so importing this package
+never starts or imports any I/O machinery.
+"""
+
+from __future__ import annotations
+
+from boutique.wire import ErrorCode, WireError
+from boutique_server.commands import (
+    MAX_BUCKET_NAME_BYTES,
+    MAX_KEY_BYTES,
+    Auth,
+    BucketCommand,
+    Buckets,
+    Command,
+    Create,
+    Delete,
+    Drop,
+    Get,
+    Help,
+    Keys,
+    Ping,
+    Put,
+    Quit,
+    ReadCommand,
+    Scan,
+    Status,
+    WriteCommand,
+    check_bucket_name,
+)
+from boutique_server.protocol import (
+    DEFAULT_MAX_LINE,
+    HELP_TEXT,
+    Error,
+    Event,
+    LineParser,
+    LocalProtocolError,
+    NotFound,
+    NotImplemented_,
+    Ok,
+    Pairs,
+    Pong,
+    ProtocolError,
+    Reply,
+    Text,
+    Value,
+    Values,
+    parse_line,
+    render,
+)
+
+__all__ = [
+    "DEFAULT_MAX_LINE",
+    "HELP_TEXT",
+    "MAX_BUCKET_NAME_BYTES",
+    "MAX_KEY_BYTES",
+    "Auth",
+    "BucketCommand",
+    "Buckets",
+    "Command",
+    "Create",
+    "Delete",
+    "Drop",
+    "Error",
+    "ErrorCode",
+    "Event",
+    "Get",
+    "Help",
+    "Keys",
+    "LineParser",
+    "LocalProtocolError",
+    "NotFound",
+    "NotImplemented_",
+    "Ok",
+    "Pairs",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Put",
+    "Quit",
+    "ReadCommand",
+    "Reply",
+    "Scan",
+    "Status",
+    "Text",
+    "Value",
+    "Values",
+    "WireError",
+    "WriteCommand",
+    "check_bucket_name",
+    "parse_line",
+    "render",
+]
