@@ -412,17 +412,26 @@ class Node:
         group. A write whose answer never comes has an unknown outcome."""
         if self.transport is None:
             return Rejected("not started")
+        if not self.transport.reachable(peer):
+            return Rejected(f"node {peer} is unreachable")
         request_id = next(self._forward_ids)
         pending = Pending()
         self._forwards[request_id] = pending
         try:
-            sent = self.transport.send(peer, {"f": [request_id, kind, group_id, body]})
-            if not sent:
+            if not self.transport.send(peer, {"f": [request_id, kind, group_id, body]}):
                 return Rejected(f"node {peer} is unreachable")
-            outcome = await pending.wait(timeout)
-            if isinstance(outcome, Unknown) and not self.transport.reachable(peer):
-                outcome = Unknown(f"node {peer} stopped answering")
-            return outcome
+            # Wait for the answer, but stop early if the peer goes silent: a dead
+            # node will not answer, and waiting out the whole timeout helps nobody.
+            with trio.move_on_after(timeout):
+                while pending.outcome is None:
+                    with trio.move_on_after(0.05):
+                        await pending.event.wait()
+                    if pending.outcome is None and not self.transport.reachable(peer):
+                        break
+            if pending.outcome is None:
+                pending.abandoned = True
+                return Unknown(f"node {peer} did not answer")
+            return pending.outcome
         finally:
             self._forwards.pop(request_id, None)
 

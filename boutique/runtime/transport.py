@@ -86,7 +86,10 @@ class TransportStats:
     frames_received: int = 0
     """Payload frames delivered to ``on_frame``."""
     frames_dropped: int = 0
-    """Payloads refused by ``send`` plus payloads lost in a failed write."""
+    """Payloads refused by ``send``, lost in a failed write, or queued for a peer that
+    ``set_peers`` removed."""
+    writes: int = 0
+    """``send_all`` calls that carried payload frames (several queued frames go in one)."""
     bytes_sent: int = 0
     bytes_received: int = 0
     keepalives_sent: int = 0
@@ -191,7 +194,8 @@ class _Outbound:
     def __init__(self, peer: int, address: Address) -> None:
         self.peer = peer
         self.address = address
-        self.queue: collections.deque[bytes] = collections.deque()
+        # (time queued, frame): frames that waited too long are stale and dropped.
+        self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self.queued_bytes = 0
         self.wakeup = trio.Event()
         self.scope: trio.CancelScope | None = None
@@ -221,6 +225,7 @@ class PeerTransport:
         queue_byte_limit: int = 64 * 1024 * 1024,
         heartbeat_interval: float = 0.1,
         suspect_after: float = 0.5,
+        max_queue_age: float = 2.0,
         on_suspect: Callable[[int], None] | None = None,
         io_timeout: float = 2.0,
         reconnect_min: float = 0.05,
@@ -236,6 +241,8 @@ class PeerTransport:
             raise ValueError("queue limits must be positive")
         if not 0 < heartbeat_interval < suspect_after:
             raise ValueError("need 0 < heartbeat_interval < suspect_after")
+        if not 0 < max_frame < 2**32:
+            raise ValueError("max_frame must fit a 4-byte length")
         if not 0 < reconnect_min <= reconnect_max or io_timeout <= 0:
             raise ValueError("need 0 < reconnect_min <= reconnect_max and io_timeout > 0")
         self.node_id = node_id
@@ -248,6 +255,7 @@ class PeerTransport:
         self._queue_byte_limit = queue_byte_limit
         self._heartbeat_interval = heartbeat_interval
         self._suspect_after = suspect_after
+        self._max_queue_age = max_queue_age
         self._io_timeout = io_timeout
         # An inbound stream that stays silent this long is dead: its dialer would have
         # sent a keepalive many times over.
@@ -315,7 +323,7 @@ class PeerTransport:
         ):
             self.stats.frames_dropped += 1
             return False
-        out.queue.append(frame)
+        out.queue.append((trio.current_time(), frame))
         out.queued_bytes += len(frame)
         out.wakeup.set()
         return True
@@ -374,7 +382,6 @@ class PeerTransport:
             while True:
                 host, port = out.address
                 where = f"{host}:{port}"
-                stream: trio.SocketStream | None = None
                 try:
                     with trio.fail_after(self._io_timeout):
                         stream = await trio.open_tcp_stream(host, port)
@@ -469,6 +476,8 @@ class PeerTransport:
                     await out.wakeup.wait()
             if out.queue:
                 data, count = self._take_batch(out)
+                if not count:
+                    continue
                 try:
                     with trio.fail_after(self._io_timeout):
                         await stream.send_all(data)
@@ -476,6 +485,7 @@ class PeerTransport:
                     self.stats.frames_dropped += count
                     raise
                 self.stats.frames_sent += count
+                self.stats.writes += 1
             else:
                 data = KEEPALIVE
                 with trio.fail_after(self._io_timeout):
@@ -483,16 +493,25 @@ class PeerTransport:
                 self.stats.keepalives_sent += 1
             self.stats.bytes_sent += len(data)
 
-    @staticmethod
-    def _take_batch(out: _Outbound) -> tuple[bytes, int]:
-        """As many queued frames as fit one write (always at least one)."""
+    def _take_batch(self, out: _Outbound) -> tuple[bytes, int]:
+        """As many queued frames as fit one write (at least one, unless all are stale).
+
+        A frame queued more than ``max_queue_age`` ago is dropped instead: a peer that
+        comes back after a long absence must not act on old requests (a forwarded
+        write whose client was long since told the outcome is unknown) or old Raft
+        traffic, which Raft would ignore anyway.
+        """
         parts: list[bytes] = []
         size = 0
-        while out.queue and (not parts or size + len(out.queue[0]) <= _MAX_BATCH_BYTES):
-            frame = out.queue.popleft()
+        oldest = trio.current_time() - self._max_queue_age
+        while out.queue and (not parts or size + len(out.queue[0][1]) <= _MAX_BATCH_BYTES):
+            queued_at, frame = out.queue.popleft()
+            out.queued_bytes -= len(frame)
+            if queued_at < oldest:
+                self.stats.frames_dropped += 1
+                continue
             parts.append(frame)
             size += len(frame)
-        out.queued_bytes -= size
         return b"".join(parts), len(parts)
 
     @staticmethod
