@@ -61,7 +61,7 @@ DEFAULT_PORT = 4040
 
 Data: TypeAlias = str | bytes
 """A key, value or password: ``str`` is sent as UTF-8."""
-Text: TypeAlias = str | bytes
+Decoded: TypeAlias = str | bytes
 """A value or key read back: ``str`` if it is valid UTF-8, else ``bytes``."""
 
 T = TypeVar("T")
@@ -187,7 +187,7 @@ def _b(data: Data) -> bytes:
     return data.encode() if isinstance(data, str) else bytes(data)
 
 
-def _text(data: bytes) -> Text:
+def _text(data: bytes) -> Decoded:
     try:
         return data.decode()
     except UnicodeDecodeError:
@@ -243,7 +243,7 @@ def decode_text(raw: RawReply) -> list[str]:
     return [_read(parse_value, line).decode("utf-8", "replace") for line in raw.items]
 
 
-def _optional_text(value: bytes | None) -> Text | None:
+def _optional_text(value: bytes | None) -> Decoded | None:
     return None if value is None else _text(value)
 
 
@@ -267,7 +267,7 @@ class _Requests:
         return _request(decode_ok, b"PUT", _b(bucket), _b(key), _b(value))
 
     @staticmethod
-    def get(bucket: str, key: Data) -> Request[Text | None]:
+    def get(bucket: str, key: Data) -> Request[Decoded | None]:
         return _request(lambda r: _optional_text(decode_value(r)), b"GET", _b(bucket), _b(key))
 
     @staticmethod
@@ -285,14 +285,14 @@ class _Requests:
         )
 
     @staticmethod
-    def keys(bucket: str, prefix: Data | None = None) -> Request[list[Text]]:
+    def keys(bucket: str, prefix: Data | None = None) -> Request[list[Decoded]]:
         args = [_b(bucket)] if prefix is None else [_b(bucket), _b(prefix)]
         return _request(lambda r: [_text(k) for k in decode_values(r)], b"KEYS", *args)
 
     @staticmethod
     def scan(
         bucket: str, start: Data = b"", end: Data | None = None, limit: int | None = None
-    ) -> Request[list[tuple[Text, Text]]]:
+    ) -> Request[list[tuple[Decoded, Decoded]]]:
         args = [_b(bucket), _b(start), b"" if end is None else _b(end)]
         if limit is not None:
             args.append(str(limit).encode())
@@ -481,7 +481,11 @@ class Client:
         self._sock: socket.socket | None = sock
         self._parser = ReplyParser(max_reply_line)
         if password is not None:
-            self.auth(password)
+            try:
+                self.auth(password)
+            except BaseException:
+                self.close()
+                raise
 
     def __enter__(self) -> Self:
         return self
@@ -575,7 +579,7 @@ class Client:
         """Set a key."""
         return self._run(_R.put(bucket, key, value))
 
-    def get(self, bucket: str, key: Data) -> Text | None:
+    def get(self, bucket: str, key: Data) -> Decoded | None:
         """A key's value (``str`` if UTF-8, else ``bytes``), or None if it is missing."""
         return self._run(_R.get(bucket, key))
 
@@ -591,13 +595,13 @@ class Client:
         """Every bucket name, in order."""
         return self._run(_R.buckets())
 
-    def keys(self, bucket: str, prefix: Data | None = None) -> list[Text]:
+    def keys(self, bucket: str, prefix: Data | None = None) -> list[Decoded]:
         """The bucket's keys (those starting with ``prefix``, if given), in order."""
         return self._run(_R.keys(bucket, prefix))
 
     def scan(
         self, bucket: str, start: Data = b"", end: Data | None = None, limit: int | None = None
-    ) -> list[tuple[Text, Text]]:
+    ) -> list[tuple[Decoded, Decoded]]:
         """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order."""
         return self._run(_R.scan(bucket, start, end, limit))
 
@@ -665,7 +669,11 @@ class AsyncClient:
                     f"cannot connect to {self.host}:{self.port}: {exc}", maybe_applied=False
                 ) from exc
         if self._password is not None:
-            await self.auth(self._password)
+            try:
+                await self.auth(self._password)
+            except BaseException:
+                await self.aclose()
+                raise
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -766,7 +774,7 @@ class AsyncClient:
         """Set a key."""
         return await self._run(_R.put(bucket, key, value))
 
-    async def get(self, bucket: str, key: Data) -> Text | None:
+    async def get(self, bucket: str, key: Data) -> Decoded | None:
         """A key's value (``str`` if UTF-8, else ``bytes``), or None if it is missing."""
         return await self._run(_R.get(bucket, key))
 
@@ -782,13 +790,13 @@ class AsyncClient:
         """Every bucket name, in order."""
         return await self._run(_R.buckets())
 
-    async def keys(self, bucket: str, prefix: Data | None = None) -> list[Text]:
+    async def keys(self, bucket: str, prefix: Data | None = None) -> list[Decoded]:
         """The bucket's keys (those starting with ``prefix``, if given), in order."""
         return await self._run(_R.keys(bucket, prefix))
 
     async def scan(
         self, bucket: str, start: Data = b"", end: Data | None = None, limit: int | None = None
-    ) -> list[tuple[Text, Text]]:
+    ) -> list[tuple[Decoded, Decoded]]:
         """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order."""
         return await self._run(_R.scan(bucket, start, end, limit))
 

@@ -309,11 +309,9 @@ class FakeStore:
         return out
 
 
-@pytest.fixture
-def sync_server() -> Iterator[tuple[socket.socket, FakeStore]]:
-    """A connected socket whose peer is served by a FakeStore in a thread."""
+def start_sync_server(store: FakeStore) -> tuple[socket.socket, threading.Thread]:
+    """A connected socket whose peer is served by ``store`` in a thread."""
     ours, theirs = socket.socketpair()
-    store = FakeStore()
 
     def run() -> None:
         parser = p.LineParser()
@@ -329,8 +327,27 @@ def sync_server() -> Iterator[tuple[socket.socket, FakeStore]]:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    yield ours, store
-    ours.close()
+    return ours, thread
+
+
+@pytest.fixture
+def sync_server() -> Iterator[tuple[socket.socket, FakeStore]]:
+    store = FakeStore()
+    sock, thread = start_sync_server(store)
+    yield sock, store
+    sock.close()
+    thread.join(timeout=10)
+
+
+def test_sync_client_logs_in_when_given_a_password() -> None:
+    sock, thread = start_sync_server(FakeStore(password=b"s3cret"))
+    with Client(sock=sock, password="s3cret") as client:
+        client.ping()
+    thread.join(timeout=10)
+    sock, thread = start_sync_server(FakeStore(password=b"s3cret"))
+    with pytest.raises(AuthError):
+        Client(sock=sock, password="wrong")
+    assert sock.fileno() == -1  # closed, not leaked
     thread.join(timeout=10)
 
 
