@@ -114,6 +114,9 @@ class GroupRuntime:
         """(index, command, reply) of NORMAL entries applied in the last turn, for
         owners that react to them (the meta group reconciles buckets)."""
         self.track_applied = False
+        self.campaign_when_ready = False
+        """Campaign as soon as this node knows it is a voter (a new group's founding
+        membership is only known once its first entry is applied)."""
 
     # --- Requests -----------------------------------------------------------------------
 
@@ -187,6 +190,9 @@ class GroupRuntime:
             if read is not None:
                 read.index = state.index
         self.node.advance(ready)
+        if self.campaign_when_ready and self.node.raft.promotable():
+            self.campaign_when_ready = False
+            self.node.campaign()
         if ready.soft_state is not None and ready.soft_state.role is not Role.LEADER:
             self._fail_reads_of_old_leadership()
         self._serve_reads()

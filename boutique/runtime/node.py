@@ -1,505 +1,133 @@
-"""The node: one process hosting the meta group and every bucket group of its ranges.
+"""The bucket-store node: a ``RaftHost`` running the meta group and the bucket groups.
 
-Everything that touches a ``RawNode`` runs in one task, the event loop of ``Node``.
-Other tasks (peer transport, client connections, the ticker) only put work in the
-inbox and wait on a ``Pending``. Each turn of the loop:
-
-1. ticks the active (non-quiet) groups if a tick is due, and steps every inbound
-   message and local request;
-2. takes a ``Ready`` from every group that has one and sends the messages that may
-   leave at once, batched into one frame per destination node;
-3. writes every group's hard state, entries and snapshots, then syncs the storage
-   ONCE for all of them (group commit, in a worker thread so connections keep being
-   served meanwhile);
-4. sends the messages that needed that sync, again one frame per destination;
-5. applies committed entries, serves reads, advances, and reconciles the bucket
-   groups with the registry when the meta group applied something.
-
-Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a node with
-thousands of idle buckets does almost nothing. When the transport suspects a peer,
-groups led by it are woken to elect someone else.
+The meta group replicates the registry (range map and bucket catalog). Whenever it
+applies a ``create`` or ``drop``, every node that replicates the bucket's range opens or
+closes the bucket's own Raft group; after a restart or a snapshot the whole catalog is
+reconciled with the groups on disk. A new bucket's preferred leader (the first replica of
+its range) campaigns at once, so a bucket is writable one round trip after ``CREATE``.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import random
-from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-import trio
 
 from boutique.buckets import BucketMachine
 from boutique.config import ClusterConfig, NodeConfig
-from boutique.machine import CommandFailed, MachineHost, decode_value
-from boutique.raft import Message, RaftConfig, RawNode, Role, bootstrap
+from boutique.machine import CommandFailed, StateMachine, decode_value
 from boutique.registry import BucketInfo, RegistryMachine
 from boutique.storage.sqlite import SqliteStorage
 
-from .codec import CodecError, decode_batch, encode_batch
-from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
-from .transport import PeerTransport
+from .group import GroupRuntime
+from .host import HostSettings, RaftHost
 
 log = logging.getLogger("boutique.node")
 
 META_GROUP = "meta"
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    peer: int
-    batch: dict[str, list[Message]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Propose:
-    group: str
-    data: bytes
-    pending: Pending
-
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    group: str
-    query: Any
-    pending: Pending
-
-
-@dataclass(frozen=True, slots=True)
-class _Suspect:
-    peer: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """Run ``fn`` inside the loop (e.g. a leader transfer) and resolve with its result."""
-
-    group: str
-    fn: Callable[[GroupRuntime], Any]
-    pending: Pending
-
-
-_InboxItem = _Step | _Propose | _Read | _Suspect | _Call
-
-
-class Node:
-    """A running node of a cluster. Start it with ``nursery.start(node.run)``."""
+class Node(RaftHost):
+    """A running node of a bucket-store cluster."""
 
     def __init__(self, config: ClusterConfig, me: NodeConfig, *, seed: int | None = None) -> None:
         self.config = config
         self.me = me
-        self.id = me.id
-        self.rng = random.Random(seed)
-        self.storage: SqliteStorage | None = None
-        self.groups: dict[str, GroupRuntime] = {}
-        self.active: set[str] = set()
-        self.transport: PeerTransport | None = None
-        self._inbox: list[_InboxItem] = []
-        self._wakeup = trio.Event()
-        self._tick_due = False
-        self._carry: set[str] = set()
-        self._forwards: dict[int, Pending] = {}
-        self._forward_ids = itertools.count(1)
-        self._nursery: trio.Nursery | None = None
-        self.peer_port: int = me.peer_port
-        self.turns = 0
-        self.syncs = 0
+        super().__init__(
+            me.id,
+            secret=config.secret,
+            cluster_name=config.cluster_name,
+            peers={n.id: (n.host, n.peer_port) for n in config.nodes if n.id != me.id},
+            listen=(me.host, me.peer_port),
+            open_storage=lambda: SqliteStorage(me.data_dir / "raft.db"),
+            machine_for=self._machine_for,
+            settings=HostSettings(
+                tick_interval=config.tick_interval,
+                election_ticks=config.election_ticks,
+                heartbeat_ticks=config.heartbeat_ticks,
+                snapshot_entries=config.snapshot_entries,
+                request_timeout=config.request_timeout,
+            ),
+            seed=seed,
+        )
 
-    # --- Lifecycle ----------------------------------------------------------------------
-
-    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open storage, load groups, join peers, and serve until cancelled."""
-        self.storage = SqliteStorage(self.me.data_dir / "raft.db")
-        try:
-            self._load_groups()
-            peers = {n.id: (n.host, n.peer_port) for n in self.config.nodes if n.id != self.id}
-            self.transport = PeerTransport(
-                self.id,
-                self.config.secret,
-                self.config.cluster_name,
-                peers,
-                self._on_frame,
-                on_suspect=self._on_suspect,
-            )
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self.peer_port = await nursery.start(
-                    self.transport.run, self.me.host, self.me.peer_port
-                )
-                nursery.start_soon(self._ticker)
-                nursery.start_soon(self._loop)
-                task_status.started(self)
-        finally:
-            for group in self.groups.values():
-                group.close("node shutting down")
-            self.storage.close()
-
-    def _load_groups(self) -> None:
-        assert self.storage is not None
-        stored = set(self.storage.groups())
-        if META_GROUP not in stored:
-            self._create_group(META_GROUP, self.config.meta_replicas, fresh=True)
-        else:
-            self._create_group(META_GROUP, self.config.meta_replicas, fresh=False)
-        for group_id in sorted(stored - {META_GROUP}):
-            self._create_group(group_id, (), fresh=False)
-        self._reconcile_all()
-
-    def _machine_for(self, group_id: str) -> Any:
+    def _machine_for(self, group_id: str) -> StateMachine[Any, Any, Any, Any, Any]:
         if group_id == META_GROUP:
+            # Every node starts from the same config file, so the same initial map.
             return RegistryMachine(self.config.range_map)
         return BucketMachine()
 
-    def _create_group(self, group_id: str, voters: tuple[int, ...], *, fresh: bool) -> GroupRuntime:
+    # --- Groups -------------------------------------------------------------------------
+
+    def load_groups(self) -> None:
         assert self.storage is not None
-        storage = self.storage.group(group_id)
-        if fresh and storage.last_index() == 0:
-            hard_state, entries = bootstrap(set(voters))
-            storage.bootstrap(hard_state, entries)
-        host: MachineHost[Any, Any, Any, Any, Any] = MachineHost(self._machine_for(group_id))
-        snapshot = storage.snapshot()
-        if snapshot.meta.index:
-            host.restore(snapshot.data)
-        raft_config = RaftConfig(
-            id=self.id,
-            election_tick=self.config.election_ticks,
-            heartbeat_tick=self.config.heartbeat_ticks,
-            quiesce=group_id != META_GROUP,
+        meta_voters = self.config.meta_replicas
+        if self.id in meta_voters or META_GROUP in self.storage.groups():
+            self.open_group(
+                META_GROUP,
+                meta_voters,
+                bootstrap_voters=True,
+                campaign=meta_voters[0] == self.id and META_GROUP not in self.storage.groups(),
+                quiesce=False,
+                track_applied=True,
+            )
+        for group_id in self.storage.groups():
+            if group_id != META_GROUP:
+                self.open_group(group_id)
+        self._reconcile_all()
+
+    def _open_bucket(self, info: BucketInfo) -> None:
+        self.open_group(
+            info.group,
+            info.replicas,
+            bootstrap_voters=True,
+            campaign=info.replicas[0] == self.id,
         )
-        node = RawNode(raft_config, storage, random.Random(self.rng.getrandbits(64)))
-        group = GroupRuntime(group_id, node, storage, host, self.config.snapshot_entries)
-        group.track_applied = group_id == META_GROUP
-        self.groups[group_id] = group
-        self.active.add(group_id)
-        self._carry.add(group_id)
-        if fresh and voters and voters[0] == self.id and len(voters) > 0:
-            # The preferred leader campaigns at once: a new bucket is usable in one
-            # round trip instead of after an election timeout.
-            node.campaign()
-        return group
-
-    def _drop_group(self, group_id: str) -> None:
-        group = self.groups.pop(group_id, None)
-        self.active.discard(group_id)
-        self._carry.discard(group_id)
-        if group is not None:
-            group.close("bucket dropped")
-        assert self.storage is not None
-        self.storage.drop_group(group_id)
-
-    # --- Registry reconciliation ----------------------------------------------------------
 
     def catalog(self) -> dict[str, BucketInfo]:
-        state = self.groups[META_GROUP].host.state
-        buckets: dict[str, BucketInfo] = state.buckets
+        """The bucket catalog as this node has applied it (may lag the cluster)."""
+        meta = self.groups.get(META_GROUP)
+        if meta is None:
+            return {}
+        buckets: dict[str, BucketInfo] = meta.host.state.buckets
         return buckets
 
     def _reconcile_all(self) -> None:
-        """Make local bucket groups match the catalog (after a restart or snapshot)."""
+        """Make the local bucket groups match the catalog (after a restart or snapshot)."""
         wanted = {info.group: info for info in self.catalog().values() if self.id in info.replicas}
         for group_id, info in wanted.items():
             if group_id not in self.groups:
-                self._create_group(group_id, info.replicas, fresh=True)
+                self._open_bucket(info)
         for group_id in list(self.groups):
             if group_id != META_GROUP and group_id not in wanted:
-                self._drop_group(group_id)
+                self.close_group(group_id)
 
-    def _reconcile_applied(self, meta: GroupRuntime) -> None:
-        for _, data, reply in meta.on_applied:
+    def on_applied(self, group: GroupRuntime, restored: bool) -> None:
+        if group.group_id != META_GROUP:
+            return
+        if restored:
+            self._reconcile_all()
+            return
+        for _, data, reply in group.on_applied:
             if isinstance(reply, CommandFailed):
                 continue
             command = decode_value(data)
             if command[0] == "create" and reply[0] == "created":
                 info = BucketInfo.from_wire(reply[1])
-                if self.id in info.replicas and info.group not in self.groups:
-                    self._create_group(info.group, info.replicas, fresh=True)
-            elif command[0] == "drop":
-                wanted = {i.group for i in self.catalog().values()}
+                if self.id in info.replicas:
+                    self._open_bucket(info)
+            elif command[0] == "drop" and reply:
+                live = {info.group for info in self.catalog().values()}
                 for group_id in list(self.groups):
-                    if group_id != META_GROUP and group_id not in wanted:
-                        self._drop_group(group_id)
+                    if group_id != META_GROUP and group_id not in live:
+                        self.close_group(group_id)
             else:
                 self._reconcile_all()
-        meta.on_applied.clear()
-
-    # --- Inbox --------------------------------------------------------------------------
-
-    def _post(self, item: _InboxItem) -> None:
-        self._inbox.append(item)
-        self._wakeup.set()
-
-    def _on_frame(self, peer: int, payload: object) -> None:
-        if not isinstance(payload, dict):
-            log.warning("node %d sent a frame that is not a map; ignored", peer)
-            return
-        if "r" in payload:
-            try:
-                batch = decode_batch(payload["r"])
-            except CodecError as exc:
-                log.warning("node %d sent undecodable Raft messages: %s", peer, exc)
-                return
-            self._post(_Step(peer, batch))
-        if "f" in payload and self._nursery is not None:
-            self._nursery.start_soon(self._serve_forward, peer, payload["f"])
-        if "a" in payload:
-            self._on_forward_answer(payload["a"])
-
-    def _on_suspect(self, peer: int) -> None:
-        self._post(_Suspect(peer))
-
-    async def _ticker(self) -> None:
-        while True:
-            await trio.sleep(self.config.tick_interval)
-            self._tick_due = True
-            self._wakeup.set()
-
-    # --- The loop -----------------------------------------------------------------------
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            await self._turn()
-            if self._carry:
-                self._wakeup.set()
-
-    async def _turn(self) -> None:
-        self.turns += 1
-        dirty = self._carry
-        self._carry = set()
-        if self._tick_due:
-            self._tick_due = False
-            for group_id in self.active:
-                self.groups[group_id].node.tick()
-            dirty |= self.active
-        inbox, self._inbox = self._inbox, []
-        for item in inbox:
-            touched = self._handle(item)
-            dirty.update(touched)
-        readies = []
-        for group_id in dirty:
-            group = self.groups.get(group_id)
-            if group is not None and group.node.has_ready():
-                readies.append((group, group.node.ready()))
-        if not readies:
-            return
-        outgoing: defaultdict[int, defaultdict[str, list[Message]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        for group, ready in readies:
-            for msg in ready.messages:
-                outgoing[msg.to][group.group_id].append(msg)
-        self._send_all(outgoing)
-        for group, ready in readies:
-            group.persist(ready)
-        assert self.storage is not None
-        if self.storage.pending_writes():
-            self.syncs += 1
-            await trio.to_thread.run_sync(self.storage.commit)
-        for group, ready in readies:
-            for msg in ready.persisted_messages:
-                outgoing[msg.to][group.group_id].append(msg)
-        self._send_all(outgoing)
-        meta_changed = False
-        for group, ready in readies:
-            if group.group_id not in self.groups:
-                continue  # dropped while we synced
-            group.apply_and_advance(ready)
-            if group.group_id == META_GROUP and (group.on_applied or ready.snapshot):
-                meta_changed = True
-                if ready.snapshot is not None:
-                    group.on_applied.clear()
-                    self._reconcile_all()
-            if group.node.has_ready():
-                self._carry.add(group.group_id)
-            if group.node.quiesced:
-                self.active.discard(group.group_id)
-            else:
-                self.active.add(group.group_id)
-        if meta_changed:
-            self._reconcile_applied(self.groups[META_GROUP])
-
-    def _handle(self, item: _InboxItem) -> set[str]:
-        match item:
-            case _Step(peer, batch):
-                touched = set()
-                for group_id, messages in batch.items():
-                    group = self.groups.get(group_id)
-                    if group is None:
-                        continue  # not created here yet, or dropped: the sender retries
-                    for msg in messages:
-                        if msg.frm != peer or msg.to != self.id:
-                            continue
-                        group.node.step(msg)
-                    touched.add(group_id)
-                    self.active.add(group_id)
-                return touched
-            case _Propose(group_id, data, pending):
-                group = self.groups.get(group_id)
-                if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
-                    return set()
-                group.propose(data, pending)
-                self.active.add(group_id)
-                return {group_id}
-            case _Read(group_id, query, pending):
-                group = self.groups.get(group_id)
-                if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
-                    return set()
-                group.read(query, pending)
-                self.active.add(group_id)
-                return {group_id}
-            case _Suspect(peer):
-                touched = set()
-                for group_id, group in self.groups.items():
-                    raft = group.node.raft
-                    if raft.lead == peer and raft.role is not Role.LEADER:
-                        group.node.suspect_leader()
-                        self.active.add(group_id)
-                        touched.add(group_id)
-                return touched
-            case _Call(group_id, fn, pending):
-                group = self.groups.get(group_id)
-                if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
-                    return set()
-                try:
-                    pending.resolve(Applied(fn(group)))
-                except Exception as exc:
-                    pending.resolve(Rejected(str(exc), group.leader))
-                self.active.add(group_id)
-                return {group_id}
-        return set()
-
-    def _send_all(self, outgoing: defaultdict[int, defaultdict[str, list[Message]]]) -> None:
-        if self.transport is None:
-            outgoing.clear()
-            return
-        for peer, batch in outgoing.items():
-            if batch:
-                self.transport.send(peer, {"r": encode_batch(dict(batch))})
-        outgoing.clear()
-
-    # --- Local requests (any task) ---------------------------------------------------------
-
-    async def propose(self, group_id: str, data: bytes, timeout: float) -> Outcome:
-        pending = Pending()
-        self._post(_Propose(group_id, data, pending))
-        return await pending.wait(timeout)
-
-    async def read(self, group_id: str, query: Any, timeout: float) -> Outcome:
-        pending = Pending()
-        self._post(_Read(group_id, query, pending))
-        return await pending.wait(timeout)
-
-    async def call(
-        self, group_id: str, fn: Callable[[GroupRuntime], Any], timeout: float
-    ) -> Outcome:
-        pending = Pending()
-        self._post(_Call(group_id, fn, pending))
-        return await pending.wait(timeout)
-
-    # --- Forwarding to other nodes -------------------------------------------------------
-
-    async def forward(
-        self, peer: int, group_id: str, kind: str, body: Any, timeout: float
-    ) -> Outcome:
-        """Ask ``peer`` to propose (``kind="w"``) or read (``"r"``) in its copy of the
-        group. A write whose answer never comes has an unknown outcome."""
-        if self.transport is None:
-            return Rejected("not started")
-        if not self.transport.reachable(peer):
-            return Rejected(f"node {peer} is unreachable")
-        request_id = next(self._forward_ids)
-        pending = Pending()
-        self._forwards[request_id] = pending
-        try:
-            if not self.transport.send(peer, {"f": [request_id, kind, group_id, body]}):
-                return Rejected(f"node {peer} is unreachable")
-            # Wait for the answer, but stop early if the peer goes silent: a dead
-            # node will not answer, and waiting out the whole timeout helps nobody.
-            with trio.move_on_after(timeout):
-                while pending.outcome is None:
-                    with trio.move_on_after(0.05):
-                        await pending.event.wait()
-                    if pending.outcome is None and not self.transport.reachable(peer):
-                        break
-            if pending.outcome is None:
-                pending.abandoned = True
-                return Unknown(f"node {peer} did not answer")
-            return pending.outcome
-        finally:
-            self._forwards.pop(request_id, None)
-
-    def _on_forward_answer(self, answer: object) -> None:
-        if not isinstance(answer, list) or len(answer) != 4:
-            return
-        request_id, status, value, leader = answer
-        pending = self._forwards.get(request_id) if isinstance(request_id, int) else None
-        if pending is None:
-            return
-        if status == "ok":
-            pending.resolve(Applied(value))
-        elif status == "err" and isinstance(value, list):
-            pending.resolve(Applied(CommandFailed.from_wire(value)))
-        elif status == "rej":
-            pending.resolve(Rejected(str(value), leader if isinstance(leader, int) else 0))
-        else:
-            pending.resolve(Unknown(str(value)))
-
-    async def _serve_forward(self, peer: int, request: object) -> None:
-        if not (isinstance(request, list) and len(request) == 4):
-            return
-        request_id, kind, group_id, body = request
-        if not isinstance(group_id, str):
-            return
-        timeout = self.config.request_timeout
-        if kind == "w" and isinstance(body, bytes):
-            outcome = await self.propose(group_id, body, timeout)
-        elif kind == "r":
-            outcome = await self.read(group_id, _as_tuple(body), timeout)
-        else:
-            outcome = Rejected(f"unknown forward kind {kind!r}")
-        match outcome:
-            case Applied(CommandFailed() as failed):
-                answer = [request_id, "err", list(failed.to_wire()), 0]
-            case Applied(reply):
-                answer = [request_id, "ok", reply, 0]
-            case Rejected(reason, leader):
-                answer = [request_id, "rej", reason, leader]
-            case Unknown(reason):
-                answer = [request_id, "unk", reason, 0]
-        if self.transport is not None:
-            self.transport.send(peer, {"a": answer})
 
     # --- Inspection ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        groups = {}
-        for group_id, group in sorted(self.groups.items()):
-            raft = group.node.raft
-            groups[group_id] = {
-                "role": raft.role.value,
-                "leader": raft.lead,
-                "term": raft.term,
-                "commit": raft.log.committed,
-                "applied": group.host.applied_index,
-                "quiet": raft.quiesced,
-                "voters": sorted(raft.conf.voters),
-            }
         peers = {}
         for node in self.config.nodes:
             if node.id != self.id and self.transport is not None:
                 peers[node.name] = self.transport.reachable(node.id)
-        return {"node": self.me.name, "id": self.id, "peers": peers, "groups": groups}
-
-
-def _as_tuple(value: Any) -> Any:
-    """Forwarded queries arrive as lists (msgpack); machines match on tuples."""
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    return value
+        return {"node": self.me.name, "id": self.id, "peers": peers, "groups": self.group_status()}

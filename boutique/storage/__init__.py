@@ -1,5 +1,5 @@
 """Durable and in-memory homes for Raft logs, hard states and snapshots."""
 
-from .memory import MemoryStorage
+from .memory import MemoryNodeStorage, MemoryStorage
 
-__all__ = ["MemoryStorage"]
+__all__ = ["MemoryNodeStorage", "MemoryStorage"]

@@ -111,3 +111,39 @@ class MemoryStorage:
             raise ValueError("storage is not empty")
         self.append(entries)
         self.hard_state = hard_state
+
+
+class MemoryNodeStorage:
+    """Every group of one node in memory: the in-memory twin of ``SqliteStorage``.
+
+    For groups that need no disk (tests, caches, ``rafted_value``-style members that
+    catch up from their peers after a restart). ``commit()`` has nothing to do.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[str, MemoryStorage] = {}
+
+    def group(self, group_id: str) -> MemoryStorage:
+        storage = self._groups.get(group_id)
+        if storage is None:
+            storage = self._groups[group_id] = MemoryStorage()
+        return storage
+
+    def groups(self) -> list[str]:
+        return sorted(
+            name
+            for name, storage in self._groups.items()
+            if storage.last_index() or storage.hard_state.term
+        )
+
+    def drop_group(self, group_id: str) -> None:
+        self._groups.pop(group_id, None)
+
+    def pending_writes(self) -> int:
+        return 0
+
+    def commit(self) -> None:
+        """Nothing to sync: memory is as durable as it gets."""
+
+    def close(self) -> None:
+        self._groups.clear()

@@ -155,7 +155,6 @@ def test_synced_writes_survive_sigkill(tmp_path: Path) -> None:
     rng = random.Random(20240611)
     db = tmp_path / "data" / "node.db"
     models: Models = {}
-    deadline = time.monotonic() + 60
     synced_batches = 0
     newer_after_kill = 0
     for round_no in range(ROUNDS):
@@ -197,7 +196,6 @@ def test_synced_writes_survive_sigkill(tmp_path: Path) -> None:
             assert on_disk == images_of(newer), f"round {round_no}: file matches no reported state"
             models = newer
             newer_after_kill += 1
-        assert time.monotonic() < deadline, "crash test too slow"
     assert synced_batches > ROUNDS, "the writer hardly ever got to sync"
     assert set(models) == set(GROUPS)
     print(f"{synced_batches} synced batches, {newer_after_kill} commits seen after the kill")

@@ -1,0 +1,526 @@
+"""``RaftHost``: one process hosting many Raft groups, of any state machines.
+
+This is the multi-Raft engine under both the bucket store (``node.Node``) and the
+consensus library. Everything that touches a ``RawNode`` runs in one task, the event
+loop of the host. Other tasks (peer transport, client connections, the ticker) only put
+work in the inbox and wait on a ``Pending``. Each turn of the loop:
+
+1. ticks the active (non-quiet) groups if a tick is due, and steps every inbound
+   message and local request;
+2. takes a ``Ready`` from every group that has one and sends the messages that may
+   leave at once, batched into one frame per destination node;
+3. writes every group's hard state, entries and snapshots, then syncs the storage
+   ONCE for all of them (group commit, in a worker thread so connections keep being
+   served meanwhile);
+4. sends the messages that needed that sync, again one frame per destination;
+5. applies committed entries, serves reads, advances, and tells the owner (through
+   ``on_applied``) what the groups it watches applied.
+
+Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host with
+thousands of idle groups does almost nothing. When the transport suspects a peer,
+groups led by it are woken to elect someone else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from boutique.machine import CommandFailed, MachineHost, StateMachine
+from boutique.raft import LogStorage, Message, RaftConfig, RawNode, Role, bootstrap
+from boutique.raft.messages import ConfState, Entry, HardState, Snapshot
+
+from .codec import CodecError, decode_batch, encode_batch
+from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
+from .transport import PeerTransport
+
+log = logging.getLogger("boutique.host")
+
+Address = tuple[str, int]
+
+
+class GroupStore(LogStorage, Protocol):
+    """What the host writes into a group's storage (``MemoryStorage`` and
+    ``GroupStorage`` both qualify)."""
+
+    def append(self, entries: list[Entry]) -> None: ...
+    def set_hard_state(self, hard_state: HardState) -> None: ...
+    def apply_snapshot(self, snapshot: Snapshot) -> None: ...
+    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot: ...
+    def compact(self, index: int) -> None: ...
+    def bootstrap(self, hard_state: HardState, entries: list[Entry]) -> None: ...
+
+
+class NodeStorage(Protocol):
+    """Every group's storage on one node (``SqliteStorage``, ``MemoryNodeStorage``)."""
+
+    def group(self, group_id: str) -> Any: ...
+    def groups(self) -> list[str]: ...
+    def drop_group(self, group_id: str) -> None: ...
+    def pending_writes(self) -> int: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """Timing and sizes shared by every group of a host."""
+
+    tick_interval: float = 0.05
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_entries: int = 10_000
+    request_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    peer: int
+    batch: dict[str, list[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Propose:
+    group: str
+    data: bytes
+    pending: Pending
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    group: str
+    query: Any
+    pending: Pending
+
+
+@dataclass(frozen=True, slots=True)
+class _Suspect:
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Run ``fn`` inside the loop (e.g. a leader transfer) and resolve with its result."""
+
+    group: str
+    fn: Callable[[GroupRuntime], Any]
+    pending: Pending
+
+
+_InboxItem = _Step | _Propose | _Read | _Suspect | _Call
+
+
+class RaftHost:
+    """Hosts groups on one node. Start it with ``await nursery.start(host.run)``.
+
+    Subclasses decide which groups exist: override ``load_groups`` (called once the
+    storage is open, before any peer traffic) and ``on_applied`` (called after groups
+    with ``track_applied`` applied entries or installed a snapshot).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        secret: bytes,
+        cluster_name: str,
+        peers: dict[int, Address],
+        listen: Address,
+        open_storage: Callable[[], NodeStorage],
+        machine_for: Callable[[str], StateMachine[Any, Any, Any, Any, Any]],
+        settings: HostSettings = HostSettings(),
+        seed: int | None = None,
+    ) -> None:
+        self.id = node_id
+        self.secret = secret
+        self.cluster_name = cluster_name
+        self.peers = dict(peers)
+        self.listen = listen
+        self.open_storage = open_storage
+        self.machine_for = machine_for
+        self.settings = settings
+        self.rng = random.Random(seed)
+        self.storage: NodeStorage | None = None
+        self.groups: dict[str, GroupRuntime] = {}
+        self.active: set[str] = set()
+        self.transport: PeerTransport | None = None
+        self._inbox: list[_InboxItem] = []
+        self._wakeup = trio.Event()
+        self._tick_due = False
+        self._carry: set[str] = set()
+        self._forwards: dict[int, Pending] = {}
+        self._forward_ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self.peer_port: int = listen[1]
+        self.turns = 0
+        self.syncs = 0
+
+    # --- Lifecycle ----------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open storage, load groups, join peers, and serve until cancelled."""
+        self.storage = self.open_storage()
+        try:
+            self.load_groups()
+            self.transport = PeerTransport(
+                self.id,
+                self.secret,
+                self.cluster_name,
+                self.peers,
+                self._on_frame,
+                on_suspect=self._on_suspect,
+            )
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.peer_port = await nursery.start(self.transport.run, *self.listen)
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._loop)
+                task_status.started(self)
+        finally:
+            for group in self.groups.values():
+                group.close("node shutting down")
+            self.storage.close()
+
+    def load_groups(self) -> None:
+        """Load every group the storage holds (subclasses add their own rules)."""
+        assert self.storage is not None
+        for group_id in self.storage.groups():
+            self.open_group(group_id)
+
+    def on_applied(self, group: GroupRuntime, restored: bool) -> None:
+        """A watched group applied entries (``group.on_applied``) or, if ``restored``,
+        installed a snapshot. Runs inside the loop; must not await."""
+
+    def open_group(
+        self,
+        group_id: str,
+        voters: tuple[int, ...] = (),
+        *,
+        bootstrap_voters: bool = False,
+        campaign: bool = False,
+        quiesce: bool = True,
+        track_applied: bool = False,
+    ) -> GroupRuntime:
+        """Host ``group_id`` here: load it from storage, or with ``bootstrap_voters``
+        start it as a founding member of ``voters`` if the storage has nothing."""
+        existing = self.groups.get(group_id)
+        if existing is not None:
+            return existing
+        assert self.storage is not None
+        storage = self.storage.group(group_id)
+        if bootstrap_voters and storage.last_index() == 0:
+            hard_state, entries = bootstrap(set(voters))
+            storage.bootstrap(hard_state, entries)
+        host: MachineHost[Any, Any, Any, Any, Any] = MachineHost(self.machine_for(group_id))
+        snapshot = storage.snapshot()
+        if snapshot.meta.index:
+            host.restore(snapshot.data)
+        raft_config = RaftConfig(
+            id=self.id,
+            election_tick=self.settings.election_ticks,
+            heartbeat_tick=self.settings.heartbeat_ticks,
+            quiesce=quiesce,
+        )
+        node = RawNode(raft_config, storage, random.Random(self.rng.getrandbits(64)))
+        group = GroupRuntime(group_id, node, storage, host, self.settings.snapshot_entries)
+        group.track_applied = track_applied
+        self.groups[group_id] = group
+        self.active.add(group_id)
+        self._carry.add(group_id)
+        self._wakeup.set()
+        # The preferred leader campaigns at once: a new group is usable in one round
+        # trip instead of after an election timeout.
+        group.campaign_when_ready = campaign
+        return group
+
+    def close_group(self, group_id: str) -> None:
+        """Stop hosting ``group_id`` and delete its storage."""
+        group = self.groups.pop(group_id, None)
+        self.active.discard(group_id)
+        self._carry.discard(group_id)
+        if group is not None:
+            group.close("group removed from this node")
+        assert self.storage is not None
+        self.storage.drop_group(group_id)
+
+    # --- Inbox --------------------------------------------------------------------------
+
+    def _post(self, item: _InboxItem) -> None:
+        self._inbox.append(item)
+        self._wakeup.set()
+
+    def _on_frame(self, peer: int, payload: object) -> None:
+        if not isinstance(payload, dict):
+            log.warning("node %d sent a frame that is not a map; ignored", peer)
+            return
+        if "r" in payload:
+            try:
+                batch = decode_batch(payload["r"])
+            except CodecError as exc:
+                log.warning("node %d sent undecodable Raft messages: %s", peer, exc)
+                return
+            self._post(_Step(peer, batch))
+        if "f" in payload and self._nursery is not None:
+            self._nursery.start_soon(self._serve_forward, peer, payload["f"])
+        if "a" in payload:
+            self._on_forward_answer(payload["a"])
+
+    def _on_suspect(self, peer: int) -> None:
+        self._post(_Suspect(peer))
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.settings.tick_interval)
+            self._tick_due = True
+            self._wakeup.set()
+
+    # --- The loop -----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await self._turn()
+            if self._carry:
+                self._wakeup.set()
+
+    async def _turn(self) -> None:
+        self.turns += 1
+        dirty = self._carry
+        self._carry = set()
+        if self._tick_due:
+            self._tick_due = False
+            for group_id in self.active:
+                self.groups[group_id].node.tick()
+            dirty |= self.active
+        inbox, self._inbox = self._inbox, []
+        for item in inbox:
+            touched = self._handle(item)
+            dirty.update(touched)
+        readies = []
+        for group_id in dirty:
+            group = self.groups.get(group_id)
+            if group is not None and group.node.has_ready():
+                readies.append((group, group.node.ready()))
+        if not readies:
+            return
+        outgoing: defaultdict[int, defaultdict[str, list[Message]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for group, ready in readies:
+            for msg in ready.messages:
+                outgoing[msg.to][group.group_id].append(msg)
+        self._send_all(outgoing)
+        for group, ready in readies:
+            group.persist(ready)
+        assert self.storage is not None
+        if self.storage.pending_writes():
+            self.syncs += 1
+            await trio.to_thread.run_sync(self.storage.commit)
+        for group, ready in readies:
+            for msg in ready.persisted_messages:
+                outgoing[msg.to][group.group_id].append(msg)
+        self._send_all(outgoing)
+        watched = []
+        for group, ready in readies:
+            if group.group_id not in self.groups:
+                continue  # dropped while we synced
+            group.apply_and_advance(ready)
+            if group.track_applied and (group.on_applied or ready.snapshot is not None):
+                watched.append((group, ready.snapshot is not None))
+            if group.node.has_ready():
+                self._carry.add(group.group_id)
+            if group.node.quiesced:
+                self.active.discard(group.group_id)
+            else:
+                self.active.add(group.group_id)
+        for group, restored in watched:
+            self.on_applied(group, restored)
+            group.on_applied.clear()
+
+    def _handle(self, item: _InboxItem) -> set[str]:
+        match item:
+            case _Step(peer, batch):
+                touched = set()
+                for group_id, messages in batch.items():
+                    group = self.groups.get(group_id)
+                    if group is None:
+                        continue  # not created here yet, or dropped: the sender retries
+                    for msg in messages:
+                        if msg.frm != peer or msg.to != self.id:
+                            continue
+                        group.node.step(msg)
+                    touched.add(group_id)
+                    self.active.add(group_id)
+                return touched
+            case _Propose(group_id, data, pending):
+                group = self.groups.get(group_id)
+                if group is None:
+                    pending.resolve(Rejected("group not hosted here"))
+                    return set()
+                group.propose(data, pending)
+                self.active.add(group_id)
+                return {group_id}
+            case _Read(group_id, query, pending):
+                group = self.groups.get(group_id)
+                if group is None:
+                    pending.resolve(Rejected("group not hosted here"))
+                    return set()
+                group.read(query, pending)
+                self.active.add(group_id)
+                return {group_id}
+            case _Suspect(peer):
+                touched = set()
+                for group_id, group in self.groups.items():
+                    raft = group.node.raft
+                    if raft.lead == peer and raft.role is not Role.LEADER:
+                        group.node.suspect_leader()
+                        self.active.add(group_id)
+                        touched.add(group_id)
+                return touched
+            case _Call(group_id, fn, pending):
+                group = self.groups.get(group_id)
+                if group is None:
+                    pending.resolve(Rejected("group not hosted here"))
+                    return set()
+                try:
+                    pending.resolve(Applied(fn(group)))
+                except Exception as exc:
+                    pending.resolve(Rejected(str(exc), group.leader))
+                self.active.add(group_id)
+                return {group_id}
+        return set()
+
+    def _send_all(self, outgoing: defaultdict[int, defaultdict[str, list[Message]]]) -> None:
+        if self.transport is None:
+            outgoing.clear()
+            return
+        for peer, batch in outgoing.items():
+            if batch:
+                self.transport.send(peer, {"r": encode_batch(dict(batch))})
+        outgoing.clear()
+
+    # --- Local requests (any task) ---------------------------------------------------------
+
+    async def propose(self, group_id: str, data: bytes, timeout: float) -> Outcome:
+        pending = Pending()
+        self._post(_Propose(group_id, data, pending))
+        return await pending.wait(timeout)
+
+    async def read(self, group_id: str, query: Any, timeout: float) -> Outcome:
+        pending = Pending()
+        self._post(_Read(group_id, query, pending))
+        return await pending.wait(timeout)
+
+    async def call(
+        self, group_id: str, fn: Callable[[GroupRuntime], Any], timeout: float
+    ) -> Outcome:
+        pending = Pending()
+        self._post(_Call(group_id, fn, pending))
+        return await pending.wait(timeout)
+
+    # --- Forwarding to other nodes -------------------------------------------------------
+
+    async def forward(
+        self, peer: int, group_id: str, kind: str, body: Any, timeout: float
+    ) -> Outcome:
+        """Ask ``peer`` to propose (``kind="w"``) or read (``"r"``) in its copy of the
+        group. A write whose answer never comes has an unknown outcome."""
+        if self.transport is None:
+            return Rejected("not started")
+        if not self.transport.reachable(peer):
+            return Rejected(f"node {peer} is unreachable")
+        request_id = next(self._forward_ids)
+        pending = Pending()
+        self._forwards[request_id] = pending
+        try:
+            if not self.transport.send(peer, {"f": [request_id, kind, group_id, body]}):
+                return Rejected(f"node {peer} is unreachable")
+            # Wait for the answer, but stop early if the peer goes silent: a dead
+            # node will not answer, and waiting out the whole timeout helps nobody.
+            with trio.move_on_after(timeout):
+                while pending.outcome is None:
+                    with trio.move_on_after(0.05):
+                        await pending.event.wait()
+                    if pending.outcome is None and not self.transport.reachable(peer):
+                        break
+            if pending.outcome is None:
+                pending.abandoned = True
+                return Unknown(f"node {peer} did not answer")
+            return pending.outcome
+        finally:
+            self._forwards.pop(request_id, None)
+
+    def _on_forward_answer(self, answer: object) -> None:
+        if not isinstance(answer, list) or len(answer) != 4:
+            return
+        request_id, status, value, leader = answer
+        pending = self._forwards.get(request_id) if isinstance(request_id, int) else None
+        if pending is None:
+            return
+        if status == "ok":
+            pending.resolve(Applied(value))
+        elif status == "err" and isinstance(value, list):
+            pending.resolve(Applied(CommandFailed.from_wire(value)))
+        elif status == "rej":
+            pending.resolve(Rejected(str(value), leader if isinstance(leader, int) else 0))
+        else:
+            pending.resolve(Unknown(str(value)))
+
+    async def _serve_forward(self, peer: int, request: object) -> None:
+        if not (isinstance(request, list) and len(request) == 4):
+            return
+        request_id, kind, group_id, body = request
+        if not isinstance(group_id, str):
+            return
+        timeout = self.settings.request_timeout
+        if kind == "w" and isinstance(body, bytes):
+            outcome = await self.propose(group_id, body, timeout)
+        elif kind == "r":
+            outcome = await self.read(group_id, _as_tuple(body), timeout)
+        else:
+            outcome = Rejected(f"unknown forward kind {kind!r}")
+        match outcome:
+            case Applied(CommandFailed() as failed):
+                answer = [request_id, "err", list(failed.to_wire()), 0]
+            case Applied(reply):
+                answer = [request_id, "ok", reply, 0]
+            case Rejected(reason, leader):
+                answer = [request_id, "rej", reason, leader]
+            case Unknown(reason):
+                answer = [request_id, "unk", reason, 0]
+        if self.transport is not None:
+            self.transport.send(peer, {"a": answer})
+
+    # --- Inspection ---------------------------------------------------------------------
+
+    def group_status(self) -> dict[str, dict[str, Any]]:
+        groups = {}
+        for group_id, group in sorted(self.groups.items()):
+            raft = group.node.raft
+            groups[group_id] = {
+                "role": raft.role.value,
+                "leader": raft.lead,
+                "term": raft.term,
+                "commit": raft.log.committed,
+                "applied": group.host.applied_index,
+                "quiet": raft.quiesced,
+                "voters": sorted(raft.conf.voters),
+            }
+        return groups
+
+
+def _as_tuple(value: Any) -> Any:
+    """Forwarded queries arrive as lists (msgpack); machines match on tuples."""
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
