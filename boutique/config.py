@@ -125,6 +125,12 @@ class ClusterConfig:
     idle_timeout: float = 300.0
     password: str | None = field(default=None, repr=False)
     request_timeout: float = 5.0
+    fault_injection: bool = False
+    """Accept the FAULT command (cut links to peers) for distributed tests. Never on
+    in production: anyone who can connect could partition the node."""
+    unsafe_local_reads: bool = False
+    """A deliberately planted bug for the distributed test harness: serve bucket reads
+    from a replica's local state without ReadIndex. Never on in production."""
     source: str = "<config>"
 
     @property
@@ -167,6 +173,7 @@ _TOP_KEYS = frozenset(
         "data_dir",
         "raft",
         "server",
+        "testing",
         "node",
     }
 )
@@ -174,6 +181,7 @@ _RAFT_KEYS = frozenset({"tick_interval", "election_ticks", "heartbeat_ticks", "s
 _SERVER_KEYS = frozenset(
     {"listen_host", "max_line", "max_connections", "idle_timeout", "password", "request_timeout"}
 )
+_TESTING_KEYS = frozenset({"fault_injection", "unsafe_local_reads"})
 _NODE_KEYS = frozenset({"name", "id", "host", "client_port", "peer_port", "data_dir"})
 
 _MISSING: Any = object()
@@ -310,6 +318,12 @@ class _Table:
             raise self.error(key, f"expected an integer {span}, got {_show(value)}")
         return value
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_show(value)}")
+        return value
+
     def seconds(self, key: str, default: float, *, zero_ok: bool = False) -> float:
         value = self.get(key, default)
         if (
@@ -352,6 +366,7 @@ class _Loader:
         top = _Table(self.source, "", document, _TOP_KEYS)
         raft = top.subtable("raft", _RAFT_KEYS)
         server = top.subtable("server", _SERVER_KEYS)
+        testing = top.subtable("testing", _TESTING_KEYS)
         base_dir = Path(top.string("data_dir", "data"))
         nodes = self.nodes(top, base_dir)
         node_ids = [node.id for node in nodes]
@@ -394,6 +409,8 @@ class _Loader:
             idle_timeout=server.seconds("idle_timeout", 300.0, zero_ok=True),
             password=password,
             request_timeout=server.seconds("request_timeout", 5.0),
+            fault_injection=testing.boolean("fault_injection", False),
+            unsafe_local_reads=testing.boolean("unsafe_local_reads", False),
             source=self.source,
         )
 

@@ -158,8 +158,31 @@ class Auth:
     password: bytes = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """``FAULT BLOCK node...`` / ``FAULT HEAL``: cut or restore this node's links to
+    peers. Only for distributed tests; a server without ``[testing] fault_injection``
+    answers ``COMMAND NOT IMPLEMENTED``."""
+
+    action: str
+    nodes: tuple[str, ...] = ()
+
+
 Command: TypeAlias = (
-    Create | Drop | Put | Get | Delete | Buckets | Keys | Scan | Ping | Help | Quit | Status | Auth
+    Create
+    | Drop
+    | Put
+    | Get
+    | Delete
+    | Buckets
+    | Keys
+    | Scan
+    | Ping
+    | Help
+    | Quit
+    | Status
+    | Auth
+    | Fault
 )
 """Every command a request line can hold."""
 

@@ -64,6 +64,7 @@ from boutique_server.commands import (
     Create,
     Delete,
     Drop,
+    Fault,
     Get,
     Help,
     Keys,
@@ -235,6 +236,13 @@ class _Spec:
     build: Callable[[list[bytes]], Command]
 
 
+def _fault(args: list[bytes]) -> Fault:
+    action = args[0].upper().decode("ascii", "replace")
+    if action not in ("BLOCK", "HEAL") or (action == "HEAL" and len(args) > 1):
+        raise ArgumentError("SYNTAX", "FAULT BLOCK node... or FAULT HEAL")
+    return Fault(action, tuple(a.decode("utf-8", "replace") for a in args[1:]))
+
+
 def _scan(args: list[bytes]) -> Scan:
     bucket, start, end = check_bucket_name(args[0]), check_key(args[1]), check_key(args[2])
     limit = check_limit(args[3]) if len(args) == 4 else None
@@ -259,6 +267,7 @@ _COMMANDS: dict[bytes, _Spec] = {
     b"QUIT": _Spec(0, 0, lambda a: Quit()),
     b"STATUS": _Spec(0, 0, lambda a: Status()),
     b"AUTH": _Spec(1, 1, lambda a: Auth(a[0])),
+    b"FAULT": _Spec(1, 16, lambda a: _fault(a)),
 }
 
 HELP_TEXT: tuple[str, ...] = (

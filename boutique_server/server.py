@@ -49,6 +49,7 @@ from .protocol import (
     render,
 )
 from .protocol import NotFound as NotFoundReply
+from .protocol import NotImplemented_ as NotImplementedReply
 
 log = logging.getLogger("boutique.server")
 
@@ -159,6 +160,8 @@ class LineServer:
                     return Ok()
                 case cmd.Auth():
                     return Ok()
+                case cmd.Fault(action, nodes):
+                    return self.fault(action, nodes)
         except NotFound:
             return NotFoundReply()
         except Unavailable as exc:
@@ -173,6 +176,24 @@ class LineServer:
                 return Error(ErrorCode.TIMEOUT, "internal error: the outcome is unknown")
             return Error(ErrorCode.UNAVAILABLE, "internal error")
         raise AssertionError(f"unhandled command {command!r}")
+
+    def fault(self, action: str, nodes: tuple[str, ...]) -> Reply:
+        """Cut or heal this node's links to peers (distributed tests only)."""
+        if not self.config.fault_injection:
+            return NotImplementedReply()
+        by_name = {n.name: n.id for n in self.config.nodes}
+        unknown = [name for name in nodes if name not in by_name]
+        if unknown:
+            return Error(ErrorCode.SYNTAX, f"unknown node {unknown[0]}")
+        transport = self.node.transport
+        if transport is None:
+            return Error(ErrorCode.UNAVAILABLE, "node not started")
+        if action == "HEAL":
+            transport.blocked.clear()
+        else:
+            transport.blocked.update(by_name[name] for name in nodes)
+        log.warning("fault injection: links to %s now cut", sorted(transport.blocked) or "nobody")
+        return Ok()
 
     def status_lines(self) -> list[str]:
         status = self.node.status()

@@ -20,7 +20,9 @@ import trio
 
 from boutique.machine import CommandFailed, MachineHost
 from boutique.raft import (
+    ConfChange,
     EntryType,
+    InvalidConfChangeError,
     NotLeaderError,
     ProposalDroppedError,
     RawNode,
@@ -127,6 +129,18 @@ class GroupRuntime:
             pending.resolve(Rejected("not the leader", exc.leader))
             return
         except ProposalDroppedError as exc:
+            pending.resolve(Rejected(str(exc), self.node.raft.lead))
+            return
+        self.writes[entry.index] = _Write(entry.term, pending)
+
+    def change_membership(self, change: ConfChange, pending: Pending) -> None:
+        """Propose a one-member change; resolved Applied(None) once it is applied."""
+        try:
+            entry = self.node.propose_conf_change(change)
+        except NotLeaderError as exc:
+            pending.resolve(Rejected("not the leader", exc.leader))
+            return
+        except (ProposalDroppedError, InvalidConfChangeError) as exc:
             pending.resolve(Rejected(str(exc), self.node.raft.lead))
             return
         self.writes[entry.index] = _Write(entry.term, pending)

@@ -35,7 +35,7 @@ import trio
 
 from boutique.machine import CommandFailed, MachineHost, StateMachine
 from boutique.raft import LogStorage, Message, RaftConfig, RawNode, Role, bootstrap
-from boutique.raft.messages import ConfState, Entry, HardState, Snapshot
+from boutique.raft.messages import ConfChange, ConfState, Entry, HardState, Snapshot
 
 from .codec import CodecError, decode_batch, encode_batch
 from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
@@ -420,6 +420,43 @@ class RaftHost:
         pending = Pending()
         self._post(_Read(group_id, query, pending))
         return await pending.wait(timeout)
+
+    async def change_membership(
+        self, group_id: str, change: ConfChange, timeout: float
+    ) -> Outcome:
+        """Propose a membership change here (this node must lead the group); Applied
+        once the change is applied on this node."""
+        pending = Pending()
+
+        def propose(group: GroupRuntime) -> None:
+            group.change_membership(change, pending)
+
+        outcome = await self.call(group_id, propose, timeout)
+        if not isinstance(outcome, Applied):
+            return outcome
+        return await pending.wait(timeout)
+
+    async def transfer_leader(self, group_id: str, target: int, timeout: float) -> Outcome:
+        """Ask the group to hand leadership to ``target`` (forwarded to the leader by
+        Raft from a follower). Returns once ``target`` leads, as this node sees it."""
+        outcome = await self.call(group_id, lambda g: g.node.transfer_leader(target), timeout)
+        if not isinstance(outcome, Applied):
+            return outcome
+        deadline = trio.current_time() + timeout
+        while trio.current_time() < deadline:
+            group = self.groups.get(group_id)
+            if group is None:
+                return Rejected("group not hosted here")
+            if group.leader == target:
+                return Applied(None)
+            await trio.sleep(self.settings.tick_interval)
+        return Unknown("the transfer did not finish in time")
+
+    def set_peers(self, peers: dict[int, Address]) -> None:
+        """Change where peers live (members joined or left)."""
+        self.peers = dict(peers)
+        if self.transport is not None:
+            self.transport.set_peers(self.peers)
 
     async def call(
         self, group_id: str, fn: Callable[[GroupRuntime], Any], timeout: float

@@ -256,6 +256,9 @@ class PeerTransport:
         self._heartbeat_interval = heartbeat_interval
         self._suspect_after = suspect_after
         self._max_queue_age = max_queue_age
+        self.blocked: set[int] = set()
+        """Peers cut off on purpose (fault injection in distributed tests): nothing is
+        sent to or accepted from them, and they become unreachable."""
         self._io_timeout = io_timeout
         # An inbound stream that stays silent this long is dead: its dialer would have
         # sent a keepalive many times over.
@@ -312,6 +315,9 @@ class PeerTransport:
         Raises ``TypeError`` if msgpack cannot encode ``payload`` and ``FrameError`` if it
         encodes larger than ``max_frame``: no peer would accept it.
         """
+        if peer in self.blocked:
+            self.stats.frames_dropped += 1
+            return False
         frame = encode_frame(payload)
         if len(frame) - len(KEEPALIVE) > self._max_frame:
             raise FrameError(f"payload of {len(frame)} bytes exceeds max_frame")
@@ -636,6 +642,9 @@ class PeerTransport:
                 del self._inbound[peer]
 
     def _deliver(self, peer: int, frames: list[object]) -> None:
+        if peer in self.blocked:
+            self.stats.frames_dropped += len(frames)
+            return
         for frame in frames:
             self.stats.frames_received += 1
             try:
@@ -656,6 +665,8 @@ class PeerTransport:
     # --- Liveness -------------------------------------------------------------------
 
     def _heard(self, peer: int) -> None:
+        if peer in self.blocked:
+            return
         self._last_heard[peer] = trio.current_time()
         if peer not in self._reachable:
             self._reachable.add(peer)

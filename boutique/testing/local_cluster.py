@@ -73,6 +73,8 @@ class LocalCluster:
         tick_interval: float = 0.02,
         election_ticks: int = 10,
         request_timeout: float = 5.0,
+        fault_injection: bool = True,
+        unsafe_local_reads: bool = False,
         extra: str = "",
     ) -> None:
         self.workdir = Path(workdir)
@@ -104,6 +106,10 @@ class LocalCluster:
             "",
             "[server]",
             f"request_timeout = {request_timeout}",
+            "",
+            "[testing]",
+            f"fault_injection = {str(fault_injection).lower()}",
+            f"unsafe_local_reads = {str(unsafe_local_reads).lower()}",
             extra,
         ]
         for node in self.nodes.values():
@@ -216,10 +222,8 @@ class LocalCluster:
     def close(self) -> None:
         """End every process this cluster started, by PID, whatever state it is in."""
         for name in self.nodes:
-            try:
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 self.kill(name)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
 
     # --- Clients and inspection -----------------------------------------------------------
 
@@ -248,6 +252,35 @@ class LocalCluster:
                     ):
                         return name
         return None
+
+    def command(self, name: str, line: str, timeout: float = 5.0) -> str:
+        """Send one raw request line; return its one-line reply (for FAULT)."""
+        with socket.create_connection(
+            ("127.0.0.1", self.nodes[name].client_port), timeout=timeout
+        ) as sock:
+            sock.sendall(line.encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply.decode(errors="replace").strip()
+
+    def partition(self, *groups: set[str] | list[str]) -> None:
+        """Cut every link between nodes of different groups, both ways (in each node's
+        transport, as a firewall would). Nodes in no group keep all their links."""
+        members = [set(g) for g in groups]
+        for group in members:
+            others = set().union(*(g for g in members if g is not group))
+            for name in group:
+                if self.nodes[name].running and others:
+                    self.command(name, "FAULT BLOCK " + " ".join(sorted(others)))
+
+    def heal(self) -> None:
+        for name in self.running():
+            with contextlib.suppress(OSError):
+                self.command(name, "FAULT HEAL")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.nodes[name].log_path

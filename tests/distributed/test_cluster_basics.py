@@ -121,3 +121,20 @@ def test_harness_kills_what_it_started(tmp_path: Path) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_partitioned_minority_cannot_write_and_heals(cluster3: LocalCluster) -> None:
+    cluster = cluster3
+    with cluster.client("n1") as client:
+        client.create("oranges")
+        client.put("oranges", "k", "before")
+    cluster.partition({"n1"}, {"n2", "n3"})
+    # The majority side keeps serving...
+    with cluster.client("n2") as client:
+        _retry(lambda: client.put("oranges", "k", "during"))
+    # ...and the isolated node cannot confirm a read or commit a write.
+    with cluster.client("n1", timeout=20) as client, pytest.raises(ClientError):
+        client.put("oranges", "k", "lost")
+    cluster.heal()
+    with cluster.client("n1") as client:
+        assert _retry(lambda: client.get("oranges", "k")) == "during"
