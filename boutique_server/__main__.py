@@ -1,8 +1,8 @@
 """``boutique-server``: run one node, or every node of a config on this machine.
 
-    boutique-server                                   one node, all ranges, port 4040, ./data
-    boutique-server --config config/cluster.toml --node a-g
-    boutique-server --config config/cluster.toml --all   every node here; Ctrl-C stops all
+boutique-server                                   one node, all ranges, port 4040, ./data
+boutique-server --config config/cluster.toml --node a-g
+boutique-server --config config/cluster.toml --all   every node here; Ctrl-C stops all
 """
 
 from __future__ import annotations
@@ -46,15 +46,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _choose(args: argparse.Namespace) -> tuple[ClusterConfig, NodeConfig]:
     if args.config is None:
-        config = single_node_config(
-            port=args.port or 4040, data_dir=args.data_dir or Path("data")
-        )
+        config = single_node_config(port=args.port or 4040, data_dir=args.data_dir or Path("data"))
         me = config.nodes[0]
     else:
         config = load_config(args.config)
         if not args.node:
             names = ", ".join(n.name for n in config.nodes)
-            raise ConfigError(str(args.config), "--node", f"name the node to run ({names}), or use --all")
+            raise ConfigError(
+                str(args.config), "--node", f"name the node to run ({names}), or use --all"
+            )
         me = config.node(args.node)
         if args.data_dir:
             config = config.with_data_dir(me.name, args.data_dir)
@@ -86,7 +86,12 @@ async def serve(config: ClusterConfig, me: NodeConfig) -> None:
         port = await nursery.start(server.serve)
         log.info(
             "node %s serving clients on %s:%d (peers on %s:%d, data in %s)",
-            me.name, config.listen_host, port, me.host, node.peer_port, me.data_dir,
+            me.name,
+            config.listen_host,
+            port,
+            me.host,
+            node.peer_port,
+            me.data_dir,
         )
         print(f"boutique node {me.name} ready on {config.listen_host}:{port}", flush=True)
 
@@ -97,8 +102,17 @@ def _run_all(config_path: Path, args: argparse.Namespace) -> int:
     children = []
     try:
         for node in config.nodes:
-            cmd = [sys.executable, "-m", "boutique_server", "--config", str(config_path),
-                   "--node", node.name, "--log-level", args.log_level]
+            cmd = [
+                sys.executable,
+                "-m",
+                "boutique_server",
+                "--config",
+                str(config_path),
+                "--node",
+                node.name,
+                "--log-level",
+                args.log_level,
+            ]
             children.append(subprocess.Popen(cmd))
         while all(child.poll() is None for child in children):
             try:
@@ -120,6 +134,13 @@ def _run_all(config_path: Path, args: argparse.Namespace) -> int:
                 child.wait()
 
 
+def _sole_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(
@@ -133,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return _run_all(args.config, args)
         config, me = _choose(args)
-        trio.run(serve, config, me)
+        try:
+            trio.run(serve, config, me)
+        except BaseExceptionGroup as group:
+            # Startup failures surface through trio's nurseries wrapped in groups; a
+            # lone cause is reported as itself.
+            raise _sole_cause(group) from None
     except ConfigError as exc:
         print(f"boutique-server: {exc}", file=sys.stderr)
         return 2

@@ -9,13 +9,17 @@ its range) campaigns at once, so a bucket is writable one round trip after ``CRE
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from typing import Any
+from typing import IO, Any
+
+import trio
 
 from boutique.buckets import BucketMachine
 from boutique.config import ClusterConfig, NodeConfig
 from boutique.machine import CommandFailed, StateMachine, decode_value
 from boutique.registry import BucketInfo, RegistryMachine
+from boutique.storage.errors import StorageOpenError
 from boutique.storage.sqlite import SqliteStorage
 
 from .group import GroupRuntime
@@ -32,13 +36,14 @@ class Node(RaftHost):
     def __init__(self, config: ClusterConfig, me: NodeConfig, *, seed: int | None = None) -> None:
         self.config = config
         self.me = me
+        self._data_lock: IO[str] | None = None
         super().__init__(
             me.id,
             secret=config.secret,
             cluster_name=config.cluster_name,
             peers={n.id: (n.host, n.peer_port) for n in config.nodes if n.id != me.id},
             listen=(me.host, me.peer_port),
-            open_storage=lambda: SqliteStorage(me.data_dir / "raft.db"),
+            open_storage=self._open_storage,
             machine_for=self._machine_for,
             settings=HostSettings(
                 tick_interval=config.tick_interval,
@@ -49,6 +54,40 @@ class Node(RaftHost):
             ),
             seed=seed,
         )
+
+    def _open_storage(self) -> SqliteStorage:
+        """Lock the data directory (one node per directory), then open the data file."""
+        data_dir = self.me.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(data_dir / "LOCK", "a+")  # noqa: SIM115 - held while the node runs
+        except OSError as exc:
+            raise StorageOpenError(data_dir, f"cannot use the data directory: {exc}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StorageOpenError(
+                data_dir, "another boutique node is already using this data directory"
+            ) from None
+        self._data_lock = lock
+        try:
+            return SqliteStorage(data_dir / "raft.db")
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        lock = getattr(self, "_data_lock", None)
+        if lock is not None:
+            lock.close()
+            self._data_lock = None
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            self._release_lock()
 
     def _machine_for(self, group_id: str) -> StateMachine[Any, Any, Any, Any, Any]:
         if group_id == META_GROUP:
