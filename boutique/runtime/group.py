@@ -13,6 +13,7 @@ machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from boutique.raft import (
     Role,
 )
 from boutique.storage.sqlite import GroupStorage
+
+log = logging.getLogger("boutique.group")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,12 @@ class GroupRuntime:
         """Steps 3-5: restore/apply, serve reads, advance; then maybe snapshot."""
         host = self.host
         if ready.snapshot is not None:
+            log.info(
+                "group %s: installed a snapshot at index %d (%d bytes)",
+                self.group_id,
+                ready.snapshot.meta.index,
+                len(ready.snapshot.data),
+            )
             host.restore(ready.snapshot.data)
             covered = ready.snapshot.meta.index
             for index in [i for i in self.writes if i <= covered]:

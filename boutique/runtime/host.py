@@ -489,7 +489,7 @@ class RaftHost:
         group. A write whose answer never comes has an unknown outcome."""
         if self.transport is None:
             return Rejected("not started")
-        if not self.transport.reachable(peer):
+        if not (self.transport.connected(peer) and self.transport.reachable(peer)):
             return Rejected(f"node {peer} is unreachable")
         request_id = next(self._forward_ids)
         pending = Pending()

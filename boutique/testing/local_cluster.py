@@ -72,6 +72,7 @@ class LocalCluster:
         splits: tuple[str, ...] = ("h", "o", "v"),
         tick_interval: float = 0.02,
         election_ticks: int = 10,
+        snapshot_entries: int = 10_000,
         request_timeout: float = 5.0,
         fault_injection: bool = True,
         unsafe_local_reads: bool = False,
@@ -103,6 +104,7 @@ class LocalCluster:
             "[raft]",
             f"tick_interval = {tick_interval}",
             f"election_ticks = {election_ticks}",
+            f"snapshot_entries = {snapshot_entries}",
             "",
             "[server]",
             f"request_timeout = {request_timeout}",
@@ -149,10 +151,15 @@ class LocalCluster:
             try:
                 node.process = subprocess.Popen(
                     [
-                        sys.executable, "-m", "boutique_server",
-                        "--config", str(self.config_path),
-                        "--node", name,
-                        "--log-level", os.environ.get("BOUTIQUE_TEST_LOG", "INFO"),
+                        sys.executable,
+                        "-m",
+                        "boutique_server",
+                        "--config",
+                        str(self.config_path),
+                        "--node",
+                        name,
+                        "--log-level",
+                        os.environ.get("BOUTIQUE_TEST_LOG", "INFO"),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -173,7 +180,10 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if not node.running:
                 raise RuntimeError(f"node {name} exited:\n{self.log_tail(name)}")
-            with contextlib.suppress(OSError, ClientError), self.client(name, timeout=1.0) as client:
+            with (
+                contextlib.suppress(OSError, ClientError),
+                self.client(name, timeout=1.0) as client,
+            ):
                 client.ping()
                 return
             time.sleep(0.05)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from boutique.client import ClientError
+from boutique.client import ClientError, NotFound
 from boutique.testing.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.distributed
@@ -45,9 +45,8 @@ def test_write_through_one_node_read_through_every_other(
                 assert client.get(bucket, "key") == f"value of {bucket}"
     # D-Boutique's answers for a bucket that does not exist, from every node.
     for name in names:
-        with cluster.client(name) as client:
-            with pytest.raises(ClientError, match="NOT FOUND|NotFound|not found"):
-                client.get("nosuchbucket", "key")
+        with cluster.client(name) as client, pytest.raises(NotFound):
+            client.get("nosuchbucket", "key")
 
 
 def test_leader_killed_writes_resume_and_nothing_acknowledged_is_lost(
@@ -98,7 +97,9 @@ def test_peer_with_wrong_secret_cannot_join(tmp_path: Path) -> None:
             client.get("apples", "a")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            logs = cluster.nodes["n1"].log_path.read_text() + cluster.nodes["n2"].log_path.read_text()
+            logs = (
+                cluster.nodes["n1"].log_path.read_text() + cluster.nodes["n2"].log_path.read_text()
+            )
             if "auth" in logs.lower() or "secret" in logs.lower():
                 break
             time.sleep(0.1)
