@@ -49,7 +49,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from boutique import placement
 from boutique.machine import WireValue, decode_value, encode_value
+from boutique.placement import Move, NodeInfo
 
 if TYPE_CHECKING:
     from boutique.machine import StateMachine
@@ -81,15 +83,12 @@ MAX_NAME_BYTES = 255
 Wire: TypeAlias = dict[str, WireValue]
 """The msgpack-ready form of a `Range` or a `BucketInfo`."""
 
-RegistryCommand: TypeAlias = (
-    tuple[Literal["create"], str]
-    | tuple[Literal["drop"], str]
-    | tuple[Literal["set_ranges"], Sequence[Wire]]
-    | tuple[Literal["set_ranges"], Sequence[Wire], int]
-)
-RegistryReply: TypeAlias = (
-    tuple[Literal["created", "exists"], Wire] | tuple[Literal["set", "stale"], int] | bool
-)
+RegistryCommand: TypeAlias = tuple[object, ...]
+"""("create", name), ("drop", name), ("set_ranges", ranges[, version]), and the online
+changes of `boutique.placement`: ("add_node", info), ("drain_node", id),
+("remove_node", id), ("start_move", range, frm, to), ("set_bucket_replicas", name,
+group, replicas), ("finish_move", range), ("split_range", range, at)."""
+RegistryReply: TypeAlias = object
 RegistryQuery: TypeAlias = (
     tuple[Literal["lookup"], str]
     | tuple[Literal["list"]]
@@ -97,10 +96,12 @@ RegistryQuery: TypeAlias = (
     | tuple[Literal["ranges"]]
     | tuple[Literal["range_for"], str]
     | tuple[Literal["ranges_version"]]
+    | tuple[Literal["nodes"]]
+    | tuple[Literal["moves"]]
 )
-RegistryAnswer: TypeAlias = Wire | list[Wire] | list[str] | int | None
+RegistryAnswer: TypeAlias = Wire | list[Wire] | list[str] | list[list[object]] | int | None
 
-_SNAPSHOT_FORMAT = 1
+_SNAPSHOT_FORMAT = 2
 
 
 def validate_bucket_name(name: object) -> str:
@@ -361,7 +362,7 @@ class RegistryState:
     initial ranges). `next_seq` is the sequence number the next created bucket gets.
     """
 
-    __slots__ = ("buckets", "next_seq", "ranges", "ranges_version")
+    __slots__ = ("buckets", "moves", "next_seq", "nodes", "ranges", "ranges_version")
 
     def __init__(
         self,
@@ -369,11 +370,17 @@ class RegistryState:
         ranges_version: int = 0,
         buckets: dict[str, BucketInfo] | None = None,
         next_seq: int = 1,
+        nodes: dict[int, NodeInfo] | None = None,
+        moves: dict[str, Move] | None = None,
     ) -> None:
         self.ranges = ranges
         self.ranges_version = ranges_version
         self.buckets: dict[str, BucketInfo] = {} if buckets is None else buckets
         self.next_seq = next_seq
+        self.nodes: dict[int, NodeInfo] = {} if nodes is None else nodes
+        """Cluster members and their addresses (see `boutique.placement`)."""
+        self.moves: dict[str, Move] = {} if moves is None else moves
+        """Pending replica moves, by range id."""
 
     def __repr__(self) -> str:
         return (
@@ -392,35 +399,39 @@ class RegistryMachine:
     map lives in the replicated log rather than in each node's config file.
     """
 
-    __slots__ = ("_initial_ranges",)
+    __slots__ = ("_initial_nodes", "_initial_ranges")
 
-    def __init__(self, initial_ranges: RangeMap | None = None) -> None:
+    def __init__(
+        self, initial_ranges: RangeMap | None = None, initial_nodes: Iterable[NodeInfo] = ()
+    ) -> None:
         self._initial_ranges = initial_ranges
+        self._initial_nodes = tuple(initial_nodes)
 
     def initial_state(self) -> RegistryState:
+        nodes = {info.id: info for info in self._initial_nodes}
         if self._initial_ranges is None:
-            return RegistryState()
-        return RegistryState(self._initial_ranges, ranges_version=1)
+            return RegistryState(nodes=nodes)
+        return RegistryState(self._initial_ranges, ranges_version=1, nodes=nodes)
 
     def apply(
         self, state: RegistryState, command: RegistryCommand
     ) -> tuple[RegistryReply, RegistryState]:
         match command:
-            case ("create", name):
-                validate_bucket_name(name)
+            case ("create", raw_name):
+                name = validate_bucket_name(raw_name)
                 existing = state.buckets.get(name)
                 if existing is not None:
                     return ("exists", existing.to_wire()), state
                 if state.ranges is None:
                     raise ValueError("the range map is not set yet")
-                where = state.ranges.range_for(name)
+                where = placement.placement_for(state, name)
                 seq = state.next_seq
                 info = BucketInfo(name, bucket_group_id(name, seq), where.id, where.replicas, seq)
                 state.buckets[name] = info
                 state.next_seq = seq + 1
                 return ("created", info.to_wire()), state
-            case ("drop", name):
-                validate_bucket_name(name)
+            case ("drop", raw_name):
+                name = validate_bucket_name(raw_name)
                 return state.buckets.pop(name, None) is not None, state
             case ("set_ranges", wire):
                 ranges = RangeMap.from_wire(wire)
@@ -436,10 +447,21 @@ class RegistryMachine:
                 state.ranges = ranges
                 state.ranges_version += 1
                 return ("set", state.ranges_version), state
-            # Online changes (issue 7) go here, each validated before any mutation and
-            # each bumping ranges_version: ("split_range", range_id, at),
-            # ("set_range_replicas", range_id, replicas, leader), and
-            # ("set_bucket_replicas", name, replicas) once a bucket's group has moved.
+            # Online changes: see boutique.placement (each validates before mutating).
+            case ("add_node", wire):
+                return placement.add_node(state, wire), state
+            case ("drain_node", node_id):
+                return placement.drain_node(state, node_id), state
+            case ("remove_node", node_id):
+                return placement.remove_node(state, node_id), state
+            case ("start_move", range_id, frm, to):
+                return placement.start_move(state, range_id, frm, to), state
+            case ("set_bucket_replicas", name, group, replicas):
+                return placement.set_bucket_replicas(state, name, group, replicas), state
+            case ("finish_move", range_id):
+                return placement.finish_move(state, range_id), state
+            case ("split_range", range_id, at):
+                return placement.split_range(state, range_id, at), state
             case _:
                 raise ValueError(f"not a registry command: {_short(command)}")
 
@@ -460,6 +482,10 @@ class RegistryMachine:
                 return None if state.ranges is None else state.ranges.range_for(name).to_wire()
             case ("ranges_version",):
                 return state.ranges_version
+            case ("nodes",):
+                return [state.nodes[n].to_wire() for n in sorted(state.nodes)]
+            case ("moves",):
+                return [state.moves[r].to_wire() for r in sorted(state.moves)]
             case _:
                 raise ValueError(f"not a registry query: {_short(query)}")
 
@@ -471,6 +497,8 @@ class RegistryMachine:
                 "ranges_version": state.ranges_version,
                 "next_seq": state.next_seq,
                 "buckets": [state.buckets[name].to_wire() for name in sorted(state.buckets)],
+                "nodes": [state.nodes[n].to_wire() for n in sorted(state.nodes)],
+                "moves": [state.moves[r].to_wire() for r in sorted(state.moves)],
             }
         )
 
@@ -479,7 +507,18 @@ class RegistryMachine:
             value = decode_value(data)
         except Exception as exc:
             raise ValueError("not a registry snapshot: undecodable") from exc
+        if isinstance(value, dict) and value.get("format") == 1:
+            # Format 1 predates the node table and moves.
+            value = {**value, "format": _SNAPSHOT_FORMAT, "nodes": [], "moves": []}
         fields = _fields(value, _SNAPSHOT_KEYS, "registry snapshot")
+        nodes = {}
+        for wire in _as_array(fields["nodes"], "registry snapshot: nodes"):
+            info_ = NodeInfo.from_wire(wire)
+            nodes[info_.id] = info_
+        moves = {}
+        for wire in _as_array(fields["moves"], "registry snapshot: moves"):
+            move = Move.from_wire(wire)
+            moves[move.range_id] = move
         if type(fields["format"]) is not int or fields["format"] != _SNAPSHOT_FORMAT:
             raise ValueError(f"registry snapshot: unknown format {fields['format']!r}")
         ranges = None if fields["ranges"] is None else RangeMap.from_wire(fields["ranges"])
@@ -502,10 +541,18 @@ class RegistryMachine:
             if info.created_seq >= next_seq:
                 raise ValueError(f"registry snapshot: bucket {info.name!r} is from the future")
             buckets[info.name] = info
-        return RegistryState(ranges, version, buckets, next_seq)
+        return RegistryState(ranges, version, buckets, next_seq, nodes, moves)
 
 
-_SNAPSHOT_KEYS = frozenset({"format", "ranges", "ranges_version", "next_seq", "buckets"})
+_SNAPSHOT_KEYS = frozenset(
+    {"format", "ranges", "ranges_version", "next_seq", "buckets", "nodes", "moves"}
+)
+
+
+def _as_array(value: object, what: str) -> list[object] | tuple[object, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{what} must be an array")
+    return value
 
 
 def _fields(value: object, keys: frozenset[str], what: str) -> Mapping[object, object]:
