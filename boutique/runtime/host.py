@@ -33,7 +33,16 @@ from typing import Any, Protocol
 import trio
 
 from boutique.machine import CommandFailed, MachineHost, StateMachine
-from boutique.raft import LogStorage, Message, RaftConfig, RawNode, Role, bootstrap
+from boutique.raft import (
+    ChangeType,
+    LogStorage,
+    Message,
+    NotLeaderError,
+    RaftConfig,
+    RawNode,
+    Role,
+    bootstrap,
+)
 from boutique.raft.messages import ConfChange, ConfState, Entry, HardState, Snapshot
 
 from .codec import CodecError, decode_batch, encode_batch
@@ -163,9 +172,7 @@ class RaftHost:
 
     # --- Lifecycle ----------------------------------------------------------------------
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Open storage, load groups, join peers, and serve until cancelled."""
         self.storage = self.open_storage()
         try:
@@ -183,6 +190,7 @@ class RaftHost:
                 self.peer_port = await nursery.start(self.transport.run, *self.listen)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._loop)
+                self.start_background(nursery)
                 task_status.started(self)
         finally:
             for group in self.groups.values():
@@ -194,6 +202,9 @@ class RaftHost:
         assert self.storage is not None
         for group_id in self.storage.groups():
             self.open_group(group_id)
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Start the owner's own tasks (called once the host runs)."""
 
     def on_applied(self, group: GroupRuntime, restored: bool) -> None:
         """A watched group applied entries (``group.on_applied``) or, if ``restored``,
@@ -409,6 +420,8 @@ class RaftHost:
                     return set()
                 try:
                     pending.resolve(Applied(fn(group)))
+                except NotLeaderError as exc:
+                    pending.resolve(Rejected("not the leader", exc.leader))
                 except Exception as exc:
                     pending.resolve(Rejected(str(exc), group.leader))
                 self.active.add(group_id)
@@ -436,9 +449,7 @@ class RaftHost:
         self._post(_Read(group_id, query, pending))
         return await pending.wait(timeout)
 
-    async def change_membership(
-        self, group_id: str, change: ConfChange, timeout: float
-    ) -> Outcome:
+    async def change_membership(self, group_id: str, change: ConfChange, timeout: float) -> Outcome:
         """Propose a membership change here (this node must lead the group); Applied
         once the change is applied on this node."""
         pending = Pending()
@@ -528,19 +539,42 @@ class RaftHost:
         else:
             pending.resolve(Unknown(str(value)))
 
+    async def execute_local(self, group_id: str, kind: str, body: Any, timeout: float) -> Outcome:
+        """Run one routed request against this node's copy of the group.
+
+        Kinds: ``"w"`` propose ``body`` (command bytes); ``"r"`` linearizable read of
+        query ``body``; ``"c"`` membership change ``[change type, node]`` (leader only);
+        ``"s"`` the leader's view of the group (members, match, commit); ``"t"`` hand
+        leadership to node ``body``.
+        """
+        match kind:
+            case "w" if isinstance(body, bytes):
+                return await self.propose(group_id, body, timeout)
+            case "r":
+                return await self.read(group_id, _as_tuple(body), timeout)
+            case "c" if (
+                isinstance(body, list | tuple)
+                and len(body) == 2
+                and all(type(v) is int for v in body)
+                and body[0] in {t.value for t in ChangeType}
+            ):
+                change = ConfChange.single(ChangeType(body[0]), body[1])
+                return await self.change_membership(group_id, change, timeout)
+            case "s":
+                return await self.call(group_id, _leader_view, timeout)
+            case "t" if type(body) is int:
+                return await self.transfer_leader(group_id, body, timeout)
+        return Rejected(f"malformed request of kind {kind!r}")
+
     async def _serve_forward(self, peer: int, request: object) -> None:
         if not (isinstance(request, list) and len(request) == 4):
             return
         request_id, kind, group_id, body = request
         if not isinstance(group_id, str):
             return
-        timeout = self.settings.request_timeout
-        if kind == "w" and isinstance(body, bytes):
-            outcome = await self.propose(group_id, body, timeout)
-        elif kind == "r":
-            outcome = await self.read(group_id, _as_tuple(body), timeout)
-        else:
-            outcome = Rejected(f"unknown forward kind {kind!r}")
+        if not isinstance(kind, str):
+            return
+        outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
         match outcome:
             case Applied(CommandFailed() as failed):
                 answer = [request_id, "err", list(failed.to_wire()), 0]
@@ -569,6 +603,20 @@ class RaftHost:
                 "voters": sorted(raft.conf.voters),
             }
         return groups
+
+
+def _leader_view(group: GroupRuntime) -> dict[str, Any]:
+    """What a mover needs to know about a group, as its leader sees it."""
+    raft = group.node.raft
+    if raft.role is not Role.LEADER:
+        raise NotLeaderError(raft.lead)
+    return {
+        "voters": sorted(raft.conf.voters),
+        "learners": sorted(raft.conf.learners),
+        "match": {str(member): pr.match for member, pr in raft.progress.items()},
+        "commit": raft.log.committed,
+        "pending_conf": raft.pending_conf_index > raft.log.applied,
+    }
 
 
 def _as_tuple(value: Any) -> Any:

@@ -18,7 +18,9 @@ import trio
 from boutique.buckets import BucketMachine
 from boutique.config import ClusterConfig, NodeConfig
 from boutique.machine import CommandFailed, StateMachine, decode_value
-from boutique.registry import BucketInfo, RegistryMachine
+from boutique.placement import NodeInfo, bucket_hosts
+from boutique.raft import ConfState, Role
+from boutique.registry import BucketInfo, RegistryMachine, RegistryState
 from boutique.storage.errors import StorageOpenError
 from boutique.storage.sqlite import SqliteStorage
 
@@ -89,10 +91,23 @@ class Node(RaftHost):
         finally:
             self._release_lock()
 
+    def start_background(self, nursery: trio.Nursery) -> None:
+        from .mover import Mover
+        from .router import Router
+
+        self._update_peers()
+        self.mover = Mover(self, Router(self))
+        nursery.start_soon(self.mover.run)
+
     def _machine_for(self, group_id: str) -> StateMachine[Any, Any, Any, Any, Any]:
         if group_id == META_GROUP:
-            # Every node starts from the same config file, so the same initial map.
-            return RegistryMachine(self.config.range_map)
+            # Every founding node starts from the same config file, so from the same
+            # range map and node table; later changes come through the log.
+            founders = [
+                NodeInfo(n.id, n.name, n.host, n.client_port, n.peer_port)
+                for n in self.config.nodes
+            ]
+            return RegistryMachine(self.config.range_map, founders)
         return BucketMachine()
 
     # --- Groups -------------------------------------------------------------------------
@@ -100,27 +115,72 @@ class Node(RaftHost):
     def load_groups(self) -> None:
         assert self.storage is not None
         meta_voters = self.config.meta_replicas
-        if self.id in meta_voters or META_GROUP in self.storage.groups():
-            self.open_group(
-                META_GROUP,
-                meta_voters,
-                bootstrap_voters=True,
-                campaign=meta_voters[0] == self.id and META_GROUP not in self.storage.groups(),
-                quiesce=False,
-                track_applied=True,
-            )
+        founder = self.id in meta_voters and any(n.id == self.id for n in self.config.nodes)
+        fresh = META_GROUP not in self.storage.groups()
+        # Every node hosts the meta group: founders as its first voters, nodes that
+        # joined later as learners (added by the mover), so each knows the catalog.
+        self.open_group(
+            META_GROUP,
+            meta_voters,
+            bootstrap_voters=founder,
+            campaign=founder and fresh and meta_voters[0] == self.id,
+            quiesce=False,
+            track_applied=True,
+        )
         for group_id in self.storage.groups():
             if group_id != META_GROUP:
                 self.open_group(group_id)
         self._reconcile_all()
 
-    def _open_bucket(self, info: BucketInfo) -> None:
+    def _open_bucket(self, info: BucketInfo, *, founding: bool) -> None:
+        """Host a bucket's group. Only its founding replicas, as the ``create`` entry
+        is applied, bootstrap it; any other host (a move's target, a replica whose
+        storage is gone) starts empty and is brought up by the leader."""
         self.open_group(
             info.group,
             info.replicas,
-            bootstrap_voters=True,
-            campaign=info.replicas[0] == self.id,
+            bootstrap_voters=founding,
+            campaign=founding and info.replicas[0] == self.id,
         )
+
+    # --- The registry -------------------------------------------------------------------
+
+    def registry_state(self) -> RegistryState | None:
+        meta = self.groups.get(META_GROUP)
+        return None if meta is None else meta.host.state
+
+    def is_meta_leader(self) -> bool:
+        meta = self.groups.get(META_GROUP)
+        return meta is not None and meta.node.raft.role is Role.LEADER
+
+    def meta_conf(self) -> ConfState | None:
+        meta = self.groups.get(META_GROUP)
+        return None if meta is None else meta.node.conf_state
+
+    def meta_members(self) -> tuple[int, ...]:
+        """Where to send registry requests: the meta group's voters as this node knows
+        them (the configured founders until it has applied any)."""
+        conf = self.meta_conf()
+        if conf is None or not conf.voters:
+            return self.config.meta_replicas
+        return tuple(sorted(conf.voters))
+
+    def bucket_hosts(self, info: BucketInfo) -> tuple[int, ...]:
+        state = self.registry_state()
+        if state is None:
+            return info.replicas
+        extra = [n for n in bucket_hosts(info, state) if n not in info.replicas]
+        return (*info.replicas, *sorted(extra))
+
+    def _update_peers(self) -> None:
+        state = self.registry_state()
+        peers = {n.id: (n.host, n.peer_port) for n in self.config.nodes if n.id != self.id}
+        if state is not None:
+            peers.update(
+                {n.id: (n.host, n.peer_port) for n in state.nodes.values() if n.id != self.id}
+            )
+        if peers != self.peers:
+            self.set_peers(peers)
 
     def catalog(self) -> dict[str, BucketInfo]:
         """The bucket catalog as this node has applied it (may lag the cluster)."""
@@ -131,11 +191,19 @@ class Node(RaftHost):
         return buckets
 
     def _reconcile_all(self) -> None:
-        """Make the local bucket groups match the catalog (after a restart or snapshot)."""
-        wanted = {info.group: info for info in self.catalog().values() if self.id in info.replicas}
+        """Make the local bucket groups match the registry: host every bucket this node
+        replicates or is receiving in a move, and no other."""
+        state = self.registry_state()
+        if state is None:
+            return
+        wanted = {
+            info.group: info
+            for info in state.buckets.values()
+            if self.id in bucket_hosts(info, state)
+        }
         for group_id, info in wanted.items():
             if group_id not in self.groups:
-                self._open_bucket(info)
+                self._open_bucket(info, founding=False)
         for group_id in list(self.groups):
             if group_id != META_GROUP and group_id not in wanted:
                 self.close_group(group_id)
@@ -145,22 +213,28 @@ class Node(RaftHost):
             return
         if restored:
             self._reconcile_all()
+            self._update_peers()
             return
         for _, data, reply in group.on_applied:
             if isinstance(reply, CommandFailed):
                 continue
             command = decode_value(data)
-            if command[0] == "create" and reply[0] == "created":
-                info = BucketInfo.from_wire(reply[1])
-                if self.id in info.replicas:
-                    self._open_bucket(info)
-            elif command[0] == "drop" and reply:
-                live = {info.group for info in self.catalog().values()}
-                for group_id in list(self.groups):
-                    if group_id != META_GROUP and group_id not in live:
-                        self.close_group(group_id)
-            else:
-                self._reconcile_all()
+            match command[0]:
+                case "create" if reply[0] == "created":
+                    info = BucketInfo.from_wire(reply[1])
+                    if self.id in info.replicas:
+                        self._open_bucket(info, founding=True)
+                case "create":
+                    pass
+                case "drop" if reply:
+                    live = {info.group for info in self.catalog().values()}
+                    for group_id in list(self.groups):
+                        if group_id != META_GROUP and group_id not in live:
+                            self.close_group(group_id)
+                case "add_node" | "remove_node" | "drain_node":
+                    self._update_peers()
+                case _:
+                    self._reconcile_all()
 
     # --- Inspection ---------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ class Router:
     # --- Routing ------------------------------------------------------------------------
 
     def _meta_replicas(self) -> tuple[int, ...]:
-        return self.node.config.meta_replicas
+        return self.node.meta_members()
 
     async def _write(
         self,
@@ -128,6 +128,17 @@ class Router:
     ) -> Any:
         data = MachineHost.encode_command(command)
         return await self._route(group, replicas, "w", data, bucket)
+
+    async def registry_write(self, command: tuple[Any, ...]) -> Any:
+        """Propose a registry command (placement changes) through the meta group."""
+        return await self._write(META_GROUP, self._meta_replicas(), command)
+
+    async def group_request(
+        self, group: str, replicas: tuple[int, ...], kind: str, body: Any
+    ) -> Any:
+        """Route an administrative request (``execute_local`` kinds ``c``, ``s``, ``t``)
+        to the group's leader, like a write."""
+        return await self._route(group, replicas, kind, body, None)
 
     async def _read(
         self,
@@ -155,10 +166,7 @@ class Router:
                 raise Unavailable(last_reason)
             outcome: Outcome
             if target == node.id:
-                if kind == "w":
-                    outcome = await node.propose(group, body, remaining)
-                else:
-                    outcome = await node.read(group, body, remaining)
+                outcome = await node.execute_local(group, kind, body, remaining)
             else:
                 outcome = await node.forward(target, group, kind, body, remaining)
             match outcome:
@@ -167,7 +175,7 @@ class Router:
                 case Applied(reply):
                     self.leader_hints[group] = target
                     return reply
-                case Unknown(reason) if kind == "w":
+                case Unknown(reason) if kind in ("w", "c"):
                     raise OutcomeUnknown(reason)
                 case Unknown(reason) | Rejected(reason, 0):
                     last_reason = reason
