@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from boutique.registry import BucketInfo, Range, RegistryState
 
 
+class PlacementBusy(ValueError):
+    """The change conflicts with one still in progress (e.g. the range is moving);
+    it may succeed later."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """A cluster member as the registry knows it: how to reach it, and whether it is
@@ -176,7 +181,7 @@ def start_move(state: RegistryState, range_id: object, frm: object, to: object) 
     target = _known_node(state, to)
     if rng.id in state.moves:
         move = state.moves[rng.id]
-        raise ValueError(f"range {rng.id} is already moving ({move.frm} -> {move.to})")
+        raise PlacementBusy(f"range {rng.id} is already moving ({move.frm} -> {move.to})")
     if source.id not in rng.replicas:
         raise ValueError(f"node {source.name} does not replicate range {rng.id}")
     if target.id in rng.replicas:
@@ -238,7 +243,7 @@ def split_range(state: RegistryState, range_id: object, at: object) -> list[str]
     if not (rng.start < at and (rng.end is None or at < rng.end)):
         raise ValueError(f"{at!r} is not inside range {rng.id}")
     if rng.id in state.moves:
-        raise ValueError(f"range {rng.id} is moving; split it when the move is done")
+        raise PlacementBusy(f"range {rng.id} is moving; split it when the move is done")
     assert state.ranges is not None
     lower_id, upper_id = span_name(rng.start, at), span_name(at, rng.end)
     taken = {r.id for r in state.ranges if r.id != rng.id}

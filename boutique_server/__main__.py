@@ -8,6 +8,7 @@ boutique-server --config config/cluster.toml --all   every node here; Ctrl-C sto
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import trio
 
 from boutique.config import ClusterConfig, ConfigError, NodeConfig, load_config, single_node_config
+from boutique.runtime.join import register
 from boutique.runtime.node import Node
 from boutique.runtime.router import Router
 from boutique.storage.errors import DataFileError
@@ -40,6 +42,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-port", type=int, help="peer port (default: from config)")
     parser.add_argument("--data-dir", type=Path, help="data directory of this node")
     parser.add_argument("--host", help="address to listen on for clients (default 127.0.0.1)")
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        help="join the running cluster of --config as a new node (needs --name and --id)",
+    )
+    parser.add_argument("--name", help="this node's name, with --join")
+    parser.add_argument("--id", type=int, help="this node's id, with --join")
     parser.add_argument("--log-level", default=os.environ.get("BOUTIQUE_LOG", "INFO"))
     return parser.parse_args(argv)
 
@@ -48,6 +57,23 @@ def _choose(args: argparse.Namespace) -> tuple[ClusterConfig, NodeConfig]:
     if args.config is None:
         config = single_node_config(port=args.port or 4040, data_dir=args.data_dir or Path("data"))
         me = config.nodes[0]
+    elif args.join:
+        config = load_config(args.config)
+        if not args.name or not args.id or not args.port or not args.peer_port:
+            raise ConfigError(
+                str(args.config), "--join", "needs --name, --id, --port and --peer-port"
+            )
+        if any(n.name == args.name or n.id == args.id for n in config.nodes):
+            raise ConfigError(str(args.config), "--join", "name or id already in the config")
+        me = NodeConfig(
+            args.name,
+            args.id,
+            args.host or config.listen_host,
+            args.port,
+            args.peer_port,
+            args.data_dir or config.data_dir / args.name,
+        )
+        return config, me
     else:
         config = load_config(args.config)
         if not args.node:
@@ -78,9 +104,11 @@ def _choose(args: argparse.Namespace) -> tuple[ClusterConfig, NodeConfig]:
     return config, me
 
 
-async def serve(config: ClusterConfig, me: NodeConfig) -> None:
+async def serve(config: ClusterConfig, me: NodeConfig, *, join: bool = False) -> None:
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(config, me).run)
+        if join:
+            nursery.start_soon(register, config, me)
         router = Router(node)
         server = LineServer(config, me, node, router)
         port = await nursery.start(server.serve)
@@ -155,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_all(args.config, args)
         config, me = _choose(args)
         try:
-            trio.run(serve, config, me)
+            trio.run(partial(serve, join=args.join), config, me)
         except BaseExceptionGroup as group:
             # Startup failures surface through trio's nurseries wrapped in groups; a
             # lone cause is reported as itself.

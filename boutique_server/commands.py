@@ -168,6 +168,28 @@ class Fault:
     nodes: tuple[str, ...] = ()
 
 
+ADMIN_ARITY: dict[str, tuple[int, str]] = {
+    "NODES": (0, "ADMIN NODES"),
+    "RANGES": (0, "ADMIN RANGES"),
+    "MOVES": (0, "ADMIN MOVES"),
+    "ADD-NODE": (5, "ADMIN ADD-NODE name id host client_port peer_port"),
+    "REMOVE-NODE": (1, "ADMIN REMOVE-NODE name"),
+    "MOVE": (3, "ADMIN MOVE range from-node to-node"),
+    "TRANSFER": (2, "ADMIN TRANSFER bucket|range:<id> node"),
+    "SPLIT": (2, "ADMIN SPLIT range at"),
+}
+"""Admin sub-commands: number of arguments, and usage for error messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """``ADMIN <action> args...``: change or inspect the cluster's layout online (see
+    ``ADMIN_ARITY``). Needs ``AUTH`` first when the server has a password."""
+
+    action: str
+    args: tuple[str, ...] = ()
+
+
 Command: TypeAlias = (
     Create
     | Drop
@@ -183,6 +205,7 @@ Command: TypeAlias = (
     | Status
     | Auth
     | Fault
+    | Admin
 )
 """Every command a request line can hold."""
 

@@ -63,6 +63,8 @@ from boutique_server.commands import (
     Command,
     Create,
     Delete,
+    ADMIN_ARITY,
+    Admin,
     Drop,
     Fault,
     Get,
@@ -236,6 +238,21 @@ class _Spec:
     build: Callable[[list[bytes]], Command]
 
 
+def _admin(args: list[bytes]) -> Admin:
+    action = args[0].upper().decode("ascii", "replace")
+    spec = ADMIN_ARITY.get(action)
+    if spec is None:
+        known = ", ".join(sorted(ADMIN_ARITY))
+        raise ArgumentError("SYNTAX", f"unknown admin command {action[:20]!r} (known: {known})")
+    count, usage = spec
+    if len(args) - 1 != count:
+        raise ArgumentError("SYNTAX", f"usage: {usage}")
+    try:
+        return Admin(action, tuple(a.decode("utf-8") for a in args[1:]))
+    except UnicodeDecodeError:
+        raise ArgumentError("SYNTAX", "admin arguments must be UTF-8") from None
+
+
 def _fault(args: list[bytes]) -> Fault:
     action = args[0].upper().decode("ascii", "replace")
     if action not in ("BLOCK", "HEAL") or (action == "HEAL" and len(args) > 1):
@@ -268,6 +285,7 @@ _COMMANDS: dict[bytes, _Spec] = {
     b"STATUS": _Spec(0, 0, lambda a: Status()),
     b"AUTH": _Spec(1, 1, lambda a: Auth(a[0])),
     b"FAULT": _Spec(1, 16, lambda a: _fault(a)),
+    b"ADMIN": _Spec(1, 6, lambda a: _admin(a)),
 }
 
 HELP_TEXT: tuple[str, ...] = (
@@ -284,6 +302,12 @@ HELP_TEXT: tuple[str, ...] = (
     "  PING                           PONG",
     "  STATUS                         nodes, ranges, leaders, terms, commit indexes",
     "  AUTH password                  log in, if the server wants a password",
+    "  ADMIN NODES|RANGES|MOVES       the cluster's layout",
+    "  ADMIN ADD-NODE name id host client_port peer_port    register a joining node",
+    "  ADMIN REMOVE-NODE name         move a node's replicas away, then remove it",
+    "  ADMIN MOVE range from to       move a range's replicas from one node to another",
+    "  ADMIN TRANSFER bucket|range:<id> node   hand leadership to a node",
+    "  ADMIN SPLIT range at           cut a range in two at a bucket name",
     "  HELP                           this text",
     "  QUIT                           close the connection (Ctrl-D does too)",
     'Quote arguments with blanks or special bytes: PUT notes todo "buy milk\\n"',

@@ -49,6 +49,8 @@ class LocalNode:
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    joins: bool = False
+    """Not in the config file: started with ``--join`` and its own identity."""
 
     @property
     def pid(self) -> int | None:
@@ -173,6 +175,22 @@ class LocalCluster:
         if wait:
             for name in chosen:
                 self.wait_ready(name)
+
+    def add_joiner(self, name: str, node_id: int) -> LocalNode:
+        """Describe a node that is not in the config: started with ``start(name)``, it
+        joins the running cluster (``boutique-server --join``)."""
+        client_port, peer_port = free_ports(2)
+        node = LocalNode(
+            name,
+            node_id,
+            client_port,
+            peer_port,
+            self.workdir / "data" / name,
+            self.workdir / f"{name}.log",
+            joins=True,
+        )
+        self.nodes[name] = node
+        return node
 
     def wait_ready(self, name: str, timeout: float = 20.0) -> None:
         node = self.nodes[name]
