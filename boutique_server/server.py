@@ -1,22 +1,35 @@
 """The line-protocol server: trio at the edge, the sans-I/O protocol and the router inside.
 
-One task reads each connection and turns bytes into commands (``protocol.LineParser``);
+One task reads each connection and turns bytes into events (``protocol.LineParser``);
 each command runs in its own task so a client that sends ahead is not held to one Raft
-round per request; one writer task sends the replies strictly in request order.
+round per request; one writer task sends the replies strictly in request order. A bad
+line (``ProtocolError``) takes its place in that order like any command.
 
-Ordering within a connection is what a person expects from a terminal: a write waits
-for earlier commands on the same key, a read (or any other command) waits for every
-earlier command, so ``PUT`` then ``GET`` on one connection always reads the write.
-Writes to different keys run concurrently, which is what makes pipelining fast.
+Ordering within a connection is what a person expects from a terminal: a write (``PUT``,
+``DELETE``) waits for earlier writes to the same key and for the last other command
+before it; any other command waits for every earlier command. So ``PUT`` then ``GET``
+on one connection always reads the write, a ``GET`` is never overtaken by a later
+``PUT``, and a ``PUT`` after ``CREATE`` finds the bucket. Consecutive writes to
+different keys run concurrently, which is what makes pipelining fast.
 
-Bounded everywhere: at most ``MAX_IN_FLIGHT`` commands per connection (the reader stops
-reading beyond that), a reply that cannot be written within ``SEND_TIMEOUT`` closes the
-connection (a client that never reads), ``max_connections`` clients at once (the next
-gets ``ERR BUSY``), and an idle connection is closed after ``idle_timeout``.
+Bounded everywhere: at most ``max_in_flight`` replies per connection wait in its queue,
+plus one batch of at most as many being written (the reader stops reading beyond that,
+so a client that sends ahead without reading costs a bounded number of replies); a reply that cannot be written within
+``send_timeout`` closes the connection (a client that never reads);
+``max_connections`` clients at once (the next gets ``ERR BUSY`` and is closed); an
+idle connection is closed after ``idle_timeout``.
+
+A connection never takes the server down: a command that raises is answered with an
+error line (``ERR TIMEOUT`` for a write, whose outcome is then unknown), a client that
+resets its connection cancels its own commands, and anything unforeseen is logged and
+ends only that connection. After ``QUIT`` (or ``ERR BUSY``) the server shuts its side
+and drains what the client still sends for a moment before closing, so the last reply
+is not destroyed by a TCP reset.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +49,7 @@ from boutique.wire import ErrorCode
 
 from . import commands as cmd
 from .protocol import (
+    HELP_TEXT,
     Error,
     LineParser,
     Ok,
@@ -54,27 +68,13 @@ from .protocol import NotImplemented_ as NotImplementedReply
 log = logging.getLogger("boutique.server")
 
 MAX_IN_FLIGHT = 256
+"""Replies a connection may have pending (running or waiting to be written)."""
 SEND_TIMEOUT = 30.0
+"""Seconds a reply may take to be written before the client counts as not reading."""
+LINGER_TIMEOUT = 2.0
+"""Seconds spent draining a client's input after the last reply, before closing."""
 READ_CHUNK = 65536
 STATUS_GROUP_LIMIT = 50
-
-HELP = (
-    "boutique: a strongly consistent bucket store. Commands (names are case-insensitive):",
-    "CREATE bucket                 make a bucket (OK also when it exists)",
-    "DROP bucket                   delete a bucket and all its keys",
-    "PUT bucket key value          set a key",
-    "GET bucket key                the value, then OK (empty line if missing)",
-    "DELETE bucket key             remove a key (OK also when absent)",
-    "BUCKETS                       every bucket, one per line, then OK",
-    "KEYS bucket [prefix]          keys in order, one per line, then OK",
-    "SCAN bucket start end [limit] key value lines for start <= key < end (end \"\" = no end)",
-    "PING                          PONG",
-    "STATUS                        nodes, ranges and Raft groups as this node sees them",
-    "AUTH password                 authenticate when the server asks for a password",
-    "QUIT                          close the connection (also Ctrl-D)",
-    'Quote arguments with spaces: PUT notes todo "buy eggs\\n" (escapes \\" \\\\ \\n \\r \\t \\xHH)',
-    "Errors: ERR UNAVAILABLE|SYNTAX|TOOLONG|AUTH|BUSY had no effect; ERR TIMEOUT may have.",
-)
 
 
 @dataclass(slots=True)
@@ -86,41 +86,105 @@ class _Slot:
     close_after: bool = False
 
 
-class LineServer:
-    """Serves the line protocol for one node."""
+def _internal_error(command: cmd.Command) -> Error:
+    """The reply for a command that failed in a way nobody foresaw. A write may have
+    been proposed before it failed, so its outcome is unknown; anything else had no
+    effect."""
+    if isinstance(command, cmd.Put | cmd.Delete | cmd.Create | cmd.Drop):
+        return Error(ErrorCode.TIMEOUT, "internal error: the outcome is unknown")
+    return Error(ErrorCode.UNAVAILABLE, "internal error")
 
-    def __init__(self, config: ClusterConfig, me: NodeConfig, node: Node, router: Router) -> None:
+
+async def _close_gently(stream: trio.abc.HalfCloseableStream) -> None:
+    """Shut our side, then read (and drop) what the client still sends until it closes
+    or ``LINGER_TIMEOUT`` passes. Closing a socket with unread input makes the kernel
+    send a reset, and a reset can destroy replies the client has not read yet."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        try:
+            await stream.send_eof()
+            while await stream.receive_some(READ_CHUNK):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+class LineServer:
+    """Serves the line protocol for one node.
+
+    ``send_timeout`` and ``max_in_flight`` default to the module constants; tests make
+    them small. ``live`` holds the connections being served (not the ones refused with
+    ``ERR BUSY``), ``served`` counts commands run and ``refused`` connections refused.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        me: NodeConfig,
+        node: Node,
+        router: Router,
+        *,
+        send_timeout: float = SEND_TIMEOUT,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be positive")
         self.config = config
         self.me = me
         self.node = node
         self.router = router
-        self.connections = 0
+        self.send_timeout = send_timeout
+        self.max_in_flight = max_in_flight
+        self.live: set[_Connection] = set()
         self.served = 0
+        self.refused = 0
+
+    @property
+    def connections(self) -> int:
+        """How many clients are being served now."""
+        return len(self.live)
 
     async def serve(
-        self, port: int | None = None, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+        self,
+        port: int | None = None,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Listen on ``config.listen_host`` and ``port`` (default: this node's client
+        port; 0 lets the OS choose) until cancelled. ``task_status.started`` gets the
+        port actually bound."""
         listen_port = self.me.client_port if port is None else port
         listeners = await trio.open_tcp_listeners(listen_port, host=self.config.listen_host)
-        actual = listeners[0].socket.getsockname()[1]
+        actual: int = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._handle, listeners)
             task_status.started(actual)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        # trio.serve_listeners lets a handler's exception crash the whole server, so
+        # nothing may escape from here but cancellation.
+        gentle = False
         try:
-            if self.connections >= self.config.max_connections:
-                with trio.move_on_after(1):
+            if len(self.live) >= self.config.max_connections:
+                self.refused += 1
+                gentle = True
+                with trio.move_on_after(self.send_timeout):
                     await stream.send_all(render(Error(ErrorCode.BUSY, "too many connections")))
                 return
-            self.connections += 1
+            connection = _Connection(self, stream)
+            self.live.add(connection)
             try:
-                await _Connection(self, stream).run()
+                await connection.run()
             finally:
-                self.connections -= 1
+                self.live.discard(connection)
+            gentle = connection.quit
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            gentle = False
+        except Exception:
+            gentle = False
+            log.exception("a client connection failed; closing it")
         finally:
+            if gentle:
+                await _close_gently(stream)
             await trio.aclose_forcefully(stream)
 
     # --- Executing commands ---------------------------------------------------------------
@@ -153,13 +217,11 @@ class LineServer:
                 case cmd.Ping():
                     return Pong()
                 case cmd.Help():
-                    return Text(HELP)
+                    return Text(HELP_TEXT)
                 case cmd.Status():
                     return Text(self.status_lines())
-                case cmd.Quit():
-                    return Ok()
-                case cmd.Auth():
-                    return Ok()
+                case cmd.Quit() | cmd.Auth():
+                    return Ok()  # the connection answers these itself
                 case cmd.Fault(action, nodes):
                     return self.fault(action, nodes)
         except NotFound:
@@ -172,9 +234,7 @@ class LineServer:
             return Error(ErrorCode.SYNTAX, exc.failed.message)
         except Exception:
             log.exception("internal error running %r", command)
-            if isinstance(command, cmd.Put | cmd.Delete | cmd.Create | cmd.Drop):
-                return Error(ErrorCode.TIMEOUT, "internal error: the outcome is unknown")
-            return Error(ErrorCode.UNAVAILABLE, "internal error")
+            return _internal_error(command)
         raise AssertionError(f"unhandled command {command!r}")
 
     def fault(self, action: str, nodes: tuple[str, ...]) -> Reply:
@@ -200,6 +260,7 @@ class LineServer:
         config = self.config
         names = {n.id: n.name for n in config.nodes}
         lines = [f"node {status['node']} id {status['id']} cluster {config.cluster_name}"]
+        lines.append(f"clients {len(self.live)} of {config.max_connections}")
         for peer, up in sorted(status["peers"].items()):
             lines.append(f"peer {peer} {'up' if up else 'DOWN'}")
         for rng in config.ranges:
@@ -226,27 +287,52 @@ class _Connection:
         self.stream = stream
         self.parser = LineParser(server.config.max_line)
         self.authed = server.config.password is None
-        self.slots_send, self.slots_recv = trio.open_memory_channel[_Slot](MAX_IN_FLIGHT)
-        self.in_flight = trio.Semaphore(MAX_IN_FLIGHT)
+        limit = server.max_in_flight
+        # Every event takes a slot, so the channel bounds the replies held in memory;
+        # the semaphore bounds the command tasks among them.
+        self.slots_send, self.slots_recv = trio.open_memory_channel[_Slot](limit)
+        self.in_flight = trio.Semaphore(limit)
         self.last_by_key: dict[tuple[str, bytes], trio.Event] = {}
         self.earlier: list[trio.Event] = []
         self._barriers: list[trio.Event] = []
         self.closing = False
+        self.quit = False
+        """True once the QUIT reply was written: the close should be gentle."""
+        self._cancel: trio.CancelScope | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Replies queued for the writer and not yet taken by it."""
+        return self.slots_send.statistics().current_buffer_used
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, nursery.cancel_scope)
+            self._cancel = nursery.cancel_scope
+            nursery.start_soon(self._writer)
             await self._reader(nursery)
+            # No more requests: the writer sends what is pending, then the nursery ends.
             await self.slots_send.aclose()
+
+    def _abandon(self) -> None:
+        """Nobody can receive replies any more: cancel the commands and the writer."""
+        assert self._cancel is not None
+        self._cancel.cancel()
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         idle = self.server.config.idle_timeout or float("inf")
         while not self.closing:
             data = b""
             with trio.move_on_after(idle) as scope:
-                data = await self.stream.receive_some(READ_CHUNK)
-            if scope.cancelled_caught or not data:
-                return  # idle, or the client closed its side
+                try:
+                    data = await self.stream.receive_some(READ_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._abandon()  # reset by the client: no one left to answer
+                    return
+            if scope.cancelled_caught:
+                log.info("closing an idle connection")
+                return
+            if not data:
+                return  # the client shut its side; pending replies are still sent
             self.parser.feed(data)
             for event in self.parser.events():
                 await self._dispatch(event, nursery)
@@ -257,31 +343,29 @@ class _Connection:
         slot = _Slot()
         await self.slots_send.send(slot)
         if isinstance(event, ProtocolError):
-            slot.data = event.data
-            slot.done.set()
-            return
-        if isinstance(event, cmd.Quit):
+            self._finish(slot, event.data)
+        elif isinstance(event, cmd.Quit):
+            # The writer sends replies in order, so OK goes out after every earlier
+            # reply; waiting here keeps the reader from reading past the QUIT.
             self.closing = True
             await self._wait_all()
-            slot.data = render(Ok())
             slot.close_after = True
-            slot.done.set()
-            return
-        if isinstance(event, cmd.Auth):
-            slot.data = render(self._auth(event))
-            slot.done.set()
-            return
-        if not self.authed and not isinstance(event, cmd.Ping | cmd.Help):
-            slot.data = render(Error(ErrorCode.AUTH, "authenticate first: AUTH password"))
-            slot.done.set()
-            return
-        await self.in_flight.acquire()
-        deps = self._dependencies(event, slot.done)
-        nursery.start_soon(self._run_command, event, slot, deps)
+            self._finish(slot, render(Ok()))
+        elif isinstance(event, cmd.Auth):
+            self._finish(slot, render(self._auth(event)))
+        elif not self.authed and not isinstance(event, cmd.Ping | cmd.Help):
+            self._finish(slot, render(Error(ErrorCode.AUTH, "authenticate first: AUTH password")))
+        else:
+            await self.in_flight.acquire()
+            deps = self._dependencies(event, slot.done)
+            nursery.start_soon(self._run_command, event, slot, deps)
+
+    @staticmethod
+    def _finish(slot: _Slot, data: bytes) -> None:
+        slot.data = data
+        slot.done.set()
 
     def _auth(self, event: cmd.Auth) -> Reply:
-        import hmac
-
         password = self.server.config.password
         if password is None:
             return Ok()
@@ -298,7 +382,7 @@ class _Connection:
             deps = [e for e in (self.last_by_key.get(key),) if e is not None]
             deps += self._barriers
             self.last_by_key[key] = done
-            if len(self.last_by_key) > 4 * MAX_IN_FLIGHT:
+            if len(self.last_by_key) > 4 * self.server.max_in_flight:
                 self.last_by_key = {k: e for k, e in self.last_by_key.items() if not e.is_set()}
         else:
             deps = list(self.earlier)
@@ -314,14 +398,19 @@ class _Connection:
         try:
             for dep in deps:
                 await dep.wait()
-            reply = await self.server.execute(command)
-            slot.data = render(reply)
+            try:
+                slot.data = render(await self.server.execute(command))
+            except Exception:
+                # A reply that cannot be rendered (or a bug in execute) still gets one
+                # line in its place, or every later reply would answer the wrong request.
+                log.exception("internal error answering %r", command)
+                slot.data = render(_internal_error(command))
         finally:
             slot.done.set()
             self.in_flight.release()
             self.server.served += 1
 
-    async def _writer(self, cancel_scope: trio.CancelScope) -> None:
+    async def _writer(self) -> None:
         held: _Slot | None = None
         while True:
             if held is None:
@@ -344,12 +433,17 @@ class _Connection:
                     break
                 chunks.append(nxt.data)
                 close = nxt.close_after
-            with trio.move_on_after(SEND_TIMEOUT) as scope:
-                await self.stream.send_all(b"".join(chunks))
+            with trio.move_on_after(self.server.send_timeout) as scope:
+                try:
+                    await self.stream.send_all(b"".join(chunks))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._abandon()
+                    return
             if scope.cancelled_caught:
                 log.info("closing a connection whose client does not read its replies")
-                cancel_scope.cancel()
+                self._abandon()
                 return
             if close:
-                cancel_scope.cancel()
+                self.quit = True
+                self._abandon()
                 return
