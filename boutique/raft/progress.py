@@ -124,6 +124,20 @@ class Progress:
     def maybe_decrease(self, rejected: int, hint_index: int) -> bool:
         """A rejection of ``rejected``; moves ``next`` back. Returns False for a stale
         rejection (an answer to something sent before a newer success)."""
+        if rejected == self.match and hint_index < self.match:
+            # Either a reordered, stale rejection, or the follower no longer holds what
+            # it acknowledged. Durable storage never loses acknowledged entries, but a
+            # member without it (restarted empty, rafted_value-style) does. Probe at
+            # match to find out; if even that probe is refused, the log is gone and
+            # the follower is caught up again from what it really has.
+            if self.state is ProgressState.REPLICATE:
+                self.next = self.match + 1
+                return True
+            if self.state is ProgressState.PROBE and self.next == self.match + 1:
+                self.match = hint_index
+                self.next = hint_index + 1
+                self.probe_sent = False
+                return True
         if self.state is ProgressState.REPLICATE:
             if rejected <= self.match:
                 return False

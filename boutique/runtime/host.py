@@ -585,7 +585,13 @@ class RaftHost:
             case Unknown(reason):
                 answer = [request_id, "unk", reason, 0]
         if self.transport is not None:
-            self.transport.send(peer, {"a": answer})
+            try:
+                self.transport.send(peer, {"a": answer})
+            except (TypeError, ValueError) as exc:
+                # A reply msgpack cannot carry must not take the host down.
+                log.warning("group %s: reply for node %d not sendable: %s", group_id, peer, exc)
+                error = ["TypeError", f"the reply cannot be sent: {exc}"]
+                self.transport.send(peer, {"a": [request_id, "err", error, 0]})
 
     # --- Inspection ---------------------------------------------------------------------
 

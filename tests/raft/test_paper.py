@@ -1250,3 +1250,26 @@ def test_leader_with_a_quorum_keeps_leading() -> None:
     net.tick(1, 2, times=5 * ELECTION)
     assert net.leaders() == [1]
     assert net[1].raft.term == 2
+
+
+def test_follower_that_lost_its_log_is_caught_up_again() -> None:
+    """A member without durable storage (rafted_value-style) may restart empty. The
+    leader must notice from its rejection that the acknowledged entries are gone and
+    replicate from what the follower really holds, instead of probing past it forever."""
+    from boutique.raft.messages import AppendResponse
+    from boutique.raft.progress import Inflights, Progress, ProgressState
+
+    pr = Progress(match=7, next=8, inflights=Inflights(4))
+    pr.become_replicate()
+    # A stale rejection (of an older message, below match) changes nothing...
+    assert pr.maybe_decrease(5, 0) is False
+    assert (pr.match, pr.next) == (7, 8)
+    # ...a rejection at match with a lower hint is suspicious: probe at match...
+    assert pr.maybe_decrease(7, 0) is True
+    pr.become_probe()
+    assert (pr.match, pr.next) == (7, 8)
+    # ...and if the probe at match is refused too, the log is gone: start over.
+    assert pr.maybe_decrease(7, 0) is True
+    assert (pr.match, pr.next) == (0, 1)
+    assert pr.state is ProgressState.PROBE
+    del AppendResponse

@@ -227,9 +227,10 @@ def test_replicate_empty_send_uses_no_window_slot() -> None:
 
 # (match, next, rejected, accepted, next afterwards)
 REPLICATE_DECREASE_TABLE = [
-    # A rejection at or below match answers something older than a success: stale.
-    (5, 9, 5, False, 9),
+    # A rejection below match answers something older than a success: stale.
     (5, 9, 3, False, 9),
+    # At match with a lower hint: stale, or a follower that lost its log; probe.
+    (5, 9, 5, True, 6),
     # A real rejection rewinds to just after match (the hint is not trusted here).
     (5, 9, 6, True, 6),
     (5, 9, 8, True, 6),
