@@ -38,6 +38,7 @@ import trio
 
 from boutique.config import ClusterConfig, NodeConfig
 from boutique.runtime.node import Node
+from boutique.runtime.admin import Admin, AdminError
 from boutique.runtime.router import (
     CommandRejected,
     NotFound,
@@ -132,6 +133,7 @@ class LineServer:
         self.me = me
         self.node = node
         self.router = router
+        self.admin = Admin(node, router)
         self.send_timeout = send_timeout
         self.max_in_flight = max_in_flight
         self.live: set[_Connection] = set()
@@ -222,6 +224,11 @@ class LineServer:
                     return Text(self.status_lines())
                 case cmd.Quit() | cmd.Auth():
                     return Ok()  # the connection answers these itself
+                case cmd.Admin(action, args):
+                    try:
+                        return Text(await self.admin.execute(action, args))
+                    except AdminError as exc:
+                        return Error(ErrorCode(exc.code), exc.message)
                 case cmd.Fault(action, nodes):
                     return self.fault(action, nodes)
         except NotFound:

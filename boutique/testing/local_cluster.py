@@ -149,6 +149,22 @@ class LocalCluster:
             if node.running:
                 continue
             node.extra_env = dict(env or {})
+            if node.joins:
+                identity = [
+                    "--join",
+                    "--name",
+                    name,
+                    "--id",
+                    str(node.id),
+                    "--port",
+                    str(node.client_port),
+                    "--peer-port",
+                    str(node.peer_port),
+                    "--data-dir",
+                    str(node.data_dir),
+                ]
+            else:
+                identity = ["--node", name]
             log = open(node.log_path, "ab")  # noqa: SIM115 - handed to the child
             try:
                 node.process = subprocess.Popen(
@@ -158,8 +174,7 @@ class LocalCluster:
                         "boutique_server",
                         "--config",
                         str(self.config_path),
-                        "--node",
-                        name,
+                        *identity,
                         "--log-level",
                         os.environ.get("BOUTIQUE_TEST_LOG", "INFO"),
                     ],
@@ -191,6 +206,11 @@ class LocalCluster:
         )
         self.nodes[name] = node
         return node
+
+    def forget(self, name: str) -> None:
+        """Stop a node for good (it left the cluster) and stop tracking it."""
+        self.stop(name)
+        del self.nodes[name]
 
     def wait_ready(self, name: str, timeout: float = 20.0) -> None:
         node = self.nodes[name]
