@@ -8,12 +8,12 @@ boutique-server --config config/cluster.toml --all   every node here; Ctrl-C sto
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import logging
 import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio

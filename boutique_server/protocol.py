@@ -57,14 +57,14 @@ from boutique.wire import (
     split_args,
 )
 from boutique_server.commands import (
+    ADMIN_ARITY,
+    Admin,
     ArgumentError,
     Auth,
     Buckets,
     Command,
     Create,
     Delete,
-    ADMIN_ARITY,
-    Admin,
     Drop,
     Fault,
     Get,

@@ -37,8 +37,8 @@ from typing import Any
 import trio
 
 from boutique.config import ClusterConfig, NodeConfig
-from boutique.runtime.node import Node
 from boutique.runtime.admin import Admin, AdminError
+from boutique.runtime.node import Node
 from boutique.runtime.router import (
     CommandRejected,
     NotFound,

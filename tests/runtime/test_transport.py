@@ -284,6 +284,8 @@ async def test_queue_to_a_down_peer_is_bounded_and_kept_for_reconnect() -> None:
         await wait_until(lambda: len(b.received) == 100)
         assert b.frames_from(1) == list(range(100))
         assert a.transport.queued(2) == 0
+        await wait_until(lambda: a.transport.stats.frames_sent == 100)
+        assert a.transport.stats.writes == 1  # the whole backlog in one send_all
         nursery.cancel_scope.cancel()
 
 
