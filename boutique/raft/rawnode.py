@@ -179,15 +179,23 @@ class RawNode:
         raft = self.raft
         if raft.pending_reads:
             raft.flush_reads()
-        return bool(
+        if (
             raft.msgs
             or raft.msgs_after_persist
             or raft.read_states
             or raft.log.unstable.entries
             or raft.log.unstable.snapshot is not None
             or raft.log.has_next_committed()
-            or self._hard_state() != self._prev_hard_state
-            or self._soft_state() != self._prev_soft_state
+        ):
+            return True
+        # Compared field by field: this runs for every active group on every tick.
+        hard, soft = self._prev_hard_state, self._prev_soft_state
+        return (
+            raft.term != hard.term
+            or raft.vote != hard.vote
+            or raft.log.committed != hard.commit
+            or raft.lead != soft.lead
+            or raft.role is not soft.role
         )
 
     def ready(self) -> Ready:

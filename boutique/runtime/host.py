@@ -309,9 +309,14 @@ class RaftHost:
         self._carry = set()
         if self._tick_due:
             self._tick_due = False
-            for group_id in self.active:
-                self.groups[group_id].node.tick()
-            dirty |= self.active
+            for group_id in list(self.active):
+                node = self.groups[group_id].node
+                node.tick()
+                if node.quiesced:
+                    # Quiet now (a lone member goes quiet without any message to
+                    # send): no more ticks until a message or a request wakes it.
+                    self.active.discard(group_id)
+                dirty.add(group_id)
         inbox, self._inbox = self._inbox, []
         for item in inbox:
             dirty.update(self._handle(item))
