@@ -51,6 +51,10 @@ from .transport import PeerTransport
 
 log = logging.getLogger("boutique.host")
 
+MAX_GROUPS_PER_TURN = 256
+"""Groups carried over from earlier turns handled in one turn at most (new input and
+ticks are always handled)."""
+
 Address = tuple[str, int]
 
 
@@ -302,11 +306,19 @@ class RaftHost:
             self._turn()
             if self._carry:
                 self._wakeup.set()
+                # Let the transport and the connections run between turns, so a turn
+                # over thousands of groups never starves keepalives and clients.
+                await trio.lowlevel.checkpoint()
 
     def _turn(self) -> None:
         self.turns += 1
         dirty = self._carry
         self._carry = set()
+        if len(dirty) > MAX_GROUPS_PER_TURN:
+            # A turn has a bounded cost: the rest waits for the next one.
+            ordered = sorted(dirty)
+            dirty, rest = set(ordered[:MAX_GROUPS_PER_TURN]), ordered[MAX_GROUPS_PER_TURN:]
+            self._carry.update(rest)
         if self._tick_due:
             self._tick_due = False
             for group_id in list(self.active):
@@ -320,6 +332,10 @@ class RaftHost:
         inbox, self._inbox = self._inbox, []
         for item in inbox:
             dirty.update(self._handle(item))
+        if len(dirty) > 4 * MAX_GROUPS_PER_TURN:
+            ordered = sorted(dirty)
+            dirty = set(ordered[: 4 * MAX_GROUPS_PER_TURN])
+            self._carry.update(ordered[4 * MAX_GROUPS_PER_TURN :])
         # A leader's own acknowledgement (after the sync) often commits at once: run a
         # few Ready cycles back to back so the entry is applied and answered in this
         # turn, instead of paying another trip through the scheduler.

@@ -130,7 +130,10 @@ class Node(RaftHost):
         for group_id in self.storage.groups():
             if group_id != META_GROUP:
                 self.open_group(group_id)
-        self._reconcile_all()
+        # Open what the registry (as replayed so far) says we host, but close nothing:
+        # the registry has not replayed its log yet, and a bucket missing from it now
+        # may well exist. Groups are only ever closed by an applied drop or move.
+        self._reconcile_all(close=False)
 
     def _open_bucket(self, info: BucketInfo, *, founding: bool) -> None:
         """Host a bucket's group. Only its founding replicas, as the ``create`` entry
@@ -190,9 +193,12 @@ class Node(RaftHost):
         buckets: dict[str, BucketInfo] = meta.host.state.buckets
         return buckets
 
-    def _reconcile_all(self) -> None:
-        """Make the local bucket groups match the registry: host every bucket this node
-        replicates or is receiving in a move, and no other."""
+    def _reconcile_all(self, *, close: bool) -> None:
+        """Host every bucket this node replicates or is receiving in a move; with
+        ``close``, also stop hosting (and delete) every other bucket group.
+
+        Closing is only safe against a registry at least as new as everything this
+        node has hosted: after installing a registry snapshot, not while replaying."""
         state = self.registry_state()
         if state is None:
             return
@@ -204,15 +210,33 @@ class Node(RaftHost):
         for group_id, info in wanted.items():
             if group_id not in self.groups:
                 self._open_bucket(info, founding=False)
-        for group_id in list(self.groups):
-            if group_id != META_GROUP and group_id not in wanted:
-                self.close_group(group_id)
+        if close:
+            for group_id in list(self.groups):
+                if group_id != META_GROUP and group_id not in wanted:
+                    log.info("group %s is not ours any more: closing it", group_id)
+                    self.close_group(group_id)
+
+    def _close_if_not_ours(self, name: str) -> None:
+        """After a drop or move of bucket ``name`` was applied: close its local groups
+        that the registry no longer places here."""
+        state = self.registry_state()
+        if state is None:
+            return
+        info = state.buckets.get(name)
+        prefix = f"b/{name}/"
+        for group_id in [g for g in self.groups if g.startswith(prefix)]:
+            if info is not None and info.group == group_id and self.id in bucket_hosts(info, state):
+                continue
+            log.info("group %s was dropped or moved away: closing it", group_id)
+            self.close_group(group_id)
 
     def on_applied(self, group: GroupRuntime, restored: bool) -> None:
         if group.group_id != META_GROUP:
             return
         if restored:
-            self._reconcile_all()
+            # A snapshot from the leader is newer than anything we applied: what it
+            # does not list is gone.
+            self._reconcile_all(close=True)
             self._update_peers()
             return
         for _, data, reply in group.on_applied:
@@ -227,14 +251,13 @@ class Node(RaftHost):
                 case "create":
                     pass
                 case "drop" if reply:
-                    live = {info.group for info in self.catalog().values()}
-                    for group_id in list(self.groups):
-                        if group_id != META_GROUP and group_id not in live:
-                            self.close_group(group_id)
+                    self._close_if_not_ours(command[1])
+                case "set_bucket_replicas" if reply:
+                    self._close_if_not_ours(command[1])
                 case "add_node" | "remove_node" | "drain_node":
                     self._update_peers()
                 case _:
-                    self._reconcile_all()
+                    self._reconcile_all(close=False)
 
     # --- Inspection ---------------------------------------------------------------------
 
