@@ -188,15 +188,13 @@ class RawNode:
             or raft.log.has_next_committed()
         ):
             return True
+        soft = self._prev_soft_state
+        return self._hard_state_changed() or raft.lead != soft.lead or raft.role is not soft.role
+
+    def _hard_state_changed(self) -> bool:
         # Compared field by field: this runs for every active group on every tick.
-        hard, soft = self._prev_hard_state, self._prev_soft_state
-        return (
-            raft.term != hard.term
-            or raft.vote != hard.vote
-            or raft.log.committed != hard.commit
-            or raft.lead != soft.lead
-            or raft.role is not soft.role
-        )
+        raft, hard = self.raft, self._prev_hard_state
+        return raft.term != hard.term or raft.vote != hard.vote or raft.log.committed != hard.commit
 
     def ready(self) -> Ready:
         self._check_not_in_ready()

@@ -29,6 +29,9 @@ class ForgetsToPersistVote(RawNode):
         raft = self.raft
         return HardState(raft.term, NONE, raft.log.committed)
 
+    def _hard_state_changed(self) -> bool:
+        return self._hard_state() != self._prev_hard_state
+
 
 class _TruncatingLog(RaftLog):
     def maybe_append(
