@@ -627,12 +627,6 @@ class PeerTransport:
                                 peer,
                                 where,
                             )
-                            if self._inbound.get(peer) is scope:
-                                # A peer whose process died closes at once: suspect it
-                                # now rather than after suspect_after of silence, so
-                                # requests stop going there and quiet groups it led
-                                # elect a new leader sooner. A live peer reconnects.
-                                self._last_heard[peer] = float("-inf")
                             return
                         self.stats.bytes_received += len(data)
                         self._heard(peer)
