@@ -63,8 +63,7 @@ class Router:
         return BucketInfo.from_wire(reply[1])
 
     async def drop(self, name: str) -> bool:
-        info = await self.lookup(name)
-        del info
+        await self.lookup(name)  # NOT FOUND for a bucket that does not exist
         existed = await self._write(META_GROUP, self._meta_replicas(), ("drop", name))
         return bool(existed)
 
@@ -199,14 +198,11 @@ class Router:
                         target = self._next_replica(replicas, tried)
                         await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
                         backoff = min(backoff * 2, 0.2)
-            if bucket is not None and group != META_GROUP and group not in self._live_groups():
+            if bucket is not None and group != META_GROUP:
                 # The bucket may have been dropped (and re-created) meanwhile.
                 info = self.node.catalog().get(bucket)
                 if info is None or info.group != group:
                     raise NotFound(bucket)
-
-    def _live_groups(self) -> set[str]:
-        return {info.group for info in self.node.catalog().values()}
 
     def _next_replica(self, replicas: tuple[int, ...], tried: list[int]) -> int:
         for replica in replicas:

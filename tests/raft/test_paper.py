@@ -1256,7 +1256,6 @@ def test_follower_that_lost_its_log_is_caught_up_again() -> None:
     """A member without durable storage (rafted_value-style) may restart empty. The
     leader must notice from its rejection that the acknowledged entries are gone and
     replicate from what the follower really holds, instead of probing past it forever."""
-    from boutique.raft.messages import AppendResponse
     from boutique.raft.progress import Inflights, Progress, ProgressState
 
     pr = Progress(match=7, next=8, inflights=Inflights(4))
@@ -1272,4 +1271,3 @@ def test_follower_that_lost_its_log_is_caught_up_again() -> None:
     assert pr.maybe_decrease(7, 0) is True
     assert (pr.match, pr.next) == (0, 1)
     assert pr.state is ProgressState.PROBE
-    del AppendResponse
