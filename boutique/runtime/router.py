@@ -199,9 +199,11 @@ class Router:
                         await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
                         backoff = min(backoff * 2, 0.2)
             if bucket is not None and group != META_GROUP:
-                # The bucket may have been dropped (and re-created) meanwhile.
+                # The bucket may have been dropped and re-created meanwhile. Only a
+                # catalog entry for another group proves it: a missing entry may just
+                # mean this node's registry lags the linearizable lookup that found it.
                 info = self.node.catalog().get(bucket)
-                if info is None or info.group != group:
+                if info is not None and info.group != group:
                     raise NotFound(bucket)
 
     def _next_replica(self, replicas: tuple[int, ...], tried: list[int]) -> int:
