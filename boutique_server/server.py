@@ -268,6 +268,8 @@ class LineServer:
         names = {n.id: n.name for n in config.nodes}
         lines = [f"node {status['node']} id {status['id']} cluster {config.cluster_name}"]
         lines.append(f"clients {len(self.live)} of {config.max_connections}")
+        counters = " ".join(f"{k.replace('_', '-')} {v}" for k, v in status["counters"].items())
+        lines.append(f"loop {counters}")
         for peer, up in sorted(status["peers"].items()):
             lines.append(f"peer {peer} {'up' if up else 'DOWN'}")
         for rng in config.ranges:

@@ -474,6 +474,17 @@ def group_line(address: Address, bucket: str) -> list[str] | None:
     return None
 
 
+def loop_counters(address: Address) -> dict[str, int]:
+    """The host loop's counters from a node's ``STATUS`` (its ``loop`` line), or an
+    empty dict if the node does not answer."""
+    with contextlib.suppress(ClientError, OSError), Client(*address, timeout=2.0) as client:
+        for line in client.status():
+            words = line.split()
+            if words and words[0] == "loop":
+                return {k: int(v) for k, v in zip(words[1::2], words[2::2], strict=False)}
+    return {}
+
+
 def fmt_mb(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 1e6:.1f} MB"
 

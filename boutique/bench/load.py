@@ -47,6 +47,7 @@ from .cluster import (
     fmt_mb,
     fmt_pct,
     group_leaders,
+    loop_counters,
     prepare_buckets,
     rss_bytes,
     run_pipelined,
@@ -416,6 +417,9 @@ class LoadResult:
     busy: str
     """How busy the machine was, and with what else (``CpuMeter.machine_line``)."""
     others: float | None
+    loop: dict[str, int] = field(default_factory=dict)
+    """Host loop counters (turns, syncs, Raft messages...) summed over the nodes, for
+    the measured window."""
 
     @property
     def throughput(self) -> float:
@@ -545,8 +549,10 @@ def run_load(
         )
         _sleep_until(start)
         meter.start()
+        before = _cluster_counters(cluster)
         _sleep_until(end)
         cpu = meter.stop()
+        after = _cluster_counters(cluster)
         rss = {name: rss_bytes(pid) for name, pid in cluster.pids().items()}
         results = [_expect(channel, "result", DRAIN_TIMEOUT + 30.0) for _, channel in workers]
     finally:
@@ -579,7 +585,16 @@ def run_load(
         spread=spread,
         busy=meter.machine_line(),
         others=meter.others,
+        loop={k: v - before.get(k, 0) for k, v in after.items()},
     )
+
+
+def _cluster_counters(cluster: BenchCluster) -> dict[str, int]:
+    """Every node's loop counters, summed."""
+    total: Counter[str] = Counter()
+    for address in cluster.addresses.values():
+        total.update(loop_counters(address))
+    return dict(total)
 
 
 def _expect(channel: multiprocessing.connection.Connection, kind: str, timeout: float) -> Any:
@@ -629,6 +644,17 @@ def report_lines(result: LoadResult) -> list[str]:
             f"cost:        {1000 * node_total / result.throughput:.3f} ms of node CPU per op"
             f" (all nodes together), {1000 * client_total / result.throughput:.3f} ms of client"
             " CPU per op"
+        )
+    loop = result.loop
+    if result.ok and loop.get("turns"):
+        per_op = "\n".join(
+            [
+                per_op,
+                f"batching:    per op (all nodes): {loop.get('syncs', 0) / result.ok:.2f} syncs,"
+                f" {loop.get('messages-out', 0) / result.ok:.2f} Raft messages in"
+                f" {loop.get('frames-out', 0) / result.ok:.2f} frames,"
+                f" {loop.get('turns', 0) / result.ok:.2f} loop turns",
+            ]
         )
     return [
         f"throughput:  {result.throughput:,.0f} ops/s ({result.ok:,} OK replies in"

@@ -113,6 +113,10 @@ class Raft:
         self.next_read_round = 1
         self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
         self.quiesced = False
+        self.append_due = False
+        """A leader owes its followers an append (new entries, or a commit index they
+        have not been sent): ``flush_appends`` sends one per follower, so proposals and
+        acknowledgements that arrive together cost one message, not one each."""
         self.become_follower(self.term, NONE)
 
     def _replay_conf_changes(self, conf: ConfState, upto: int) -> ConfState:
@@ -144,6 +148,7 @@ class Raft:
         )
         self.lead_transferee = NONE
         self.quiesced = False
+        self.append_due = False
         self.votes = {}
         self.progress = {}
         # Reads that were waiting on our leadership can no longer be confirmed; their
@@ -481,7 +486,7 @@ class Raft:
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_to(msg.index)
         if self.maybe_commit():
-            self.broadcast_append()
+            self.append_due = True
         elif was_paused:
             self.send_append(msg.frm)
         while self.send_append(msg.frm, send_empty=False):
@@ -523,6 +528,19 @@ class Raft:
             if member != self.id:
                 self.send_append(member)
 
+    def flush_appends(self) -> None:
+        """Send what ``append_due`` promised: each follower gets the entries it lacks,
+        or an empty append if it has not been sent the current commit index."""
+        if not self.append_due:
+            return
+        self.append_due = False
+        if self.role is not Role.LEADER:
+            return
+        committed = self.log.committed
+        for member in sorted(self.progress):
+            if member != self.id:
+                self.send_append(member, send_empty=self.progress[member].sent_commit < committed)
+
     def send_append(self, to: int, send_empty: bool = True) -> bool:
         """Send ``to`` what it lacks (entries, or a snapshot); False if nothing was sent."""
         pr = self.progress[to]
@@ -545,6 +563,7 @@ class Raft:
                 self.id, to, self.term, prev_index, prev_term, tuple(entries), self.log.committed
             )
         )
+        pr.sent_commit = self.log.committed
         pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
         return True
 
@@ -716,7 +735,7 @@ class Raft:
             raise ProposalDroppedError("too many uncommitted entries")
         entry = Entry(self.term, self.log.last_index() + 1, data, entry_type)
         self.log.append([entry])
-        self.broadcast_append()
+        self.append_due = True
         return entry
 
     def propose_conf_change(self, change: ConfChange) -> Entry:
@@ -892,4 +911,4 @@ class Raft:
         if self.role is Role.LEADER and self.log.match_term(last_index, last_term):
             own = self.progress.get(self.id)
             if own is not None and own.maybe_update(last_index) and self.maybe_commit():
-                self.broadcast_append()
+                self.append_due = True

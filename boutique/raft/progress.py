@@ -86,6 +86,8 @@ class Progress:
     recent_active: bool = False
     """Heard from since the last check-quorum round."""
     transfer: SnapshotTransfer | None = None
+    sent_commit: int = 0
+    """The commit index carried by the last AppendRequest sent to this member."""
 
     def become_probe(self) -> None:
         # After a snapshot, the follower's log starts right after it.

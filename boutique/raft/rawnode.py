@@ -179,6 +179,8 @@ class RawNode:
         raft = self.raft
         if raft.pending_reads:
             raft.flush_reads()
+        if raft.append_due:
+            raft.flush_appends()
         if (
             raft.msgs
             or raft.msgs_after_persist
@@ -200,6 +202,7 @@ class RawNode:
         self._check_not_in_ready()
         raft = self.raft
         raft.flush_reads()
+        raft.flush_appends()
         ready = Ready(
             entries=raft.log.unstable_entries(),
             snapshot=raft.log.unstable.snapshot,

@@ -92,6 +92,24 @@ class HostSettings:
     request_timeout: float = 5.0
 
 
+@dataclass(slots=True)
+class HostCounters:
+    """What the loop did since the host started; STATUS shows them and the benchmark
+    divides them by the operations it ran (how well turns batch)."""
+
+    turns: int = 0
+    """Turns of the loop (one per wake-up)."""
+    syncs: int = 0
+    """Storage commits (one fsync each) for all groups at once."""
+    proposals: int = 0
+    reads: int = 0
+    messages_out: int = 0
+    """Raft messages sent to peers (many travel in one frame)."""
+    messages_in: int = 0
+    frames_out: int = 0
+    """Frames handed to the transport (one per peer per send)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Step:
     peer: int
@@ -171,8 +189,7 @@ class RaftHost:
         self._forward_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
-        self.turns = 0
-        self.syncs = 0
+        self.counters = HostCounters()
 
     # --- Lifecycle ----------------------------------------------------------------------
 
@@ -311,7 +328,7 @@ class RaftHost:
                 await trio.lowlevel.checkpoint()
 
     def _turn(self) -> None:
-        self.turns += 1
+        self.counters.turns += 1
         dirty = self._carry
         self._carry = set()
         if len(dirty) > MAX_GROUPS_PER_TURN:
@@ -369,7 +386,7 @@ class RaftHost:
         # The sync runs inline: handing it to a thread cost more (~0.2 ms a turn) than
         # it saved, and requests arriving meanwhile simply form the next turn's batch.
         if any(ready.must_sync for _, ready in readies) and self.storage.pending_writes():
-            self.syncs += 1
+            self.counters.syncs += 1
             self.storage.commit()
         for group, ready in readies:
             for msg in ready.persisted_messages:
@@ -402,6 +419,7 @@ class RaftHost:
                     group = self.groups.get(group_id)
                     if group is None:
                         continue  # not created here yet, or dropped: the sender retries
+                    self.counters.messages_in += len(messages)
                     for msg in messages:
                         if msg.frm != peer or msg.to != self.id:
                             continue
@@ -415,6 +433,7 @@ class RaftHost:
                     pending.resolve(Rejected("group not hosted here"))
                     return set()
                 group.propose(data, pending)
+                self.counters.proposals += 1
                 self.active.add(group_id)
                 return {group_id}
             case _Read(group_id, query, pending):
@@ -423,6 +442,7 @@ class RaftHost:
                     pending.resolve(Rejected("group not hosted here"))
                     return set()
                 group.read(query, pending)
+                self.counters.reads += 1
                 self.active.add(group_id)
                 return {group_id}
             case _Suspect(peer):
@@ -453,8 +473,11 @@ class RaftHost:
         if self.transport is None:
             outgoing.clear()
             return
+        counters = self.counters
         for peer, batch in outgoing.items():
             if batch:
+                counters.frames_out += 1
+                counters.messages_out += sum(len(m) for m in batch.values())
                 self.transport.send(peer, {"r": encode_batch(dict(batch))})
         outgoing.clear()
 

@@ -9,6 +9,8 @@ its range) campaigns at once, so a bucket is writable one round trip after ``CRE
 
 from __future__ import annotations
 
+import dataclasses
+
 import fcntl
 import logging
 from typing import IO, Any
@@ -266,4 +268,10 @@ class Node(RaftHost):
         for node in self.config.nodes:
             if node.id != self.id and self.transport is not None:
                 peers[node.name] = self.transport.reachable(node.id)
-        return {"node": self.me.name, "id": self.id, "peers": peers, "groups": self.group_status()}
+        return {
+            "node": self.me.name,
+            "id": self.id,
+            "peers": peers,
+            "groups": self.group_status(),
+            "counters": dataclasses.asdict(self.counters),
+        }
