@@ -10,7 +10,6 @@ its range) campaigns at once, so a bucket is writable one round trip after ``CRE
 from __future__ import annotations
 
 import dataclasses
-
 import fcntl
 import logging
 from typing import IO, Any
