@@ -129,12 +129,32 @@ def _decode_entry(value: object, where: str) -> Entry:
 
 
 def _encode_entries(entries: tuple[Entry, ...]) -> list[Any]:
-    return [_encode_entry(entry) for entry in entries]
+    return [[e.term, e.index, e.type.value, e.data] for e in entries]
 
 
 def _decode_entries(value: object, where: str) -> tuple[Entry, ...]:
+    # The hot path of every append: checks inlined, and an error message (which needs
+    # the entry's position) only built for an entry that fails them.
     items = _sequence(value, where)
-    return tuple(_decode_entry(item, f"{where}[{i}]") for i, item in enumerate(items))
+    entries = []
+    types = _ENTRY_TYPES
+    for item in items:
+        if (type(item) is list or type(item) is tuple) and len(item) == 4:
+            term, index, kind, data = item
+            if (
+                type(term) is int
+                and type(index) is int
+                and type(data) is bytes
+                and 0 <= term <= _MAX_U64
+                and 0 <= index <= _MAX_U64
+                and type(kind) is int
+                and kind in types
+            ):
+                entries.append(Entry(term, index, data, types[kind]))
+                continue
+        _decode_entry(item, f"{where}[{len(entries)}]")  # raises the precise error
+        raise CodecError(f"{where}[{len(entries)}]: malformed entry")  # pragma: no cover
+    return tuple(entries)
 
 
 def _decode_ids(value: object, where: str) -> frozenset[int]:
@@ -194,6 +214,10 @@ class _Schema:
     names: tuple[str, ...]
     encoders: tuple[_Encoder, ...]
     decoders: tuple[_Decoder, ...]
+    wheres: tuple[str, ...]
+    """``Type.field`` of each field, for error messages (built once, not per message)."""
+    fields: tuple[tuple[str, _Encoder], ...]
+    """(name, encoder) of each field, in order."""
 
 
 def _schema(cls: type, tag: int) -> _Schema:
@@ -210,6 +234,8 @@ def _schema(cls: type, tag: int) -> _Schema:
         names=tuple(f.name for f in fields),
         encoders=tuple(encode for encode, _ in kinds),
         decoders=tuple(decode for _, decode in kinds),
+        wheres=tuple(f"{cls.__name__}.{f.name}" for f in fields),
+        fields=tuple((f.name, encode) for f, (encode, _) in zip(fields, kinds, strict=True)),
     )
 
 
@@ -229,8 +255,7 @@ def encode_message(msg: Message) -> list[Any]:
     if schema is None:
         raise TypeError(f"not a Raft message: {type(msg).__name__}")
     out: list[Any] = [schema.tag]
-    for name, encode in zip(schema.names, schema.encoders, strict=True):
-        out.append(encode(getattr(msg, name)))
+    out += [encode(getattr(msg, name)) for name, encode in schema.fields]
     return out
 
 
@@ -250,11 +275,14 @@ def decode_message(obj: object) -> Message:
         raise CodecError(
             f"{schema.cls.__name__}: expected {len(schema.names)} fields, got {len(obj) - 1}"
         )
-    values = [
-        decode(value, f"{schema.cls.__name__}.{name}")
-        for name, decode, value in zip(schema.names, schema.decoders, obj[1:], strict=True)
-    ]
-    msg: Message = schema.cls(*values)
+    fields = iter(obj)
+    next(fields)  # the tag
+    msg: Message = schema.cls(
+        *[
+            decode(value, where)
+            for decode, value, where in zip(schema.decoders, fields, schema.wheres, strict=True)
+        ]
+    )
     return msg
 
 
