@@ -1,9 +1,12 @@
 """The line-protocol server: trio at the edge, the sans-I/O protocol and the router inside.
 
 One task reads each connection and turns bytes into events (``protocol.LineParser``);
-each command runs in its own task so a client that sends ahead is not held to one Raft
-round per request; one writer task sends the replies strictly in request order. A bad
-line (``ProtocolError``) takes its place in that order like any command.
+commands run concurrently so a client that sends ahead is not held to one Raft round
+per request; one writer task sends the replies strictly in request order. A bad line
+(``ProtocolError``) takes its place in that order like any command. A ``PUT``, ``GET``
+or ``DELETE`` with nothing to wait for costs no task: its one attempt
+(``Router.start``) is answered from the host loop, and only what that attempt cannot
+settle goes to a task running the full router. Every other command runs in a task.
 
 Ordering within a connection is what a person expects from a terminal: a write (``PUT``,
 ``DELETE``) waits for earlier writes to the same key and for the last other command
@@ -37,7 +40,9 @@ from typing import Any
 import trio
 
 from boutique.config import ClusterConfig, NodeConfig
+from boutique.machine import CommandFailed
 from boutique.runtime.admin import Admin, AdminError
+from boutique.runtime.group import Applied, Outcome, Unknown
 from boutique.runtime.node import Node
 from boutique.runtime.router import (
     CommandRejected,
@@ -85,6 +90,24 @@ class _Slot:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes = b""
     close_after: bool = False
+
+
+_OK_LINE = render(Ok())
+
+
+def _settled_reply(command: cmd.Command, outcome: Outcome) -> bytes | None:
+    """The reply line(s) for one attempt's outcome, or None if the attempt settled
+    nothing and the full router should take over (see ``LineServer.execute``)."""
+    match outcome:
+        case Applied(CommandFailed() as failed):
+            return render(Error(ErrorCode.SYNTAX, failed.message))
+        case Applied(reply):
+            if isinstance(command, cmd.Get):
+                return render(Value(reply if reply is None else bytes(reply)))
+            return _OK_LINE
+        case Unknown(reason) if not isinstance(command, cmd.Get):
+            return render(Error(ErrorCode.TIMEOUT, f"outcome unknown: {reason}"))
+    return None
 
 
 def _internal_error(command: cmd.Command) -> Error:
@@ -308,6 +331,8 @@ class _Connection:
         self.quit = False
         """True once the QUIT reply was written: the close should be gentle."""
         self._cancel: trio.CancelScope | None = None
+        self.finished = False
+        """True once the connection's tasks are gone (late completions are dropped)."""
 
     @property
     def backlog(self) -> int:
@@ -315,12 +340,15 @@ class _Connection:
         return self.slots_send.statistics().current_buffer_used
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._cancel = nursery.cancel_scope
-            nursery.start_soon(self._writer)
-            await self._reader(nursery)
-            # No more requests: the writer sends what is pending, then the nursery ends.
-            await self.slots_send.aclose()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                await self._reader(nursery)
+                # No more requests: the writer sends what is pending, then the nursery ends.
+                await self.slots_send.aclose()
+        finally:
+            self.finished = True
 
     def _abandon(self) -> None:
         """Nobody can receive replies any more: cancel the commands and the writer."""
@@ -367,7 +395,34 @@ class _Connection:
         else:
             await self.in_flight.acquire()
             deps = self._dependencies(event, slot.done)
-            nursery.start_soon(self._run_command, event, slot, deps)
+            if deps or not self._start_simple(event, slot, nursery):
+                nursery.start_soon(self._run_command, event, slot, deps)
+
+    def _start_simple(self, command: cmd.Command, slot: _Slot, nursery: trio.Nursery) -> bool:
+        """PUT, GET or DELETE with nothing to wait for: one attempt through
+        ``Router.start``, without a task. Whatever that attempt cannot settle (a
+        rejection, a read's unknown outcome) goes to a task with the full router."""
+        match command:
+            case cmd.Put(bucket, key, value):
+                request: tuple[Any, ...] = ("put", key, value)
+            case cmd.Delete(bucket, key):
+                request = ("delete", key)
+            case cmd.Get(bucket, key):
+                request = ("get", key)
+            case _:
+                return False
+
+        def done(outcome: Outcome) -> None:
+            reply = _settled_reply(command, outcome)
+            if reply is not None:
+                slot.data = reply
+                slot.done.set()
+                self.in_flight.release()
+                self.server.served += 1
+            elif not self.finished:
+                nursery.start_soon(self._run_command, command, slot, [])
+
+        return self.server.router.start(bucket, request, done)
 
     @staticmethod
     def _finish(slot: _Slot, data: bytes) -> None:
@@ -388,8 +443,8 @@ class _Connection:
         self.earlier = [e for e in self.earlier if not e.is_set()]
         if isinstance(command, cmd.Put | cmd.Delete):
             key = (command.bucket, command.key)
-            deps = [e for e in (self.last_by_key.get(key),) if e is not None]
-            deps += self._barriers
+            deps = [e for e in (self.last_by_key.get(key), *self._barriers) if e is not None]
+            deps = [e for e in deps if not e.is_set()]  # nothing to wait for: no task
             self.last_by_key[key] = done
             if len(self.last_by_key) > 4 * self.server.max_in_flight:
                 self.last_by_key = {k: e for k, e in self.last_by_key.items() if not e.is_set()}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,16 +64,31 @@ Outcome = Applied | Rejected | Unknown
 
 @dataclass(slots=True)
 class Pending:
-    """A request waiting on the event loop; ``wait`` returns its outcome."""
+    """A request waiting on the event loop.
+
+    A task waits for it with ``wait``. Code that must not cost a task per request (the
+    line server's simple commands, requests forwarded by peers) sets ``then`` instead:
+    it is called once, with the outcome, from whatever resolves the request (inside the
+    host loop or a transport callback), so it must not block. Such a request has no
+    timeout of its own: the host resolves it ``Unknown`` once ``deadline`` passes (see
+    ``RaftHost.track``).
+    """
 
     event: trio.Event = field(default_factory=trio.Event)
     outcome: Outcome | None = None
     abandoned: bool = False
+    then: Callable[[Outcome], None] | None = None
+    deadline: float = math.inf
 
     def resolve(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
             self.event.set()
+            if self.then is not None:
+                try:
+                    self.then(outcome)
+                except Exception:
+                    log.exception("a request's completion callback failed")
 
     async def wait(self, timeout: float) -> Outcome:
         with trio.move_on_after(timeout):

@@ -22,6 +22,7 @@ groups led by it are woken to elect someone else.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import random
@@ -185,7 +186,10 @@ class RaftHost:
         self._wakeup = trio.Event()
         self._tick_due = False
         self._carry: set[str] = set()
-        self._forwards: dict[int, Pending] = {}
+        self._forwards: dict[int, tuple[Pending, int]] = {}
+        """Requests sent to peers and not yet answered: id -> (pending, peer)."""
+        self._tracked: collections.deque[Pending] = collections.deque()
+        """Requests without a waiting task, oldest first (see ``track``)."""
         self._forward_ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
@@ -300,8 +304,8 @@ class RaftHost:
                 log.warning("node %d sent undecodable Raft messages: %s", peer, exc)
                 return
             self._post(_Step(peer, batch))
-        if "f" in payload and self._nursery is not None:
-            self._nursery.start_soon(self._serve_forward, peer, payload["f"])
+        if "f" in payload:
+            self._on_forward_request(peer, payload["f"])
         if "a" in payload:
             self._on_forward_answer(payload["a"])
 
@@ -338,6 +342,7 @@ class RaftHost:
             self._carry.update(rest)
         if self._tick_due:
             self._tick_due = False
+            self._expire_requests()
             for group_id in list(self.active):
                 node = self.groups[group_id].node
                 node.tick()
@@ -537,43 +542,86 @@ class RaftHost:
 
     # --- Forwarding to other nodes -------------------------------------------------------
 
+    def track(self, pending: Pending) -> None:
+        """Give a request that no task waits for (``Pending.then``) a deadline of
+        ``settings.request_timeout``; past it, it is resolved ``Unknown``. Every tracked
+        request gets the same timeout, so the oldest is always first in line."""
+        pending.deadline = trio.current_time() + self.settings.request_timeout
+        self._tracked.append(pending)
+
+    def _expire_requests(self) -> None:
+        """Called every tick: end tracked requests past their deadline, and forwarded
+        requests whose peer went silent (a dead node will not answer, and waiting out
+        the whole timeout helps nobody)."""
+        now = trio.current_time()
+        tracked = self._tracked
+        while tracked and (tracked[0].outcome is not None or tracked[0].deadline <= now):
+            pending = tracked.popleft()
+            if pending.outcome is None:
+                pending.abandoned = True
+                pending.resolve(Unknown("timed out waiting for the group"))
+        if not self._forwards or self.transport is None:
+            return
+        transport = self.transport
+        for request_id, (pending, peer) in list(self._forwards.items()):
+            if pending.outcome is not None or pending.abandoned:
+                del self._forwards[request_id]
+            elif not transport.reachable(peer):
+                del self._forwards[request_id]
+                pending.abandoned = True
+                pending.resolve(Unknown(f"node {peer} did not answer"))
+
+    def submit(self, group_id: str, kind: str, body: Any, pending: Pending) -> None:
+        """Start a write (``kind="w"``, ``body`` the command bytes) or a linearizable read
+        (``"r"``, ``body`` the query) in this node's copy of the group, without waiting:
+        ``pending`` is resolved from the loop. The caller sets ``pending.then`` and
+        ``track``s it, or awaits it."""
+        if kind == "w" and type(body) is bytes:
+            self._post(_Propose(group_id, body, pending))
+        elif kind == "r":
+            self._post(_Read(group_id, body, pending))
+        else:
+            pending.resolve(Rejected(f"malformed request of kind {kind!r}"))
+
+    def send_forward(
+        self, peer: int, group_id: str, kind: str, body: Any, pending: Pending
+    ) -> None:
+        """Ask ``peer`` to run a request in its copy of the group (``execute_local``
+        kinds); ``pending`` is resolved when it answers, ``Rejected`` at once if it is
+        unreachable, ``Unknown`` if it goes silent first."""
+        transport = self.transport
+        if transport is None:
+            pending.resolve(Rejected("not started"))
+            return
+        if not (transport.connected(peer) and transport.reachable(peer)):
+            pending.resolve(Rejected(f"node {peer} is unreachable"))
+            return
+        request_id = next(self._forward_ids)
+        self._forwards[request_id] = (pending, peer)
+        if not transport.send(peer, {"f": [request_id, kind, group_id, body]}):
+            del self._forwards[request_id]
+            pending.resolve(Rejected(f"node {peer} is unreachable"))
+
     async def forward(
         self, peer: int, group_id: str, kind: str, body: Any, timeout: float
     ) -> Outcome:
-        """Ask ``peer`` to propose (``kind="w"``) or read (``"r"``) in its copy of the
-        group. A write whose answer never comes has an unknown outcome."""
-        if self.transport is None:
-            return Rejected("not started")
-        if not (self.transport.connected(peer) and self.transport.reachable(peer)):
-            return Rejected(f"node {peer} is unreachable")
-        request_id = next(self._forward_ids)
+        """``send_forward`` for a task: wait up to ``timeout`` for the answer. A write
+        whose answer never comes has an unknown outcome."""
         pending = Pending()
-        self._forwards[request_id] = pending
-        try:
-            if not self.transport.send(peer, {"f": [request_id, kind, group_id, body]}):
-                return Rejected(f"node {peer} is unreachable")
-            # Wait for the answer, but stop early if the peer goes silent: a dead
-            # node will not answer, and waiting out the whole timeout helps nobody.
-            with trio.move_on_after(timeout):
-                while pending.outcome is None:
-                    with trio.move_on_after(0.05):
-                        await pending.event.wait()
-                    if pending.outcome is None and not self.transport.reachable(peer):
-                        break
-            if pending.outcome is None:
-                pending.abandoned = True
-                return Unknown(f"node {peer} did not answer")
-            return pending.outcome
-        finally:
-            self._forwards.pop(request_id, None)
+        self.send_forward(peer, group_id, kind, body, pending)
+        outcome = await pending.wait(timeout)
+        if isinstance(outcome, Unknown) and pending.outcome is None:
+            outcome = Unknown(f"node {peer} did not answer")
+        return outcome
 
     def _on_forward_answer(self, answer: object) -> None:
         if not isinstance(answer, list) or len(answer) != 4:
             return
         request_id, status, value, leader = answer
-        pending = self._forwards.get(request_id) if isinstance(request_id, int) else None
-        if pending is None:
+        entry = self._forwards.pop(request_id, None) if isinstance(request_id, int) else None
+        if entry is None:
             return
+        pending = entry[0]
         if status == "ok":
             pending.resolve(Applied(value))
         elif status == "err" and isinstance(value, list):
@@ -610,15 +658,30 @@ class RaftHost:
                 return await self.transfer_leader(group_id, body, timeout)
         return Rejected(f"malformed request of kind {kind!r}")
 
-    async def _serve_forward(self, peer: int, request: object) -> None:
+    def _on_forward_request(self, peer: int, request: object) -> None:
         if not (isinstance(request, list) and len(request) == 4):
             return
         request_id, kind, group_id, body = request
-        if not isinstance(group_id, str):
+        if not (isinstance(group_id, str) and isinstance(kind, str)):
             return
-        if not isinstance(kind, str):
-            return
+        if kind in ("w", "r"):
+            # The common requests cost no task: the answer is sent from the loop.
+            pending = Pending()
+            pending.then = lambda outcome: self._answer_forward(peer, request_id, group_id, outcome)
+            self.track(pending)
+            self.submit(group_id, kind, _as_tuple(body) if kind == "r" else body, pending)
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._serve_forward, peer, request_id, kind, group_id, body)
+
+    async def _serve_forward(
+        self, peer: int, request_id: object, kind: str, group_id: str, body: object
+    ) -> None:
         outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
+        self._answer_forward(peer, request_id, group_id, outcome)
+
+    def _answer_forward(
+        self, peer: int, request_id: object, group_id: str, outcome: Outcome
+    ) -> None:
         match outcome:
             case Applied(CommandFailed() as failed):
                 answer = [request_id, "err", list(failed.to_wire()), 0]

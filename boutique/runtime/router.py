@@ -14,6 +14,7 @@ deadline. The caller gets exactly one answer, classed as the wire contract wants
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -21,7 +22,7 @@ import trio
 from boutique.machine import CommandFailed, MachineHost
 from boutique.registry import BucketInfo
 
-from .group import Applied, Outcome, Rejected, Unknown
+from .group import Applied, Outcome, Pending, Rejected, Unknown
 from .node import META_GROUP, Node
 
 
@@ -112,6 +113,48 @@ class Router:
             info.group, info.replicas, ("scan", start, end, limit), bucket=bucket
         )
         return [(bytes(k), bytes(v)) for k, v in pairs]
+
+    # --- Without a task -----------------------------------------------------------------
+
+    def start(self, bucket: str, command: tuple[Any, ...], then: Callable[[Outcome], None]) -> bool:
+        """One attempt at a key command (``("put", key, value)``, ``("delete", key)``,
+        or a ``("get", key)`` query) on a bucket this node's catalog knows, sent where
+        the bucket's leader is believed to be, with no task: ``then`` is called once
+        with the outcome, within ``request_timeout``. False (and nothing started) when
+        the bucket is not in the local catalog; the async methods handle that, and
+        every outcome but ``Applied`` (retries, leader hints, NOT FOUND).
+
+        This is the path of nearly every request under load; the async methods cost a
+        task, a cancel scope and several wake-ups each.
+        """
+        node = self.node
+        info = node.catalog().get(bucket)
+        if info is None:
+            return False
+        body: Any
+        if command[0] == "get":
+            if node.config.unsafe_local_reads:
+                return False
+            kind, body = "r", command
+        else:
+            kind, body = "w", MachineHost.encode_command(command)
+        group, replicas = info.group, info.replicas
+        target = self.leader_hints.get(group)
+        if target not in replicas:
+            target = node.id if node.id in replicas else replicas[0]
+
+        def done(outcome: Outcome) -> None:
+            if type(outcome) is Applied:
+                self.leader_hints[group] = target
+            then(outcome)
+
+        pending = Pending(then=done)
+        node.track(pending)
+        if target == node.id:
+            node.submit(group, kind, body, pending)
+        else:
+            node.send_forward(target, group, kind, body, pending)
+        return True
 
     # --- Routing ------------------------------------------------------------------------
 

@@ -220,6 +220,9 @@ class MemoryRouter:
     def __init__(self) -> None:
         self.buckets_: dict[str, dict[bytes, bytes]] = {}
 
+    def start(self, bucket: str, command: Any, then: Any) -> bool:
+        return False  # no task-free path: the server uses the async methods
+
     def _bucket(self, name: str) -> dict[bytes, bytes]:
         try:
             return self.buckets_[name]

@@ -1,0 +1,129 @@
+"""The task-free path of PUT, GET and DELETE (``Router.start`` and the host's tracked
+requests), against a real single-node ``Node``.
+
+Nearly every request under load takes this path, so it must answer exactly as the full
+router would: one attempt that settles the request is answered from the host loop;
+anything else (a rejection, a read whose outcome is unknown) is handed to a task that
+runs the full router, and a write whose fate is unknown is ``ERR TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from boutique.machine import CommandFailed
+from boutique.runtime.group import Applied, Outcome, Pending, Rejected, Unknown
+from boutique_server.server import _Connection
+
+if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand these out
+    from conftest import Served, StartServer
+
+
+@pytest.fixture
+def command_tasks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every command that ran in a task of its own (the full router)."""
+    ran: list[Any] = []
+    original = _Connection._run_command
+
+    async def counting(self: _Connection, command: Any, slot: Any, deps: Any) -> None:
+        ran.append(command)
+        await original(self, command, slot, deps)
+
+    monkeypatch.setattr(_Connection, "_run_command", counting)
+    return ran
+
+
+def outcome_of_submit(
+    monkeypatch: pytest.MonkeyPatch, served: Served, outcome: Outcome
+) -> list[str]:
+    """Make every task-free attempt in the node end with ``outcome``; returns the kinds
+    of the attempts made."""
+    assert served.node is not None
+    attempts: list[str] = []
+
+    def submit(group_id: str, kind: str, body: Any, pending: Pending) -> None:
+        attempts.append(kind)
+        pending.resolve(outcome)
+
+    monkeypatch.setattr(served.node, "submit", submit)
+    return attempts
+
+
+async def test_put_get_delete_take_no_task(served: Served, command_tasks: list[Any]) -> None:
+    conn = await served.connect()
+    await conn.send(b"CREATE b\r\n")
+    await conn.expect(b"OK\r\n")
+    assert len(command_tasks) == 1  # CREATE is not a simple command
+    for i in range(20):
+        await conn.send(b"PUT b k%d v%d\r\nGET b k%d\r\n" % (i, i, i))
+        await conn.expect(b"OK\r\nv%d\r\nOK\r\n" % i)
+    await conn.send(b"DELETE b k3\r\nGET b k3\r\n")
+    await conn.expect(b"OK\r\n\r\nOK\r\n")
+    assert len(command_tasks) == 1
+
+
+async def test_a_bucket_this_node_does_not_know_goes_to_the_full_router(
+    served: Served, command_tasks: list[Any]
+) -> None:
+    conn = await served.connect()
+    await conn.send(b"GET nowhere k\r\nPUT nowhere k v\r\n")
+    await conn.expect(b"NOT FOUND\r\nNOT FOUND\r\n")
+    assert len(command_tasks) == 2
+
+
+async def test_a_rejected_attempt_is_retried_by_the_full_router(
+    served: Served, command_tasks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await served.connect()
+    await conn.send(b"CREATE b\r\n")
+    await conn.expect(b"OK\r\n")
+    attempts = outcome_of_submit(monkeypatch, served, Rejected("not the leader"))
+    await conn.send(b"PUT b k v\r\n")
+    await conn.expect(b"OK\r\n")
+    await conn.send(b"GET b k\r\n")
+    await conn.expect(b"v\r\nOK\r\n")
+    assert attempts == ["w", "r"]
+    assert len(command_tasks) == 3
+
+
+async def test_a_write_of_unknown_outcome_is_a_timeout_and_a_read_is_retried(
+    served: Served, command_tasks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await served.connect()
+    await conn.send(b"CREATE b\r\n")
+    await conn.expect(b"OK\r\n")
+    await conn.send(b"PUT b k v\r\n")
+    await conn.expect(b"OK\r\n")
+    outcome_of_submit(monkeypatch, served, Unknown("the leader went away"))
+    await conn.send(b"PUT b k w\r\nDELETE b k\r\nGET b k\r\n")
+    await conn.expect(b"ERR TIMEOUT outcome unknown: the leader went away\r\n" * 2 + b"v\r\nOK\r\n")
+    assert len(command_tasks) == 2  # CREATE, then the GET's retry
+
+
+async def test_a_machine_error_is_answered_without_a_retry(
+    served: Served, command_tasks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await served.connect()
+    await conn.send(b"CREATE b\r\n")
+    await conn.expect(b"OK\r\n")
+    outcome_of_submit(monkeypatch, served, Applied(CommandFailed("ValueError", "bad key")))
+    await conn.send(b"PUT b k v\r\n")
+    await conn.expect(b"ERR SYNTAX bad key\r\n")
+    assert len(command_tasks) == 1
+
+
+async def test_a_request_nothing_resolves_ends_unknown_at_its_deadline(
+    start_server: StartServer,
+) -> None:
+    served = await start_server(request_timeout=0.3)
+    assert served.node is not None
+    outcomes: list[Outcome] = []
+    pending = Pending(then=outcomes.append)
+    served.node.track(pending)  # nothing will ever resolve it
+    with trio.fail_after(5):
+        await pending.event.wait()
+    assert outcomes == [Unknown("timed out waiting for the group")]
+    assert pending.abandoned
