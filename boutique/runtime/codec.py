@@ -218,6 +218,10 @@ class _Schema:
     """``Type.field`` of each field, for error messages (built once, not per message)."""
     fields: tuple[tuple[str, _Encoder], ...]
     """(name, encoder) of each field, in order."""
+    int_fields: tuple[int, ...]
+    """Positions of the non-negative integer fields."""
+    other_fields: tuple[tuple[int, _Decoder], ...]
+    """(position, decoder) of every other field."""
 
 
 def _schema(cls: type, tag: int) -> _Schema:
@@ -236,6 +240,10 @@ def _schema(cls: type, tag: int) -> _Schema:
         decoders=tuple(decode for _, decode in kinds),
         wheres=tuple(f"{cls.__name__}.{f.name}" for f in fields),
         fields=tuple((f.name, encode) for f, (encode, _) in zip(fields, kinds, strict=True)),
+        int_fields=tuple(i for i, (_, decode) in enumerate(kinds) if decode is _nat),
+        other_fields=tuple(
+            (i, decode) for i, (_, decode) in enumerate(kinds) if decode is not _nat
+        ),
     )
 
 
@@ -275,14 +283,15 @@ def decode_message(obj: object) -> Message:
         raise CodecError(
             f"{schema.cls.__name__}: expected {len(schema.names)} fields, got {len(obj) - 1}"
         )
-    fields = iter(obj)
-    next(fields)  # the tag
-    msg: Message = schema.cls(
-        *[
-            decode(value, where)
-            for decode, value, where in zip(schema.decoders, fields, schema.wheres, strict=True)
-        ]
-    )
+    values = obj[1:] if type(obj) is list else list(obj[1:])
+    # Integer fields (most of every message) are checked inline; the rest decoded.
+    for i in schema.int_fields:
+        value = values[i]
+        if type(value) is not int or not 0 <= value <= _MAX_U64:
+            _nat(value, schema.wheres[i])  # raises the precise error
+    for i, decode in schema.other_fields:
+        values[i] = decode(values[i], schema.wheres[i])
+    msg: Message = schema.cls(*values)
     return msg
 
 
