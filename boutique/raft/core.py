@@ -285,6 +285,12 @@ class Raft:
             return
         self.quiesced = False
         self.election_elapsed = max(self.election_elapsed, self.config.election_tick)
+        # Campaign within a few ticks instead of waiting out the rest of a randomized
+        # timeout of up to two election timeouts; still randomized, so the followers
+        # that suspect together do not all campaign in the same tick.
+        tick = self.config.election_tick
+        soon = tick + 1 + self.rng.randrange(max(1, tick // 4))
+        self.randomized_election_timeout = min(self.randomized_election_timeout, soon)
 
     def _quorum_recently_active(self) -> bool:
         active = {self.id}

@@ -627,6 +627,13 @@ class PeerTransport:
                                 peer,
                                 where,
                             )
+                            if self._inbound.get(peer) is scope:
+                                # A node whose process died closes its streams at once
+                                # (the kernel does it): suspect it now rather than after
+                                # suspect_after of silence, so requests stop going there
+                                # and groups it led elect a new leader sooner. A live
+                                # peer that reconnects is heard from again at once.
+                                self._suspect(peer)
                             return
                         self.stats.bytes_received += len(data)
                         self._heard(peer)
@@ -692,15 +699,19 @@ class PeerTransport:
             await trio.sleep(interval)
             now = trio.current_time()
             for peer in sorted(self._reachable):
-                if now - self._last_heard.get(peer, now) <= self._suspect_after:
-                    continue
-                self._reachable.discard(peer)
-                logger.info("node %d: peer %d is unreachable", self.node_id, peer)
-                if self._on_suspect is not None:
-                    try:
-                        self._on_suspect(peer)
-                    except Exception:
-                        self.stats.callback_errors += 1
-                        logger.exception(
-                            "node %d: on_suspect failed for peer %d", self.node_id, peer
-                        )
+                if now - self._last_heard.get(peer, now) > self._suspect_after:
+                    self._suspect(peer)
+
+    def _suspect(self, peer: int) -> None:
+        """``peer`` is unreachable from now on (until it is heard from again)."""
+        self._last_heard[peer] = float("-inf")
+        if peer not in self._reachable:
+            return
+        self._reachable.discard(peer)
+        logger.info("node %d: peer %d is unreachable", self.node_id, peer)
+        if self._on_suspect is not None:
+            try:
+                self._on_suspect(peer)
+            except Exception:
+                self.stats.callback_errors += 1
+                logger.exception("node %d: on_suspect failed for peer %d", self.node_id, peer)

@@ -354,6 +354,21 @@ def ticks_until_campaign(net: Net, node_id: int) -> int:
     raise AssertionError("never campaigned")
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_follower_that_suspects_its_leader_campaigns_within_a_few_ticks(seed: int) -> None:
+    """Not in the paper: when the caller believes the leader's node is gone (its
+    process died and its connections closed), a follower campaigns within
+    ``ELECTION // 4 + 1`` ticks instead of waiting out a randomized timeout of up to
+    two election timeouts; still randomized, so suspecting followers spread out."""
+    net = three_nodes(seed=seed)
+    net.elect(1)
+    net.isolate(1)
+    follower = net[2]
+    follower.raft.election_elapsed = 0
+    follower.suspect_leader()
+    assert ticks_until_campaign(net, 2) <= ELECTION // 4 + 1
+
+
 def test_follower_campaigns_after_election_timeout_and_votes_for_itself() -> None:
     """§5.2: "If a follower receives no communication over a period of time called the
     election timeout, then it ... begins an election ... it increments its current term

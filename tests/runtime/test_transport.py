@@ -352,6 +352,24 @@ async def test_reachable_and_on_suspect_follow_a_peer() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_peer_whose_stream_closes_is_suspected_at_once() -> None:
+    """A node whose process dies has its connections closed by the kernel: that is
+    news now, not after ``suspect_after`` of silence (failover waits on it)."""
+    a, b = Node(1, suspect_after=5.0, heartbeat_interval=0.05), Node(2)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        mesh(a, b)
+        await wait_until(lambda: a.transport.reachable(2))
+        with trio.fail_after(1.0):  # far below suspect_after
+            await b.stop()
+            await wait_until(lambda: a.suspected == [2])
+        assert not a.transport.reachable(2)
+        await b.start(nursery)  # a live peer that reconnects is reachable again
+        await wait_until(lambda: a.transport.reachable(2))
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_failing_callback_does_not_kill_the_transport(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
