@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,8 +182,21 @@ class LineServer:
         listeners = await trio.open_tcp_listeners(listen_port, host=self.config.listen_host)
         actual: int = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_connections)
             await nursery.start(trio.serve_listeners, self._handle, listeners)
             task_status.started(actual)
+
+    async def _watch_connections(self) -> None:
+        """Close idle connections and connections whose client does not read. One task
+        checks them all a few times per timeout, instead of a cancel scope around every
+        read and every write (which costs more than the request itself)."""
+        idle = self.config.idle_timeout or math.inf
+        period = min(1.0, idle / 8, self.send_timeout / 8)
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for connection in list(self.live):
+                connection.check_timeouts(now, idle, self.send_timeout)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         # trio.serve_listeners lets a handler's exception crash the whole server, so
@@ -333,6 +347,11 @@ class _Connection:
         self._cancel: trio.CancelScope | None = None
         self.finished = False
         """True once the connection's tasks are gone (late completions are dropped)."""
+        self._reading = trio.CancelScope()
+        self.receiving = False
+        self.last_received = trio.current_time()
+        self.sending_since: float | None = None
+        """When the write in progress started (None: not writing)."""
 
     @property
     def backlog(self) -> int:
@@ -355,26 +374,36 @@ class _Connection:
         assert self._cancel is not None
         self._cancel.cancel()
 
+    def check_timeouts(self, now: float, idle: float, send_timeout: float) -> None:
+        """Called now and then by the server's watchdog."""
+        if self.receiving and now - self.last_received >= idle:
+            log.info("closing an idle connection")
+            self._reading.cancel()
+        if self.sending_since is not None and now - self.sending_since >= send_timeout:
+            log.info("closing a connection whose client does not read its replies")
+            self._abandon()
+
     async def _reader(self, nursery: trio.Nursery) -> None:
-        idle = self.server.config.idle_timeout or float("inf")
-        while not self.closing:
-            data = b""
-            with trio.move_on_after(idle) as scope:
+        # The watchdog cancels ``_reading`` only while we wait for the client in
+        # receive_some (never while a full reply queue holds us back).
+        with self._reading:
+            while not self.closing:
+                self.receiving = True
                 try:
                     data = await self.stream.receive_some(READ_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._abandon()  # reset by the client: no one left to answer
                     return
-            if scope.cancelled_caught:
-                log.info("closing an idle connection")
-                return
-            if not data:
-                return  # the client shut its side; pending replies are still sent
-            self.parser.feed(data)
-            for event in self.parser.events():
-                await self._dispatch(event, nursery)
-                if self.closing:
-                    return
+                finally:
+                    self.receiving = False
+                self.last_received = trio.current_time()
+                if not data:
+                    return  # the client shut its side; pending replies are still sent
+                self.parser.feed(data)
+                for event in self.parser.events():
+                    await self._dispatch(event, nursery)
+                    if self.closing:
+                        return
 
     async def _dispatch(self, event: cmd.Command | ProtocolError, nursery: trio.Nursery) -> None:
         slot = _Slot()
@@ -497,16 +526,14 @@ class _Connection:
                     break
                 chunks.append(nxt.data)
                 close = nxt.close_after
-            with trio.move_on_after(self.server.send_timeout) as scope:
-                try:
-                    await self.stream.send_all(b"".join(chunks))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._abandon()
-                    return
-            if scope.cancelled_caught:
-                log.info("closing a connection whose client does not read its replies")
+            self.sending_since = trio.current_time()
+            try:
+                await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._abandon()
                 return
+            finally:
+                self.sending_since = None
             if close:
                 self.quit = True
                 self._abandon()
