@@ -189,7 +189,18 @@ def _remote(stream: trio.SocketStream) -> str:
 class _Outbound:
     """One peer's send side: where it lives, its bounded queue, the task draining it."""
 
-    __slots__ = ("address", "connected", "peer", "queue", "queued_bytes", "scope", "wakeup")
+    __slots__ = (
+        "address",
+        "connected",
+        "last_sent",
+        "peer",
+        "queue",
+        "queued_bytes",
+        "scope",
+        "sending_since",
+        "session",
+        "wakeup",
+    )
 
     def __init__(self, peer: int, address: Address) -> None:
         self.peer = peer
@@ -200,6 +211,10 @@ class _Outbound:
         self.wakeup = trio.Event()
         self.scope: trio.CancelScope | None = None
         self.connected = False
+        self.session: trio.CancelScope | None = None
+        """The connected session (the watchdog cancels it if a write hangs)."""
+        self.sending_since: float | None = None
+        self.last_sent = 0.0
 
 
 class PeerTransport:
@@ -271,6 +286,8 @@ class PeerTransport:
         self._outbound: dict[int, _Outbound] = {}
         self._inbound: dict[int, trio.CancelScope] = {}
         self._last_heard: dict[int, float] = {}
+        self._last_received: dict[int, float] = {}
+        """When each peer's inbound stream last delivered bytes (keepalives count)."""
         self._reachable: set[int] = set()
         self._pending_handshakes = 0
         self._nursery: trio.Nursery | None = None
@@ -439,6 +456,8 @@ class PeerTransport:
 
     async def _send_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
         async with trio.open_nursery() as nursery:
+            out.session = nursery.cancel_scope
+            out.last_sent = trio.current_time()
             nursery.start_soon(self._watch_for_close, stream, nursery.cancel_scope)
             try:
                 await self._drain(stream, out)
@@ -489,28 +508,36 @@ class PeerTransport:
         await stream.send_all(encode_frame({"type": "proof", "mac": proof}))
 
     async def _drain(self, stream: trio.SocketStream, out: _Outbound) -> None:
+        # No cancel scope per write or per wait (they cost more than the write): the
+        # liveness watchdog wakes us when a keepalive is due, and ends the session if a
+        # write hangs for io_timeout.
         while True:
             if not out.queue:
                 out.wakeup = trio.Event()
-                with trio.move_on_after(self._heartbeat_interval):
-                    await out.wakeup.wait()
+                await out.wakeup.wait()
             if out.queue:
                 data, count = self._take_batch(out)
                 if not count:
                     continue
+                out.sending_since = trio.current_time()
                 try:
-                    with trio.fail_after(self._io_timeout):
-                        await stream.send_all(data)
+                    await stream.send_all(data)
                 except BaseException:
                     self.stats.frames_dropped += count
                     raise
+                finally:
+                    out.sending_since = None
                 self.stats.frames_sent += count
                 self.stats.writes += 1
             else:
                 data = KEEPALIVE
-                with trio.fail_after(self._io_timeout):
+                out.sending_since = trio.current_time()
+                try:
                     await stream.send_all(data)
+                finally:
+                    out.sending_since = None
                 self.stats.keepalives_sent += 1
+            out.last_sent = trio.current_time()
             self.stats.bytes_sent += len(data)
 
     def _take_batch(self, out: _Outbound) -> tuple[bytes, int]:
@@ -615,37 +642,29 @@ class PeerTransport:
         logger.info("node %d: peer %d connected from %s", self.node_id, peer, where)
         try:
             with scope:
+                # The liveness watchdog cancels ``scope`` if the stream stays silent
+                # for idle_timeout (no cancel scope per read).
+                self._last_received[peer] = trio.current_time()
                 self._heard(peer)
                 self._deliver(peer, decoder.feed())
                 while True:
-                    with trio.move_on_after(self._idle_timeout):
-                        data = await stream.receive_some(_RECEIVE_BYTES)
-                        if not data:
-                            logger.info(
-                                "node %d: peer %d at %s closed its stream",
-                                self.node_id,
-                                peer,
-                                where,
-                            )
-                            if self._inbound.get(peer) is scope:
-                                # A node whose process died closes its streams at once
-                                # (the kernel does it): suspect it now rather than after
-                                # suspect_after of silence, so requests stop going there
-                                # and groups it led elect a new leader sooner. A live
-                                # peer that reconnects is heard from again at once.
-                                self._suspect(peer)
-                            return
-                        self.stats.bytes_received += len(data)
-                        self._heard(peer)
-                        self._deliver(peer, decoder.feed(data))
-                        continue
-                    logger.warning(
-                        "node %d: peer %d at %s went silent; closing its stream",
-                        self.node_id,
-                        peer,
-                        where,
-                    )
-                    return
+                    data = await stream.receive_some(_RECEIVE_BYTES)
+                    if not data:
+                        logger.info(
+                            "node %d: peer %d at %s closed its stream", self.node_id, peer, where
+                        )
+                        if self._inbound.get(peer) is scope:
+                            # A node whose process died closes its streams at once (the
+                            # kernel does it): suspect it now rather than after
+                            # suspect_after of silence, so requests stop going there and
+                            # groups it led elect a new leader sooner. A live peer that
+                            # reconnects is heard from again at once.
+                            self._suspect(peer)
+                        return
+                    self._last_received[peer] = trio.current_time()
+                    self.stats.bytes_received += len(data)
+                    self._heard(peer)
+                    self._deliver(peer, decoder.feed(data))
         except FrameError as exc:
             logger.warning(
                 "node %d: bad frame from peer %d at %s (%s); closing",
@@ -694,13 +713,36 @@ class PeerTransport:
             logger.info("node %d: peer %d is reachable", self.node_id, peer)
 
     async def _watch_liveness(self) -> None:
-        interval = min(self._heartbeat_interval, self._suspect_after / 4)
+        """Every few hundredths of a second: suspect silent peers, close inbound streams
+        that went silent, end sessions whose write hangs, and wake idle senders whose
+        keepalive is due."""
+        interval = min(self._heartbeat_interval / 2, self._suspect_after / 4)
+        keepalive_due = self._heartbeat_interval - interval
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
             for peer in sorted(self._reachable):
                 if now - self._last_heard.get(peer, now) > self._suspect_after:
                     self._suspect(peer)
+            for peer, scope in list(self._inbound.items()):
+                if now - self._last_received.get(peer, now) > self._idle_timeout:
+                    logger.warning(
+                        "node %d: peer %d went silent; closing its stream", self.node_id, peer
+                    )
+                    scope.cancel()
+            for out in self._outbound.values():
+                if not out.connected:
+                    continue
+                if out.sending_since is not None:
+                    if now - out.sending_since > self._io_timeout and out.session is not None:
+                        logger.info(
+                            "node %d: a write to peer %d hung; dropping the connection",
+                            self.node_id,
+                            out.peer,
+                        )
+                        out.session.cancel()
+                elif not out.queue and now - out.last_sent >= keepalive_due:
+                    out.wakeup.set()
 
     def _suspect(self, peer: int) -> None:
         """``peer`` is unreachable from now on (until it is heard from again)."""

@@ -370,6 +370,28 @@ async def test_a_peer_whose_stream_closes_is_suspected_at_once() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_an_inbound_stream_that_goes_silent_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dialer that stays connected but sends nothing, not even keepalives (a paused
+    process), has its stream closed after the idle timeout: the watchdog does what a
+    timeout around every read used to."""
+    a, b = Node(1), Node(2)
+
+    async def stall(stream: trio.SocketStream, out: Any) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(b.transport, "_drain", stall)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        mesh(a, b)
+        await wait_until(lambda: 2 in a.transport._inbound)
+        await wait_until(lambda: 2 not in a.transport._inbound)  # idle timeout ~0.5 s
+        assert a.suspected == [2]
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_failing_callback_does_not_kill_the_transport(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
