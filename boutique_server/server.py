@@ -445,9 +445,7 @@ class _Connection:
             reply = _settled_reply(command, outcome)
             if reply is not None:
                 slot.data = reply
-                slot.done.set()
-                self.in_flight.release()
-                self.server.served += 1
+                self._command_done(slot)
             elif not self.finished:
                 nursery.start_soon(self._run_command, command, slot, [])
 
@@ -499,9 +497,14 @@ class _Connection:
                 log.exception("internal error answering %r", command)
                 slot.data = render(_internal_error(command))
         finally:
-            slot.done.set()
-            self.in_flight.release()
-            self.server.served += 1
+            self._command_done(slot)
+
+    def _command_done(self, slot: _Slot) -> None:
+        """A command has its reply in ``slot``: the writer may send it, and the command
+        no longer counts against ``max_in_flight``."""
+        slot.done.set()
+        self.in_flight.release()
+        self.server.served += 1
 
     async def _writer(self) -> None:
         held: _Slot | None = None

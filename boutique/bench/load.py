@@ -646,15 +646,13 @@ def report_lines(result: LoadResult) -> list[str]:
             " CPU per op"
         )
     loop = result.loop
+    batching = ""
     if result.ok and loop.get("turns"):
-        per_op = "\n".join(
-            [
-                per_op,
-                f"batching:    per op (all nodes): {loop.get('syncs', 0) / result.ok:.2f} syncs,"
-                f" {loop.get('messages-out', 0) / result.ok:.2f} Raft messages in"
-                f" {loop.get('frames-out', 0) / result.ok:.2f} frames,"
-                f" {loop.get('turns', 0) / result.ok:.2f} loop turns",
-            ]
+        batching = (
+            f"batching:    per op (all nodes): {loop.get('syncs', 0) / result.ok:.2f} syncs,"
+            f" {loop.get('messages-out', 0) / result.ok:.2f} Raft messages in"
+            f" {loop.get('frames-out', 0) / result.ok:.2f} frames,"
+            f" {loop.get('turns', 0) / result.ok:.2f} loop turns"
         )
     return [
         f"throughput:  {result.throughput:,.0f} ops/s ({result.ok:,} OK replies in"
@@ -665,5 +663,6 @@ def report_lines(result: LoadResult) -> list[str]:
         f"node RSS:    {rss}",
         f"client CPU:  {client_cpu}",
         *([per_op] if per_op else []),
+        *([batching] if batching else []),
         result.busy,
     ]

@@ -138,10 +138,8 @@ class Router:
             kind, body = "r", command
         else:
             kind, body = "w", MachineHost.encode_command(command)
-        group, replicas = info.group, info.replicas
-        target = self.leader_hints.get(group)
-        if target not in replicas:
-            target = node.id if node.id in replicas else replicas[0]
+        group = info.group
+        target = self._first_target(group, info.replicas)
 
         def done(outcome: Outcome) -> None:
             if type(outcome) is Applied:
@@ -201,9 +199,7 @@ class Router:
     ) -> Any:
         node = self.node
         deadline = trio.current_time() + node.config.request_timeout
-        target = self.leader_hints.get(group)
-        if target not in replicas:
-            target = node.id if node.id in replicas else replicas[0]
+        target = self._first_target(group, replicas)
         backoff = 0.01
         tried: list[int] = []
         last_reason = "no replica answered"
@@ -248,6 +244,14 @@ class Router:
                 info = self.node.catalog().get(bucket)
                 if info is not None and info.group != group:
                     raise NotFound(bucket)
+
+    def _first_target(self, group: str, replicas: tuple[int, ...]) -> int:
+        """Where a request to ``group`` goes first: the last node that answered as its
+        leader, else this node if it is a replica, else the first replica."""
+        target = self.leader_hints.get(group)
+        if target in replicas:
+            return target
+        return self.node.id if self.node.id in replicas else replicas[0]
 
     def _next_replica(self, replicas: tuple[int, ...], tried: list[int]) -> int:
         for replica in replicas:

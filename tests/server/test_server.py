@@ -495,9 +495,6 @@ class FailingRouter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def start(self, bucket: str, command: Any, then: Any) -> bool:
-        return False  # no task-free path: every request goes through the methods above
-
     async def get(self, bucket: str, key: bytes) -> Any:
         match key:
             case b"unavailable":
