@@ -20,7 +20,14 @@ class RaftConfig:
     """Byte budget of the entries in one AppendRequest (at least one entry is sent)."""
     max_entries_per_msg: int = 256
     max_inflight_msgs: int = 64
-    """Pipelining window: unacknowledged AppendRequests per follower in replicate mode."""
+    """Pipelining window: unacknowledged AppendRequests per follower in replicate mode.
+    A small window trades pipelining for batching: proposals made while the window is
+    full wait for an acknowledgement and then travel together in one message."""
+    announce_commit: bool = True
+    """Send a follower an empty AppendRequest when only the commit index moved. When
+    False it learns the new commit index from the next append or heartbeat instead (at
+    most ``heartbeat_tick`` later), which saves a message and its answer per follower
+    per write; the leader still commits and answers clients at once."""
     max_committed_size_per_ready: int = 8 << 20
     """Byte budget of the committed entries handed out by one ``Ready``."""
     max_uncommitted_entries: int = 0

@@ -478,7 +478,6 @@ class Raft:
                     pr.become_probe()
                 self.send_append(msg.frm)
             return
-        was_paused = pr.is_paused()
         advanced = pr.maybe_update(msg.index)
         # A probe answered at the match we already knew (e.g. right after a snapshot)
         # still proves where the logs meet: switch to replicating.
@@ -496,7 +495,7 @@ class Raft:
             pr.inflights.free_to(msg.index)
         if self.maybe_commit():
             self.append_due = True
-        elif was_paused:
+        elif self.config.announce_commit and pr.sent_commit < self.log.committed:
             self.send_append(msg.frm)
         while self.send_append(msg.frm, send_empty=False):
             pass
@@ -546,9 +545,11 @@ class Raft:
         if self.role is not Role.LEADER:
             return
         committed = self.log.committed
+        announce = self.config.announce_commit
         for member in sorted(self.progress):
             if member != self.id:
-                self.send_append(member, send_empty=self.progress[member].sent_commit < committed)
+                stale = announce and self.progress[member].sent_commit < committed
+                self.send_append(member, send_empty=stale)
 
     def send_append(self, to: int, send_empty: bool = True) -> bool:
         """Send ``to`` what it lacks (entries, or a snapshot); False if nothing was sent."""
@@ -583,6 +584,7 @@ class Raft:
             pr = self.progress[member]
             # Never tell a follower to commit past what it is known to match.
             commit = min(pr.match, self.log.committed)
+            pr.sent_commit = max(pr.sent_commit, commit)
             self.send(Heartbeat(self.id, member, self.term, commit, read_round, quiesce))
 
     # --- Snapshot transfer (leader side) --------------------------------------------------
@@ -868,6 +870,12 @@ class Raft:
             # Right after an election our commit index may lag what the old leader
             # committed; wait until our no-op commits (thesis §6.4 step 1).
             return
+        if self.read_rounds:
+            # One round in flight at a time: reads queued meanwhile share the next
+            # round, started as soon as this one is confirmed. Under load that is one
+            # heartbeat per follower for many reads instead of one per Ready. A round
+            # whose answers are lost is confirmed by the next tick's heartbeat.
+            return
         round_id = self.next_read_round
         self.next_read_round += 1
         read_round = _ReadRound(self.log.committed, self.pending_reads, {self.id})
@@ -910,6 +918,11 @@ class Raft:
                 self.send(
                     ReadIndexResponse(self.id, origin, self.term, read_round.index, tuple(contexts))
                 )
+                pr = self.progress.get(origin)
+                if pr is not None and pr.sent_commit < read_round.index:
+                    # The follower serves these reads once it applied up to the index:
+                    # without ``announce_commit`` it might otherwise wait for a heartbeat.
+                    self.send_append(origin)
             remote.clear()
 
     # --- Persistence feedback -----------------------------------------------------------

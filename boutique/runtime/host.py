@@ -91,6 +91,10 @@ class HostSettings:
     heartbeat_ticks: int = 1
     snapshot_entries: int = 10_000
     request_timeout: float = 5.0
+    max_inflight_appends: int = 1
+    """Unacknowledged appends per follower. One keeps the message count per write low
+    under load: what is proposed while an append is in flight goes in the next one, so
+    the per-message cost (a Python-level encode, decode and step) is shared."""
 
 
 @dataclass(slots=True)
@@ -244,9 +248,12 @@ class RaftHost:
         campaign: bool = False,
         quiesce: bool = True,
         track_applied: bool = False,
+        announce_commit: bool = True,
     ) -> GroupRuntime:
         """Host ``group_id`` here: load it from storage, or with ``bootstrap_voters``
-        start it as a founding member of ``voters`` if the storage has nothing."""
+        start it as a founding member of ``voters`` if the storage has nothing.
+        ``announce_commit=False`` suits a group whose followers never serve reads (see
+        ``RaftConfig.announce_commit``)."""
         existing = self.groups.get(group_id)
         if existing is not None:
             return existing
@@ -264,6 +271,8 @@ class RaftHost:
             election_tick=self.settings.election_ticks,
             heartbeat_tick=self.settings.heartbeat_ticks,
             quiesce=quiesce,
+            max_inflight_msgs=self.settings.max_inflight_appends,
+            announce_commit=announce_commit,
         )
         node = RawNode(raft_config, storage, random.Random(self.rng.getrandbits(64)))
         group = GroupRuntime(group_id, node, storage, host, self.settings.snapshot_entries)

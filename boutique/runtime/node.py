@@ -130,7 +130,7 @@ class Node(RaftHost):
         )
         for group_id in self.storage.groups():
             if group_id != META_GROUP:
-                self.open_group(group_id)
+                self.open_group(group_id, announce_commit=False)
         # Open what the registry (as replayed so far) says we host, but close nothing:
         # the registry has not replayed its log yet, and a bucket missing from it now
         # may well exist. Groups are only ever closed by an applied drop or move.
@@ -145,6 +145,9 @@ class Node(RaftHost):
             info.replicas,
             bootstrap_voters=founding,
             campaign=founding and info.replicas[0] == self.id,
+            # Bucket reads are served by the leader (forwarded there), so followers
+            # need not hear of each commit at once; the next heartbeat tells them.
+            announce_commit=False,
         )
 
     # --- The registry -------------------------------------------------------------------

@@ -49,6 +49,9 @@ class SimOptions:
     heartbeat_tick: int = 2
     max_entries_per_msg: int = 4
     max_inflight_msgs: int = 4
+    announce_commit: bool = True
+    """False: followers learn commits from the next append or heartbeat (as bucket
+    groups do in the runtime)."""
     snapshot_every: int = 0
     """Snapshot and compact a node's log each time this many entries were applied since
     its last snapshot (0: never)."""
@@ -157,6 +160,7 @@ class SimCluster:
             heartbeat_tick=opts.heartbeat_tick,
             max_entries_per_msg=opts.max_entries_per_msg,
             max_inflight_msgs=opts.max_inflight_msgs,
+            announce_commit=opts.announce_commit,
             max_size_per_msg=1 << 12,
             snapshot_chunk_size=opts.snapshot_chunk_size,
             pre_vote=opts.pre_vote,

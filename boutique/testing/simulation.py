@@ -11,6 +11,7 @@ linearizability at the end. The same seed and scenario replay the same run exact
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +95,11 @@ SCENARIOS: dict[str, Scenario] = {
             # leader must be noticed by suspicion, and every request must wake them.
             "quiet",
             ("crash", "crash_leader", "isolate_leader", "partition", "transfer"),
-            options=SimOptions(quiesce=True, snapshot_every=30),
+            # Shaped like the runtime's bucket groups: one append in flight per
+            # follower, and commits announced only by the next append or heartbeat.
+            options=SimOptions(
+                quiesce=True, snapshot_every=30, max_inflight_msgs=1, announce_commit=False
+            ),
             fault_rate=0.02,
             steps=900,
             bursty_clients=True,
@@ -129,6 +134,7 @@ SCENARIOS: dict[str, Scenario] = {
                 snapshot_every=20,
                 varied_tick_rates=True,
                 mid_ready_crash=0.001,
+                announce_commit=False,
             ),
             links=LinkFaults(drop=0.03, duplicate=0.03, max_delay=3),
             fault_rate=0.04,
@@ -385,9 +391,16 @@ def _demand_liveness(cluster: SimCluster, clients: Clients, budget: int) -> None
     probe_sent = cluster.now
     patience = 5 * cluster.options.election_tick
     probe_done: list[str] = []
+    probe_generation = 0
 
-    def probe_callback(status: str, detail: Any) -> None:
-        probe_done.append(status)
+    def probe_callback_for(generation: int) -> Callable[[str, Any], None]:
+        def probe_callback(status: str, detail: Any) -> None:
+            # A probe given up on (stale) may still be answered later: only the
+            # current probe's answer counts.
+            if generation == probe_generation:
+                probe_done.append(status)
+
+        return probe_callback
 
     while cluster.now < deadline:
         clients.step()
@@ -400,9 +413,14 @@ def _demand_liveness(cluster: SimCluster, clients: Clients, budget: int) -> None
             # A probe sent to a leader that was then deposed (or removed) may never
             # be answered there; send a fresh one to whoever leads now.
             probe_done.clear()
+            probe_generation += 1
             probe_index = leader.raft.log.last_index() + 1
             probe_sent = cluster.now
-            cluster.submit_write(leader.id, ("put", "probe", str(cluster.now)), probe_callback)
+            cluster.submit_write(
+                leader.id,
+                ("put", "probe", str(cluster.now)),
+                probe_callback_for(probe_generation),
+            )
             continue
         voters = leader.raft.conf.voters
         if probe_done == ["ok"] and all(

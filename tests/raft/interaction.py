@@ -482,6 +482,7 @@ class InteractionEnv:
             ("pre-vote", "pre_vote", _parse_bool),
             ("check-quorum", "check_quorum", _parse_bool),
             ("max-inflight", "max_inflight_msgs", int),
+            ("announce-commit", "announce_commit", _parse_bool),
             ("snapshot-chunk", "snapshot_chunk_size", int),
         ):
             if key in kw:

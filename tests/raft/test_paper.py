@@ -1069,6 +1069,11 @@ def test_read_index_is_served_only_after_a_quorum_confirms_leadership() -> None:
     net.isolate(3)
     net[1].read_index(b"r2")
     net.deliver()
+    # One round is in flight at a time: r2 waits for r1's round, which the next
+    # heartbeat asks again.
+    assert net.read_states[1] == []
+    net.tick(1)
+    net.deliver()
     # One follower's answer plus the leader's own makes a majority of three.
     assert net.read_states[1] == [ReadState(write.index, b"r1"), ReadState(write.index, b"r2")]
 
