@@ -35,6 +35,8 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -334,10 +336,21 @@ class _Connection:
         self.parser = LineParser(server.config.max_line)
         self.authed = server.config.password is None
         limit = server.max_in_flight
-        # Every event takes a slot, so the channel bounds the replies held in memory;
+        # Every event takes a slot, so the queue bounds the replies held in memory;
         # the semaphore bounds the command tasks among them.
-        self.slots_send, self.slots_recv = trio.open_memory_channel[_Slot](limit)
+        self.replies: deque[_Slot] = deque()
+        """Reply positions not yet written, in request order."""
+        self.limit = limit
+        self._room = trio.Event()
         self.in_flight = trio.Semaphore(limit)
+        self._fd = _socket_fd(stream)
+        """The socket to write ready replies to at once (None: always via the writer)."""
+        self._writing = False
+        """True while the writer task owns the socket (a write would block, or no fd)."""
+        self._unsent = b""
+        self._close_after_unsent = False
+        self._writer_wanted = trio.Event()
+        self._input_done = False
         self.last_by_key: dict[tuple[str, bytes], trio.Event] = {}
         self.earlier: list[trio.Event] = []
         self._barriers: list[trio.Event] = []
@@ -355,8 +368,8 @@ class _Connection:
 
     @property
     def backlog(self) -> int:
-        """Replies queued for the writer and not yet taken by it."""
-        return self.slots_send.statistics().current_buffer_used
+        """Replies queued and not yet written."""
+        return len(self.replies)
 
     async def run(self) -> None:
         try:
@@ -364,8 +377,10 @@ class _Connection:
                 self._cancel = nursery.cancel_scope
                 nursery.start_soon(self._writer)
                 await self._reader(nursery)
-                # No more requests: the writer sends what is pending, then the nursery ends.
-                await self.slots_send.aclose()
+                # No more requests: the replies still pending are sent, then the writer
+                # returns and the nursery ends.
+                self._input_done = True
+                self._writer_wanted.set()
         finally:
             self.finished = True
 
@@ -407,7 +422,10 @@ class _Connection:
 
     async def _dispatch(self, event: cmd.Command | ProtocolError, nursery: trio.Nursery) -> None:
         slot = _Slot()
-        await self.slots_send.send(slot)
+        while len(self.replies) >= self.limit:
+            self._room = trio.Event()
+            await self._room.wait()
+        self.replies.append(slot)
         if isinstance(event, ProtocolError):
             self._finish(slot, event.data)
         elif isinstance(event, cmd.Quit):
@@ -422,7 +440,12 @@ class _Connection:
         elif not self.authed and not isinstance(event, cmd.Ping | cmd.Help):
             self._finish(slot, render(Error(ErrorCode.AUTH, "authenticate first: AUTH password")))
         else:
-            await self.in_flight.acquire()
+            try:
+                # No checkpoint when there is room: a pipelined batch is dispatched
+                # without a trip through the scheduler per command.
+                self.in_flight.acquire_nowait()
+            except trio.WouldBlock:
+                await self.in_flight.acquire()
             deps = self._dependencies(event, slot.done)
             if deps or not self._start_simple(event, slot, nursery):
                 nursery.start_soon(self._run_command, event, slot, deps)
@@ -451,10 +474,10 @@ class _Connection:
 
         return self.server.router.start(bucket, request, done)
 
-    @staticmethod
-    def _finish(slot: _Slot, data: bytes) -> None:
+    def _finish(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
         slot.done.set()
+        self._flush()
 
     def _auth(self, event: cmd.Auth) -> Reply:
         password = self.server.config.password
@@ -505,39 +528,83 @@ class _Connection:
         slot.done.set()
         self.in_flight.release()
         self.server.served += 1
+        self._flush()
+
+    def _take_ready(self) -> tuple[bytes, bool]:
+        """The replies at the head of the queue that are done, joined (one write for a
+        pipelined batch), and whether the connection closes after them."""
+        replies = self.replies
+        chunks = []
+        close = False
+        while replies and replies[0].done.is_set():
+            slot = replies.popleft()
+            chunks.append(slot.data)
+            if slot.close_after:
+                close = True
+                break
+        if chunks:
+            self._room.set()
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), close
+
+    def _flush(self) -> None:
+        """Write the replies that are ready, in order. Straight from the caller (the host
+        loop or the reader) while the socket takes them: waking a writer task per reply
+        costs more than the write. What the socket does not take at once (or every
+        reply, without a socket) goes to the writer task, which owns the socket until
+        it has sent all that is ready."""
+        if self._writing or self.finished:
+            return
+        data, close = self._take_ready()
+        if not data:
+            if self._input_done and not self.replies:
+                self._writer_wanted.set()
+            return
+        if self._fd is not None:
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._abandon()  # reset by the client: no one left to answer
+                return
+            if sent == len(data):
+                if close:
+                    self.quit = True
+                    self._abandon()
+                elif self._input_done and not self.replies:
+                    self._writer_wanted.set()
+                return
+            data = data[sent:]
+        self._unsent, self._close_after_unsent = data, close
+        self._writing = True
+        self._writer_wanted.set()
 
     async def _writer(self) -> None:
-        held: _Slot | None = None
         while True:
-            if held is None:
+            while self._writing:
+                data, close = self._unsent, self._close_after_unsent
+                self._unsent = b""
+                self.sending_since = trio.current_time()
                 try:
-                    held = await self.slots_recv.receive()
-                except trio.EndOfChannel:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._abandon()
                     return
-            await held.done.wait()
-            chunks = [held.data]
-            close = held.close_after
-            held = None
-            # Send every reply that is already finished in one write (pipelining).
-            while not close:
-                try:
-                    nxt = self.slots_recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if not nxt.done.is_set():
-                    held = nxt
-                    break
-                chunks.append(nxt.data)
-                close = nxt.close_after
-            self.sending_since = trio.current_time()
-            try:
-                await self.stream.send_all(b"".join(chunks) if len(chunks) > 1 else chunks[0])
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._abandon()
+                finally:
+                    self.sending_since = None
+                if close:
+                    self.quit = True
+                    self._abandon()
+                    return
+                self._unsent, self._close_after_unsent = self._take_ready()
+                self._writing = bool(self._unsent)
+            if self._input_done and not self.replies:
                 return
-            finally:
-                self.sending_since = None
-            if close:
-                self.quit = True
-                self._abandon()
-                return
+            self._writer_wanted = trio.Event()
+            await self._writer_wanted.wait()
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor of a socket stream (non-blocking, as trio leaves it)."""
+    socket = getattr(stream, "socket", None)
+    return socket.fileno() if socket is not None else None

@@ -57,12 +57,30 @@ async def test_put_get_delete_take_no_task(served: Served, command_tasks: list[A
     await conn.send(b"CREATE b\r\n")
     await conn.expect(b"OK\r\n")
     assert len(command_tasks) == 1  # CREATE is not a simple command
+    # One command at a time: a GET sent right behind a PUT must wait for it, and a
+    # command with something to wait for runs in a task (see the next test).
     for i in range(20):
-        await conn.send(b"PUT b k%d v%d\r\nGET b k%d\r\n" % (i, i, i))
-        await conn.expect(b"OK\r\nv%d\r\nOK\r\n" % i)
-    await conn.send(b"DELETE b k3\r\nGET b k3\r\n")
-    await conn.expect(b"OK\r\n\r\nOK\r\n")
+        await conn.send(b"PUT b k%d v%d\r\n" % (i, i))
+        await conn.expect(b"OK\r\n")
+        await conn.send(b"GET b k%d\r\n" % i)
+        await conn.expect(b"v%d\r\nOK\r\n" % i)
+    await conn.send(b"DELETE b k3\r\n")
+    await conn.expect(b"OK\r\n")
+    await conn.send(b"GET b k3\r\n")
+    await conn.expect(b"\r\nOK\r\n")
     assert len(command_tasks) == 1
+
+
+async def test_a_command_behind_an_unfinished_one_waits_in_a_task(
+    served: Served, command_tasks: list[Any]
+) -> None:
+    conn = await served.connect()
+    await conn.send(b"CREATE b\r\n")
+    await conn.expect(b"OK\r\n")
+    await conn.send(b"PUT b k v1\r\nPUT b k v2\r\nGET b k\r\n")
+    await conn.expect(b"OK\r\nOK\r\nv2\r\nOK\r\n")
+    # The second PUT waits for the first (same key), the GET for both.
+    assert len(command_tasks) == 3
 
 
 async def test_a_bucket_this_node_does_not_know_goes_to_the_full_router(
