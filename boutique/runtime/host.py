@@ -13,7 +13,9 @@ work in the inbox and wait on a ``Pending``. Each turn of the loop:
    ONCE for all of them (group commit);
 4. sends the messages that needed that sync, again one frame per destination;
 5. applies committed entries, serves reads, advances, and tells the owner (through
-   ``on_applied``) what the groups it watches applied.
+   ``on_applied``) what the groups it watches applied;
+6. sends the requests forwarded to other nodes and the answers to theirs, again one
+   frame per destination (``_post_mail``).
 
 Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host with
 thousands of idle groups does almost nothing. When the transport suspects a peer,
@@ -28,7 +30,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -115,6 +117,16 @@ class HostCounters:
     """Frames handed to the transport (one per peer per send)."""
 
 
+@dataclass(slots=True)
+class _Mail:
+    """What goes to one peer in the next frame besides Raft messages."""
+
+    requests: list[list[Any]] = field(default_factory=list)
+    """Forwarded requests: ``[id, kind, group, body]``."""
+    answers: list[list[Any]] = field(default_factory=list)
+    """Answers to the peer's requests: ``[id, status, value, leader]``."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Step:
     peer: int
@@ -195,6 +207,10 @@ class RaftHost:
         self._tracked: collections.deque[Pending] = collections.deque()
         """Requests without a waiting task, oldest first (see ``track``)."""
         self._forward_ids = itertools.count(1)
+        self._mail: dict[int, _Mail] = {}
+        """Forwarded requests and answers per peer, sent as one frame per peer at the
+        end of the loop's turn (see ``_post_mail``)."""
+        self._in_turn = False
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
         self.counters = HostCounters()
@@ -313,10 +329,14 @@ class RaftHost:
                 log.warning("node %d sent undecodable Raft messages: %s", peer, exc)
                 return
             self._post(_Step(peer, batch))
-        if "f" in payload:
-            self._on_forward_request(peer, payload["f"])
-        if "a" in payload:
-            self._on_forward_answer(payload["a"])
+        requests = payload.get("f")
+        if isinstance(requests, list):
+            for request in requests:
+                self._on_forward_request(peer, request)
+        answers = payload.get("a")
+        if isinstance(answers, list):
+            for answer in answers:
+                self._on_forward_answer(answer)
 
     def _on_suspect(self, peer: int) -> None:
         self._post(_Suspect(peer))
@@ -333,7 +353,12 @@ class RaftHost:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            self._turn()
+            self._in_turn = True
+            try:
+                self._turn()
+            finally:
+                self._in_turn = False
+            self._send_mail()
             if self._carry:
                 self._wakeup.set()
                 # Let the transport and the connections run between turns, so a turn
@@ -607,9 +632,55 @@ class RaftHost:
             return
         request_id = next(self._forward_ids)
         self._forwards[request_id] = (pending, peer)
-        if not transport.send(peer, {"f": [request_id, kind, group_id, body]}):
-            del self._forwards[request_id]
-            pending.resolve(Rejected(f"node {peer} is unreachable"))
+        self._post_mail(peer).requests.append([request_id, kind, group_id, body])
+
+    def _post_mail(self, peer: int) -> _Mail:
+        """The mail for ``peer`` going out at the end of this (or the next) turn. One
+        frame per peer per turn carries every request and answer: encoding, framing
+        and decoding cost per frame, and a loaded node forwards many per turn."""
+        mail = self._mail.get(peer)
+        if mail is None:
+            mail = self._mail[peer] = _Mail()
+            if not self._in_turn:
+                self._wakeup.set()
+        return mail
+
+    def _send_mail(self) -> None:
+        if not self._mail:
+            return
+        outbox, self._mail = self._mail, {}
+        transport = self.transport
+        for peer, mail in outbox.items():
+            payload: dict[str, list[Any]] = {}
+            if mail.requests:
+                payload["f"] = mail.requests
+            if mail.answers:
+                payload["a"] = mail.answers
+            try:
+                sent = transport is not None and transport.send(peer, payload)
+            except (TypeError, ValueError) as exc:
+                # Some answer cannot be sent (msgpack cannot carry it, or the frame
+                # is too large): send them one by one, so only that one fails.
+                log.warning("mail for node %d not sendable as one frame: %s", peer, exc)
+                sent = self._send_mail_singly(peer, mail)
+            if not sent:
+                for request in mail.requests:
+                    entry = self._forwards.pop(request[0], None)
+                    if entry is not None:
+                        entry[0].resolve(Rejected(f"node {peer} is unreachable"))
+
+    def _send_mail_singly(self, peer: int, mail: _Mail) -> bool:
+        assert self.transport is not None
+        sent = True
+        for request in mail.requests:
+            sent = self.transport.send(peer, {"f": [request]}) and sent
+        for answer in mail.answers:
+            try:
+                self.transport.send(peer, {"a": [answer]})
+            except (TypeError, ValueError) as exc:
+                error = ["TypeError", f"the reply cannot be sent: {exc}"]
+                self.transport.send(peer, {"a": [[answer[0], "err", error, 0]]})
+        return sent
 
     async def forward(
         self, peer: int, group_id: str, kind: str, body: Any, timeout: float
@@ -676,7 +747,7 @@ class RaftHost:
         if kind in ("w", "r"):
             # The common requests cost no task: the answer is sent from the loop.
             pending = Pending()
-            pending.then = lambda outcome: self._answer_forward(peer, request_id, group_id, outcome)
+            pending.then = lambda outcome: self._answer_forward(peer, request_id, outcome)
             self.track(pending)
             self.submit(group_id, kind, _as_tuple(body) if kind == "r" else body, pending)
         elif self._nursery is not None:
@@ -686,11 +757,9 @@ class RaftHost:
         self, peer: int, request_id: object, kind: str, group_id: str, body: object
     ) -> None:
         outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
-        self._answer_forward(peer, request_id, group_id, outcome)
+        self._answer_forward(peer, request_id, outcome)
 
-    def _answer_forward(
-        self, peer: int, request_id: object, group_id: str, outcome: Outcome
-    ) -> None:
+    def _answer_forward(self, peer: int, request_id: object, outcome: Outcome) -> None:
         match outcome:
             case Applied(CommandFailed() as failed):
                 answer = [request_id, "err", list(failed.to_wire()), 0]
@@ -700,14 +769,7 @@ class RaftHost:
                 answer = [request_id, "rej", reason, leader]
             case Unknown(reason):
                 answer = [request_id, "unk", reason, 0]
-        if self.transport is not None:
-            try:
-                self.transport.send(peer, {"a": answer})
-            except (TypeError, ValueError) as exc:
-                # A reply msgpack cannot carry must not take the host down.
-                log.warning("group %s: reply for node %d not sendable: %s", group_id, peer, exc)
-                error = ["TypeError", f"the reply cannot be sent: {exc}"]
-                self.transport.send(peer, {"a": [request_id, "err", error, 0]})
+        self._post_mail(peer).answers.append(answer)
 
     # --- Inspection ---------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ __all__ = ["PeerTransport", "TransportStats"]
 
 logger = logging.getLogger("boutique.transport")
 
-PROTOCOL = "boutique-peer/1"
+PROTOCOL = "boutique-peer/2"
 """Sent in every handshake and bound into every MAC; change it when the wire changes."""
 
 _NONCE_BYTES = 32

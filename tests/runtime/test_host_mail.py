@@ -1,0 +1,93 @@
+"""RaftHost's mail: forwarded requests and answers leave as one frame per peer per
+turn, an answer msgpack cannot carry fails alone, and a dropped frame rejects its
+requests at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from boutique.runtime.framing import encode_frame
+from boutique.runtime.group import Applied, Pending, Rejected, Unknown
+from boutique.runtime.host import RaftHost
+
+
+class RecordingTransport:
+    """Takes frames like ``PeerTransport.send`` (same encoding errors) and keeps them."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.frames: list[tuple[int, Any]] = []
+
+    def send(self, peer: int, payload: object) -> bool:
+        encode_frame(payload)  # raises TypeError for what msgpack cannot carry
+        if self.accept:
+            self.frames.append((peer, payload))
+        return self.accept
+
+    def connected(self, peer: int) -> bool:
+        return True
+
+    def reachable(self, peer: int) -> bool:
+        return True
+
+
+def make_host(transport: RecordingTransport) -> RaftHost:
+    host = RaftHost(
+        1,
+        secret=b"s" * 32,
+        cluster_name="test",
+        peers={2: ("127.0.0.1", 1), 3: ("127.0.0.1", 2)},
+        listen=("127.0.0.1", 0),
+        open_storage=lambda: pytest.fail("storage is not used here"),
+        machine_for=lambda group: pytest.fail("no group is opened here"),
+    )
+    host.transport = transport  # type: ignore[assignment]
+    return host
+
+
+async def test_requests_and_answers_for_one_peer_share_one_frame() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport)
+    first, second = Pending(), Pending()
+    host.send_forward(2, "g", "w", b"cmd1", first)
+    host.send_forward(2, "g", "r", ["get", b"k"], second)
+    host._answer_forward(2, 7, Applied(b"v"))
+    host._answer_forward(3, 8, Rejected("not the leader", 2))
+    assert transport.frames == []  # nothing leaves before the end of the turn
+    host._send_mail()
+    assert transport.frames == [
+        (
+            2,
+            {
+                "f": [[1, "w", "g", b"cmd1"], [2, "r", "g", ["get", b"k"]]],
+                "a": [[7, "ok", b"v", 0]],
+            },
+        ),
+        (3, {"a": [[8, "rej", "not the leader", 2]]}),
+    ]
+    host._on_frame(2, {"a": [[2, "ok", b"v", 0], [1, "unk", "lost", 0]]})
+    assert second.outcome == Applied(b"v")
+    assert first.outcome == Unknown("lost")
+
+
+async def test_an_answer_msgpack_cannot_carry_fails_alone() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport)
+    host._answer_forward(2, 1, Applied({"a set"}))
+    host._answer_forward(2, 2, Applied(b"fine"))
+    host._send_mail()
+    answers = [answer for _, frame in transport.frames for answer in frame["a"]]
+    assert answers[1] == [2, "ok", b"fine", 0]
+    request_id, status, (error_type, _message), _leader = answers[0]
+    assert (request_id, status, error_type) == (1, "err", "TypeError")
+
+
+async def test_requests_in_a_dropped_frame_are_rejected_at_once() -> None:
+    host = make_host(RecordingTransport(accept=False))
+    pending = Pending()
+    host.send_forward(2, "g", "w", b"cmd", pending)
+    host._send_mail()
+    assert isinstance(pending.outcome, Rejected)
+    assert host._forwards == {}
