@@ -517,7 +517,7 @@ class RaftHost:
             if batch:
                 counters.frames_out += 1
                 counters.messages_out += sum(len(m) for m in batch.values())
-                self.transport.send(peer, {"r": encode_batch(dict(batch))})
+                self.transport.send(peer, {"r": encode_batch(dict(batch))}, now=True)
         outgoing.clear()
 
     # --- Local requests (any task) ---------------------------------------------------------
@@ -657,7 +657,7 @@ class RaftHost:
             if mail.answers:
                 payload["a"] = mail.answers
             try:
-                sent = transport is not None and transport.send(peer, payload)
+                sent = transport is not None and transport.send(peer, payload, now=True)
             except (TypeError, ValueError) as exc:
                 # Some answer cannot be sent (msgpack cannot carry it, or the frame
                 # is too large): send them one by one, so only that one fails.

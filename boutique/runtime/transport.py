@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import random
 import secrets
 import socket
@@ -192,6 +193,7 @@ class _Outbound:
     __slots__ = (
         "address",
         "connected",
+        "fd",
         "last_sent",
         "peer",
         "queue",
@@ -199,6 +201,7 @@ class _Outbound:
         "scope",
         "sending_since",
         "session",
+        "unsent",
         "wakeup",
     )
 
@@ -215,6 +218,12 @@ class _Outbound:
         """The connected session (the watchdog cancels it if a write hangs)."""
         self.sending_since: float | None = None
         self.last_sent = 0.0
+        self.fd: int | None = None
+        """The connected session's socket, for ``send(..., now=True)``; None when no
+        session is up."""
+        self.unsent = b""
+        """The rest of a frame a direct write could not finish; the drain task sends it
+        before anything queued."""
 
 
 class PeerTransport:
@@ -326,9 +335,15 @@ class PeerTransport:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
 
-    def send(self, peer: int, payload: object) -> bool:
+    def send(self, peer: int, payload: object, *, now: bool = False) -> bool:
         """Queue ``payload`` for ``peer``; False (and counted) if it was dropped because
         the peer is unknown or its queue is full. Never blocks.
+
+        With ``now``, a frame that would be next on the wire anyway (nothing queued,
+        no write in progress) is written at once from the caller, without waking the
+        sender task; whatever the socket does not take goes to that task. The host
+        loop uses it: its turn does not yield, and a follower should get its appends
+        while the leader is still syncing them.
 
         Raises ``TypeError`` if msgpack cannot encode ``payload`` and ``FrameError`` if it
         encodes larger than ``max_frame``: no peer would accept it.
@@ -341,6 +356,16 @@ class PeerTransport:
             raise FrameError(f"payload of {len(frame)} bytes exceeds max_frame")
         out = self._outbound.get(peer)
         if (
+            now
+            and out is not None
+            and out.fd is not None
+            and not out.queue
+            and not out.unsent
+            and out.sending_since is None
+        ):
+            self._write_now(out, frame)
+            return True
+        if (
             out is None
             or len(out.queue) >= self._queue_limit
             or (out.queue and out.queued_bytes + len(frame) > self._queue_byte_limit)
@@ -351,6 +376,27 @@ class PeerTransport:
         out.queued_bytes += len(frame)
         out.wakeup.set()
         return True
+
+    def _write_now(self, out: _Outbound, frame: bytes) -> None:
+        assert out.fd is not None
+        try:
+            written = os.write(out.fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            # The connection is gone: the session ends and the dialer starts over.
+            logger.info("node %d: write to peer %d failed: %r", self.node_id, out.peer, exc)
+            self.stats.frames_dropped += 1
+            if out.session is not None:
+                out.session.cancel()
+            return
+        self.stats.frames_sent += 1
+        self.stats.writes += 1
+        self.stats.bytes_sent += written
+        out.last_sent = trio.current_time()
+        if written < len(frame):
+            out.unsent = frame[written:]
+            out.wakeup.set()
 
     def queued(self, peer: int) -> int:
         """Frames waiting to be sent to ``peer``."""
@@ -455,6 +501,15 @@ class PeerTransport:
         return True
 
     async def _send_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
+        try:
+            out.fd = stream.socket.fileno()
+            await self._run_session(stream, out, where)
+        finally:
+            # A frame cut short by a direct write is worthless on the next connection.
+            out.fd = None
+            out.unsent = b""
+
+    async def _run_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
         async with trio.open_nursery() as nursery:
             out.session = nursery.cancel_scope
             out.last_sent = trio.current_time()
@@ -512,9 +567,19 @@ class PeerTransport:
         # liveness watchdog wakes us when a keepalive is due, and ends the session if a
         # write hangs for io_timeout.
         while True:
-            if not out.queue:
+            if not out.queue and not out.unsent:
                 out.wakeup = trio.Event()
                 await out.wakeup.wait()
+            if out.unsent:
+                data, out.unsent = out.unsent, b""
+                out.sending_since = trio.current_time()
+                try:
+                    await stream.send_all(data)
+                finally:
+                    out.sending_since = None
+                self.stats.bytes_sent += len(data)
+                out.last_sent = trio.current_time()
+                continue
             if out.queue:
                 data, count = self._take_batch(out)
                 if not count:

@@ -20,7 +20,7 @@ class RecordingTransport:
         self.accept = accept
         self.frames: list[tuple[int, Any]] = []
 
-    def send(self, peer: int, payload: object) -> bool:
+    def send(self, peer: int, payload: object, *, now: bool = False) -> bool:
         encode_frame(payload)  # raises TypeError for what msgpack cannot carry
         if self.accept:
             self.frames.append((peer, payload))
