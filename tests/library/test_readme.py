@@ -61,6 +61,10 @@ def sections() -> dict[str, str]:
     return found
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Block:
     lang: str
@@ -116,6 +120,10 @@ class Terminal:
             stderr=log,
             text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
+            # A terminal's Ctrl-C must reach the member even when the suite itself was
+            # started with SIGINT ignored (as a background job is), which children
+            # would otherwise inherit.
+            preexec_fn=_default_sigint,
         )
         log.close()
         threading.Thread(target=self._read, args=(self.process, self.lines), daemon=True).start()
