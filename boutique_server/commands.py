@@ -39,6 +39,22 @@ class ArgumentError(ValueError):
 
 def check_bucket_name(raw: bytes) -> str:
     """The bucket name in ``raw``, or ``ArgumentError`` (SYNTAX) if it breaks the rule."""
+    name = _valid_names.get(raw)
+    if name is not None:
+        return name
+    name = _check_bucket_name(raw)
+    if len(_valid_names) >= _VALID_NAMES_KEPT:
+        _valid_names.clear()
+    _valid_names[raw] = name
+    return name
+
+
+_valid_names: dict[bytes, str] = {}
+"""Names that passed the check: a client names the same few buckets over and over."""
+_VALID_NAMES_KEPT = 4096
+
+
+def _check_bucket_name(raw: bytes) -> str:
     if 1 <= len(raw) <= MAX_BUCKET_NAME_BYTES:
         try:
             name = raw.decode()

@@ -86,11 +86,38 @@ READ_CHUNK = 65536
 STATUS_GROUP_LIMIT = 50
 
 
+class _Done:
+    """Set once a command's reply is ready. Like ``trio.Event``, but a plain flag until
+    someone waits on it: most never are, and an Event per command is measurable."""
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: trio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self._flag:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
+
+
 @dataclass(slots=True)
 class _Slot:
     """One reply position in the connection's output order."""
 
-    done: trio.Event = field(default_factory=trio.Event)
+    done: _Done = field(default_factory=_Done)
     data: bytes = b""
     close_after: bool = False
 
@@ -351,9 +378,10 @@ class _Connection:
         self._close_after_unsent = False
         self._writer_wanted = trio.Event()
         self._input_done = False
-        self.last_by_key: dict[tuple[str, bytes], trio.Event] = {}
-        self.earlier: list[trio.Event] = []
-        self._barriers: list[trio.Event] = []
+        self.last_by_key: dict[tuple[str, bytes], _Done] = {}
+        self.earlier: deque[_Done] = deque()
+        """Commands not known to be finished, oldest first (pruned from the front)."""
+        self._barriers: list[_Done] = []
         self.closing = False
         self.quit = False
         """True once the QUIT reply was written: the close should be gentle."""
@@ -488,9 +516,11 @@ class _Connection:
             return Ok()
         return Error(ErrorCode.AUTH, "wrong password")
 
-    def _dependencies(self, command: cmd.Command, done: trio.Event) -> list[trio.Event]:
+    def _dependencies(self, command: cmd.Command, done: _Done) -> list[_Done]:
         """What this command must wait for (see the module docstring)."""
-        self.earlier = [e for e in self.earlier if not e.is_set()]
+        earlier = self.earlier
+        while earlier and earlier[0].is_set():
+            earlier.popleft()
         if isinstance(command, cmd.Put | cmd.Delete):
             key = (command.bucket, command.key)
             deps = [e for e in (self.last_by_key.get(key), *self._barriers) if e is not None]
@@ -499,16 +529,16 @@ class _Connection:
             if len(self.last_by_key) > 4 * self.server.max_in_flight:
                 self.last_by_key = {k: e for k, e in self.last_by_key.items() if not e.is_set()}
         else:
-            deps = list(self.earlier)
+            deps = [e for e in earlier if not e.is_set()]
             self._barriers = [done]
-        self.earlier.append(done)
+        earlier.append(done)
         return deps
 
     async def _wait_all(self) -> None:
         for event in list(self.earlier):
             await event.wait()
 
-    async def _run_command(self, command: cmd.Command, slot: _Slot, deps: list[trio.Event]) -> None:
+    async def _run_command(self, command: cmd.Command, slot: _Slot, deps: list[_Done]) -> None:
         try:
             for dep in deps:
                 await dep.wait()

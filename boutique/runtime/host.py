@@ -211,6 +211,7 @@ class RaftHost:
         """Forwarded requests and answers per peer, sent as one frame per peer at the
         end of the loop's turn (see ``_post_mail``)."""
         self._in_turn = False
+        self._forward_sweeps = 0
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
         self.counters = HostCounters()
@@ -597,6 +598,13 @@ class RaftHost:
         if not self._forwards or self.transport is None:
             return
         transport = self.transport
+        self._forward_sweeps += 1
+        # Walk every forward only when a peer is unreachable, or about once a second to
+        # drop those resolved meanwhile (timed out): under load thousands are in flight.
+        if self._forward_sweeps % 20 and all(
+            transport.reachable(peer) for peer in self.peers if peer != self.id
+        ):
+            return
         for request_id, (pending, peer) in list(self._forwards.items()):
             if pending.outcome is not None or pending.abandoned:
                 del self._forwards[request_id]
