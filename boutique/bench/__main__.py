@@ -7,6 +7,7 @@
     python -m boutique.bench failover --trials 10      SIGKILL a leader under writes
     python -m boutique.bench idle --buckets 10000      idle CPU and memory per bucket
     python -m boutique.bench all                       every standard scenario, as a table
+    python -m boutique.bench echo --scenario writes64  the same load on a bare trio server
 
 Scenarios (issue 8): writes64 (64 connections, PUT 100 B), reads64 (64 connections,
 GET), single (1 connection, PUT), pipelined (8 connections, depth 32, PUT). Flags given
@@ -21,6 +22,9 @@ errors and Ctrl-C; the last line says so.
 ``all`` runs the four load scenarios one after another on one cluster (buckets made and
 keys written once), then failover and idle, each on a fresh cluster; it ends with a
 markdown table whose rows carry the command that reproduces them.
+
+``echo`` is the yardstick: the same clients and request lines against one trio process
+that answers ``OK`` to every line and does nothing else (``boutique/bench/echo.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .cluster import (
     machine_lines,
     parse_targets,
 )
+from .echo import echo_server
 from .failover import FailoverResult, run_failover
 from .idle import IdleResult, run_idle
 from .load import LoadOptions, LoadResult, describe_options, parse_mix, report_lines, run_load
@@ -194,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     _load_args(load)
     _cluster_args(load, nodes=3)
 
+    echo = modes.add_parser(
+        "echo", help="the same load against a bare trio server that answers OK (a ceiling)"
+    )
+    echo.add_argument("--scenario", choices=sorted(SCENARIOS), help="a standard scenario")
+    _load_args(echo)
+
     failover = modes.add_parser("failover", help="time for writes to resume after a leader dies")
     failover.add_argument("--trials", type=int, default=10, help="leader kills (default 10)")
     failover.add_argument(
@@ -298,6 +309,26 @@ def mode_load(args: argparse.Namespace, ledger: Ledger) -> int:
     with BenchCluster(ledger, cluster_spec(args), targets=targets, target_pids=pids) as cluster:
         _print([*cluster.describe(), describe_options(options)])
         result = run_load(cluster, options, ledger, label=args.scenario or "load")
+        _print(report_lines(result))
+    return 0
+
+
+def mode_echo(args: argparse.Namespace, ledger: Ledger) -> int:
+    options = load_options(args)
+    title = f"scenario {args.scenario}" if args.scenario else "load"
+    _print([f"boutique benchmark: {title} against the echo server (the ceiling)", *machine_lines()])
+    with (
+        echo_server(ledger) as (address, pid),
+        BenchCluster(ledger, targets=[address], target_pids=[pid]) as cluster,
+    ):
+        _print(
+            [
+                "server:      one trio process answering OK to every line (no parsing,"
+                " no Raft, no storage); see boutique/bench/echo.py",
+                describe_options(options),
+            ]
+        )
+        result = run_load(cluster, options, ledger, label=f"echo {args.scenario or 'load'}")
         _print(report_lines(result))
     return 0
 
@@ -439,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = Ledger()
     modes: dict[str, Callable[[argparse.Namespace, Ledger], int]] = {
         "load": mode_load,
+        "echo": mode_echo,
         "failover": mode_failover,
         "idle": mode_idle,
         "all": mode_all,

@@ -177,3 +177,23 @@ def test_interrupted_run_ends_every_process(tmp_path: Path, sig: signal.Signals)
     assert bench.returncode == 130, output
     assert "interrupted" in output
     _assert_all_ended(output, tmp_path)
+
+
+def test_echo_runs_the_same_load_against_a_bare_server(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "boutique.bench", "echo", "--scenario", "writes64",
+         "--connections", "4", "--duration", "0.5", "--warmup", "0.2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    pids = _assert_all_ended(output, tmp_path)
+    assert len(pids) == 3  # the echo server and two load generators
+    assert "against the echo server" in output
+    ok = int(_line(output, "throughput:").split("(")[1].split()[0].replace(",", ""))
+    assert ok > 0
+    assert _line(output, "errors:") == "errors:      none"
+    assert re.search(r"node CPU:\s+127\.0\.0\.1:\d+ \d+%", output), output
