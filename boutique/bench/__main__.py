@@ -315,6 +315,10 @@ def mode_load(args: argparse.Namespace, ledger: Ledger) -> int:
 
 def mode_echo(args: argparse.Namespace, ledger: Ledger) -> int:
     options = load_options(args)
+    if options.mix.get("get", 0) > 0:
+        # A GET expects its value before the OK; the echo server has none to give.
+        print("echo: the echo server answers OK alone, so only put and delete mixes make sense")
+        return 2
     title = f"scenario {args.scenario}" if args.scenario else "load"
     _print([f"boutique benchmark: {title} against the echo server (the ceiling)", *machine_lines()])
     with (
