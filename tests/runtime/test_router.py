@@ -1,0 +1,75 @@
+"""Router retries against a node whose registry lags: a bucket the linearizable lookup
+found is not declared NOT FOUND just because the local catalog has not caught up
+(regression test for 91d89e5), while a catalog entry for another group (the bucket was
+dropped and re-created) still ends the request that way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from boutique.registry import BucketInfo, bucket_group_id
+from boutique.runtime.group import Applied, Outcome, Rejected
+from boutique.runtime.node import META_GROUP
+from boutique.runtime.router import NotFound, Router
+
+BUCKET = BucketInfo("b", bucket_group_id("b", 1), "r1", (1, 2, 3), 1)
+
+
+@dataclass
+class Settings:
+    request_timeout: float = 2.0
+    unsafe_local_reads: bool = False
+
+
+@dataclass
+class LaggingNode:
+    """Node 1: its catalog is whatever the test says; the registry's linearizable
+    lookup finds ``BUCKET``; the bucket's group answers from ``answers`` in turn."""
+
+    catalog_entries: dict[str, BucketInfo] = field(default_factory=dict)
+    answers: list[Outcome] = field(default_factory=list)
+    attempts: list[tuple[int, str, str]] = field(default_factory=list)
+    id: int = 1
+    config: Settings = field(default_factory=Settings)
+    groups: dict[str, Any] = field(default_factory=dict)
+
+    def catalog(self) -> dict[str, BucketInfo]:
+        return self.catalog_entries
+
+    def meta_members(self) -> tuple[int, ...]:
+        return (1, 2, 3)
+
+    async def execute_local(self, group: str, kind: str, body: Any, timeout: float) -> Outcome:
+        return await self._answer(1, group, kind, body)
+
+    async def forward(self, peer: int, group: str, kind: str, body: Any, timeout: float) -> Outcome:
+        return await self._answer(peer, group, kind, body)
+
+    async def _answer(self, where: int, group: str, kind: str, body: Any) -> Outcome:
+        if group == META_GROUP:
+            assert tuple(body) == ("lookup", "b")
+            return Applied(BUCKET.to_wire())
+        self.attempts.append((where, group, kind))
+        return self.answers.pop(0)
+
+
+async def test_a_miss_in_a_lagging_catalog_is_not_not_found() -> None:
+    # The group is not open here yet (the registry entry that opens it has not been
+    # applied), so the first attempt is refused; the next replica leads it.
+    node = LaggingNode(answers=[Rejected("group not hosted here"), Applied(None)])
+    router = Router(node)  # type: ignore[arg-type]
+    await router.put("b", b"k", b"v")
+    assert node.attempts == [(1, BUCKET.group, "w"), (2, BUCKET.group, "w")]
+
+
+async def test_a_catalog_entry_for_another_group_is_not_found() -> None:
+    recreated = BucketInfo("b", bucket_group_id("b", 2), "r1", (1, 2, 3), 2)
+    node = LaggingNode(answers=[Rejected("group removed from this node")])
+    router = Router(node)  # type: ignore[arg-type]
+    info = await router.lookup("b")  # the lookup sees the old bucket ...
+    node.catalog_entries["b"] = recreated  # ... which is dropped and re-created here
+    with pytest.raises(NotFound):
+        await router._write(info.group, info.replicas, ("put", b"k", b"v"), bucket="b")
