@@ -135,6 +135,27 @@ async def test_two_nodes_exchange_frames_both_ways() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_direct_writes_keep_frames_whole_and_in_order() -> None:
+    a, b = Node(1), Node(2)
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        mesh(a, b)
+        await wait_until(lambda: a.transport.connected(2))
+        # Far more than a socket takes at once: the direct write is cut short, and the
+        # rest of the frame must go out before the frames sent after it.
+        big = {"blob": bytes(range(256)) * 32768}
+        assert a.transport.send(2, big, now=True)
+        assert a.transport.send(2, {"n": 1}, now=True)
+        assert a.transport.send(2, {"n": 2})
+        await wait_until(lambda: len(b.received) == 3, timeout=5)
+        assert b.frames_from(1) == [big, {"n": 1}, {"n": 2}]
+        assert a.transport.send(2, {"n": 3}, now=True)
+        await wait_until(lambda: len(b.received) == 4)
+        assert b.frames_from(1)[-1] == {"n": 3}
+        nursery.cancel_scope.cancel()
+
+
 async def test_three_nodes_all_pairs() -> None:
     nodes = [Node(i) for i in (1, 2, 3)]
     async with trio.open_nursery() as nursery:
