@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from boutique.placement import NodeInfo
 from boutique.registry import RangeMap, RegistryState
 
-from .router import CommandRejected, OutcomeUnknown, Unavailable
+from .router import CommandRejected, NotFound, OutcomeUnknown, Unavailable
 
 if TYPE_CHECKING:
     from .node import Node
@@ -156,10 +156,15 @@ class Admin:
                 raise AdminError("SYNTAX", f"unknown range {range_id!r}")
             buckets = [b for b in state.buckets.values() if b.range_id == range_id]
         else:
-            info = state.buckets.get(target)
-            if info is None:
-                raise AdminError("SYNTAX", f"unknown bucket {target!r}")
-            buckets = [info]
+            # Not the local catalog alone: this node's registry may not have applied a
+            # CREATE another node just answered. ``lookup`` confirms a miss with a
+            # linearizable read of the registry.
+            try:
+                buckets = [await self.router.lookup(target)]
+            except NotFound:
+                raise AdminError("SYNTAX", f"unknown bucket {target!r}") from None
+            except (Unavailable, OutcomeUnknown) as exc:
+                raise AdminError("UNAVAILABLE", f"registry unreachable: {exc}") from None
         moved = 0
         for info in buckets:
             hosts = self.node.bucket_hosts(info)

@@ -1,7 +1,8 @@
-"""Router retries against a node whose registry lags: a bucket the linearizable lookup
-found is not declared NOT FOUND just because the local catalog has not caught up
-(regression test for 91d89e5), while a catalog entry for another group (the bucket was
-dropped and re-created) still ends the request that way."""
+"""Requests on a node whose registry lags: a bucket the linearizable lookup finds is
+not declared NOT FOUND (or unknown, by ADMIN TRANSFER) just because the local catalog
+has not caught up (regression tests for 91d89e5 and for ADMIN TRANSFER right after a
+CREATE elsewhere), while a catalog entry for another group (the bucket was dropped and
+re-created) still ends the request that way."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from boutique.registry import BucketInfo, bucket_group_id
+from boutique.registry import (
+    DEFAULT_SPLITS,
+    BucketInfo,
+    RegistryMachine,
+    bucket_group_id,
+    plan_ranges,
+)
+from boutique.runtime.admin import Admin, AdminError
 from boutique.runtime.group import Applied, Outcome, Rejected
 from boutique.runtime.node import META_GROUP
 from boutique.runtime.router import NotFound, Router
@@ -50,8 +58,8 @@ class LaggingNode:
 
     async def _answer(self, where: int, group: str, kind: str, body: Any) -> Outcome:
         if group == META_GROUP:
-            assert tuple(body) == ("lookup", "b")
-            return Applied(BUCKET.to_wire())
+            assert body[0] == "lookup"
+            return Applied(BUCKET.to_wire() if tuple(body) == ("lookup", "b") else None)
         self.attempts.append((where, group, kind))
         return self.answers.pop(0)
 
@@ -73,3 +81,29 @@ async def test_a_catalog_entry_for_another_group_is_not_found() -> None:
     node.catalog_entries["b"] = recreated  # ... which is dropped and re-created here
     with pytest.raises(NotFound):
         await router._write(info.group, info.replicas, ("put", b"k", b"v"), bucket="b")
+
+
+async def test_admin_transfer_finds_a_bucket_the_local_catalog_has_not_applied() -> None:
+    ranges = plan_ranges(DEFAULT_SPLITS, [1, 2, 3], 3)
+    state = RegistryMachine(ranges).initial_state()
+    assert "b" not in state.buckets  # this node has not applied the CREATE yet
+    requests: list[tuple[str, tuple[int, ...], str, Any]] = []
+
+    class LaggingAdminNode(LaggingNode):
+        def registry_state(self) -> Any:
+            return state
+
+        def bucket_hosts(self, info: BucketInfo) -> tuple[int, ...]:
+            return info.replicas
+
+    router = Router(LaggingAdminNode())  # type: ignore[arg-type]
+
+    async def group_request(group: str, replicas: tuple[int, ...], kind: str, body: Any) -> Any:
+        requests.append((group, replicas, kind, body))
+
+    router.group_request = group_request  # type: ignore[method-assign]
+    admin = Admin(router.node, router)
+    assert await admin.transfer("b", 3) == ["1 bucket(s) now led by node 3"]
+    assert requests == [(BUCKET.group, BUCKET.replicas, "t", 3)]
+    with pytest.raises(AdminError, match="unknown bucket 'nosuch'"):
+        await admin.transfer("nosuch", 3)
