@@ -585,11 +585,7 @@ class _Connection:
         if self._writing or self.finished:
             return
         data, close = self._take_ready()
-        if not data:
-            if self._input_done and not self.replies:
-                self._writer_wanted.set()
-            return
-        if self._fd is not None:
+        if data and self._fd is not None:
             try:
                 sent = os.write(self._fd, data)
             except BlockingIOError:
@@ -597,17 +593,21 @@ class _Connection:
             except OSError:
                 self._abandon()  # reset by the client: no one left to answer
                 return
-            if sent == len(data):
-                if close:
-                    self.quit = True
-                    self._abandon()
-                elif self._input_done and not self.replies:
-                    self._writer_wanted.set()
-                return
             data = data[sent:]
-        self._unsent, self._close_after_unsent = data, close
-        self._writing = True
-        self._writer_wanted.set()
+            if not data and close:
+                self._quit_done()
+                return
+        if data:
+            self._unsent, self._close_after_unsent = data, close
+            self._writing = True
+            self._writer_wanted.set()
+        elif self._input_done and not self.replies:
+            self._writer_wanted.set()  # nothing left to send: the writer may return
+
+    def _quit_done(self) -> None:
+        """The reply to QUIT is written: close gently (see ``LineServer._handle``)."""
+        self.quit = True
+        self._abandon()
 
     async def _writer(self) -> None:
         while True:
@@ -623,8 +623,7 @@ class _Connection:
                 finally:
                     self.sending_since = None
                 if close:
-                    self.quit = True
-                    self._abandon()
+                    self._quit_done()
                     return
                 self._unsent, self._close_after_unsent = self._take_ready()
                 self._writing = bool(self._unsent)

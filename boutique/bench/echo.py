@@ -23,6 +23,8 @@ from contextlib import contextmanager, suppress
 
 import trio
 
+from boutique.testing.local_cluster import free_ports
+
 from .cluster import Address, Ledger
 
 _ANSWER = b"OK\r\n"
@@ -42,17 +44,10 @@ async def serve(port: int) -> None:
     await trio.serve_tcp(_answer_lines, port, host="127.0.0.1")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def echo_server(ledger: Ledger) -> Iterator[tuple[Address, int]]:
     """Start the echo server as its own process; yield its address and pid; kill it."""
-    port = _free_port()
+    (port,) = free_ports(1)
     process = subprocess.Popen([sys.executable, "-m", "boutique.bench.echo", "--port", str(port)])
     ledger.add(process.pid, "echo server")
     try:

@@ -212,6 +212,7 @@ class RaftHost:
         end of the loop's turn (see ``_post_mail``)."""
         self._in_turn = False
         self._forward_sweeps = 0
+        self._ticks_per_second = max(1, round(1 / settings.tick_interval))
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
         self.counters = HostCounters()
@@ -601,7 +602,7 @@ class RaftHost:
         self._forward_sweeps += 1
         # Walk every forward only when a peer is unreachable, or about once a second to
         # drop those resolved meanwhile (timed out): under load thousands are in flight.
-        if self._forward_sweeps % 20 and all(
+        if self._forward_sweeps % self._ticks_per_second and all(
             transport.reachable(peer) for peer in self.peers if peer != self.id
         ):
             return

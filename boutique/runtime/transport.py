@@ -570,40 +570,32 @@ class PeerTransport:
             if not out.queue and not out.unsent:
                 out.wakeup = trio.Event()
                 await out.wakeup.wait()
-            if out.unsent:
-                data, out.unsent = out.unsent, b""
-                out.sending_since = trio.current_time()
-                try:
-                    await stream.send_all(data)
-                finally:
-                    out.sending_since = None
-                self.stats.bytes_sent += len(data)
-                out.last_sent = trio.current_time()
-                continue
-            if out.queue:
-                data, count = self._take_batch(out)
-                if not count:
+            if out.queue or out.unsent:
+                # The rest of a frame a direct write cut short goes first.
+                rest, out.unsent = out.unsent, b""
+                batch, count = self._take_batch(out)
+                if not rest and not count:
                     continue
-                out.sending_since = trio.current_time()
                 try:
-                    await stream.send_all(data)
+                    await self._write(stream, out, rest + batch if rest else batch)
                 except BaseException:
                     self.stats.frames_dropped += count
                     raise
-                finally:
-                    out.sending_since = None
-                self.stats.frames_sent += count
-                self.stats.writes += 1
+                if count:
+                    self.stats.frames_sent += count
+                    self.stats.writes += 1
             else:
-                data = KEEPALIVE
-                out.sending_since = trio.current_time()
-                try:
-                    await stream.send_all(data)
-                finally:
-                    out.sending_since = None
+                await self._write(stream, out, KEEPALIVE)
                 self.stats.keepalives_sent += 1
-            out.last_sent = trio.current_time()
-            self.stats.bytes_sent += len(data)
+
+    async def _write(self, stream: trio.SocketStream, out: _Outbound, data: bytes) -> None:
+        out.sending_since = trio.current_time()
+        try:
+            await stream.send_all(data)
+        finally:
+            out.sending_since = None
+        out.last_sent = trio.current_time()
+        self.stats.bytes_sent += len(data)
 
     def _take_batch(self, out: _Outbound) -> tuple[bytes, int]:
         """As many queued frames as fit one write (at least one, unless all are stale).

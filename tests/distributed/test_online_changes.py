@@ -9,35 +9,16 @@ ADMIN commands over the line protocol.
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from boutique.testing.jepsen import Fault, Jepsen, JepsenOptions, NemesisContext
+from boutique.testing.jepsen import Fault, Jepsen, JepsenOptions, NemesisContext, admin
 from boutique.testing.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.distributed
-
-
-def admin(cluster: LocalCluster, node: str, line: str) -> list[str]:
-    """Run an ADMIN command; the reply's lines (the last one is OK or an error)."""
-    port = cluster.nodes[node].client_port
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(line.encode() + b"\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            lines = data.split(b"\r\n")
-            last = lines[-2] if len(lines) > 1 else b""
-            if last == b"OK" or last.startswith(b"ERR ") or last == b"COMMAND NOT IMPLEMENTED":
-                break
-    return [part.decode() for part in data.split(b"\r\n") if part]
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
