@@ -243,6 +243,10 @@ def decode_text(raw: RawReply) -> list[str]:
     return [_read(parse_value, line).decode("utf-8", "replace") for line in raw.items]
 
 
+def _raw(raw: RawReply) -> RawReply:
+    return raw
+
+
 def _optional_text(value: bytes | None) -> Decoded | None:
     return None if value is None else _text(value)
 
@@ -627,6 +631,15 @@ class Client:
             self._run(_R.quit())
         finally:
             self.close()
+
+    def send_line(self, line: bytes) -> RawReply:
+        """Send one request line exactly as typed (telnet syntax, no line ending) and
+        return its reply as framed off the wire, undecoded: nothing is raised for an
+        error reply. For tools that pass commands through, such as ``boutique-cli``."""
+        if b"\n" in line or b"\r" in line:
+            raise ValueError("a request line cannot hold a line break; quote it as \\n")
+        (reply,) = self._exchange([Request(line + b"\r\n", _raw)])
+        return reply
 
 
 # --- the trio client -----------------------------------------------------------------
