@@ -38,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from boutique.client import DEFAULT_HOST, DEFAULT_PORT, ClientError, ConnectionLost
+from boutique.client import DEFAULT_HOST, DEFAULT_PORT, ClientError, ConnectionLost, ServerError
 from boutique.client import Client as LineClient
 from boutique.config import ConfigError, load_config
 from boutique.wire import (
@@ -59,9 +59,6 @@ from boutique.wire import (
 EXIT_OK = 0
 EXIT_ERROR_REPLY = 1
 EXIT_UNREACHABLE = 2
-
-READ_ONLY = frozenset({b"GET", b"KEYS", b"SCAN", b"BUCKETS", b"PING", b"HELP", b"STATUS", b"AUTH"})
-"""Commands that change nothing, so sending one again on another node is harmless."""
 
 COMMANDS = (
     "CREATE", "DROP", "PUT", "GET", "DELETE", "BUCKETS", "KEYS", "SCAN",
@@ -109,9 +106,9 @@ class Reply:
 
 
 class Session:
-    """One connection to one of ``addresses`` at a time, re-made on another address
-    when the node goes away. Commands are sent one at a time; nothing is pipelined, so
-    a lost connection leaves at most one command with an unknown outcome."""
+    """The client's connection, opened at the first command. ``boutique.client.Client``
+    does the failover (see the module docstring); this only turns its failures into
+    ``Unreachable`` with a message for a person."""
 
     def __init__(
         self,
@@ -127,71 +124,35 @@ class Session:
         self.password = password
         self.timeout = timeout
         self._connect = connect
-        self._next = 0
         self._client: LineClient | None = None
-        self.address: Address | None = None
 
     @property
     def target(self) -> Address:
         """The node in use, or the one the next command will try first."""
-        return self.address or self.addresses[self._next]
+        if self._client is not None and self._client.address is not None:
+            return self._client.address
+        return self.addresses[0]
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
 
-    def _open(self) -> LineClient:
-        """Connect to the next address that answers (each is tried once)."""
-        if self._client is not None and not self._client.closed:
-            return self._client
-        failures = []
-        for _ in range(len(self.addresses)):
-            host, port = self.addresses[self._next]
-            self._next = (self._next + 1) % len(self.addresses)
-            try:
-                client = self._connect(host, port, timeout=self.timeout)
-            except ConnectionLost as exc:
-                failures.append(str(exc))
-                continue
-            if self.password is not None:
-                reply = client.send_line(request_line(b"AUTH", self.password.encode())[:-2])
-                if reply.end != OK:
-                    client.close()
-                    raise Unreachable(
-                        f"{host}:{port} refused the password: {_show(reply.end)}",
-                        maybe_applied=False,
-                    )
-            self._client, self.address = client, (host, port)
-            return client
-        raise Unreachable("; ".join(failures), maybe_applied=False)
-
     def run(self, line: bytes) -> Reply:
-        """Send one request line and return its reply, moving to another node when the
-        command certainly had no effect there (see the module docstring)."""
-        command = _command_name(line)
-        tries = len(self.addresses)
-        while True:
-            client = self._open()
-            try:
-                return Reply(command, client.send_line(line))
-            except ConnectionLost as exc:
-                self.close()
-                tries -= 1
-                safe = not exc.maybe_applied or command in READ_ONLY
-                if not safe:
-                    raise Unreachable(
-                        f"{_where(self.address)}: {exc}; the command may or may not have "
-                        "been applied",
-                        maybe_applied=True,
-                    ) from exc
-                if tries <= 0:
-                    raise Unreachable(
-                        f"{_where(self.address)}: {exc}", maybe_applied=False
-                    ) from exc
-            except ClientError as exc:  # an unreadable reply: the connection is closed
-                self.close()
-                raise Unreachable(f"{_where(self.address)}: {exc}", maybe_applied=True) from exc
+        """Send one request line and return its reply."""
+        try:
+            if self._client is None:
+                self._client = self._connect(
+                    addresses=self.addresses, password=self.password, timeout=self.timeout
+                )
+            return Reply(_command_name(line), self._client.send_line(line))
+        except ConnectionLost as exc:
+            unknown = "; the command may or may not have been applied" if exc.maybe_applied else ""
+            raise Unreachable(f"{exc}{unknown}", maybe_applied=exc.maybe_applied) from exc
+        except ServerError as exc:  # only AUTH, while connecting
+            raise Unreachable(f"the password was refused: {exc}", maybe_applied=False) from exc
+        except ClientError as exc:  # an unreadable reply: the client closed the connection
+            raise Unreachable(str(exc), maybe_applied=True) from exc
 
 
 def _where(address: Address | None) -> str:

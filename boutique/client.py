@@ -54,6 +54,7 @@ from boutique.wire import (
     parse_pair,
     parse_value,
     request_line,
+    split_args,
 )
 
 DEFAULT_HOST = "127.0.0.1"
@@ -181,10 +182,17 @@ class Request(Generic[T]):
 
     line: bytes
     decode: Callable[[RawReply], T]
+    read_only: bool = False
+    """True when the request changes nothing, so sending it again is harmless."""
 
 
 def _b(data: Data) -> bytes:
-    return data.encode() if isinstance(data, str) else bytes(data)
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    # bytes(5) would be five NUL bytes: refuse anything that is not text or bytes.
+    raise TypeError(f"keys, values and names are str or bytes, not {type(data).__name__}")
 
 
 def _text(data: bytes) -> Decoded:
@@ -247,12 +255,25 @@ def _raw(raw: RawReply) -> RawReply:
     return raw
 
 
+def _is_read_only(line: bytes) -> bool:
+    """Whether a request line typed by a person only reads (see ``_READ_ONLY``)."""
+    try:
+        args = split_args(line)
+    except WireError:
+        return False
+    return bool(args) and args[0].upper() in _READ_ONLY
+
+
 def _optional_text(value: bytes | None) -> Decoded | None:
     return None if value is None else _text(value)
 
 
 def _request(decode: Callable[[RawReply], T], name: bytes, *args: bytes) -> Request[T]:
-    return Request(request_line(name, *args), decode)
+    return Request(request_line(name, *args), decode, read_only=name in _READ_ONLY)
+
+
+_READ_ONLY = frozenset({b"GET", b"KEYS", b"SCAN", b"BUCKETS", b"PING", b"HELP", b"STATUS", b"AUTH"})
+"""Commands that change nothing: after a lost connection they are asked again elsewhere."""
 
 
 class _Requests:
@@ -323,6 +344,12 @@ class _Requests:
     @staticmethod
     def quit() -> Request[None]:
         return _request(decode_ok, b"QUIT")
+
+    @staticmethod
+    def admin(*args: str) -> Request[list[str]]:
+        request = _request(decode_text, b"ADMIN", *(_b(arg) for arg in args))
+        read_only = len(args) == 1 and args[0].upper() in ("NODES", "RANGES", "MOVES")
+        return Request(request.line, request.decode, read_only=read_only)
 
 
 _R = _Requests
@@ -456,11 +483,18 @@ class AsyncPipeline(_PipelineBase):
 
 
 class Client:
-    """A blocking connection to a boutique server.
+    """A blocking connection to a boutique server, or to any of several nodes.
 
     ``timeout`` (seconds, None for none) bounds connecting and each wait for the server
     to make progress; when it passes, the connection is closed and ``ConnectionLost``
     raised. ``sock`` lets a caller supply a connected socket (tests use socketpair).
+
+    ``addresses`` (instead of ``host`` and ``port``) lists nodes of one cluster: the
+    client connects to the first that answers. After a lost connection the next call
+    connects again, to the next node first; the call that lost it is sent again (to the
+    next node that answers) only if it certainly had no effect, that is when it was
+    never sent or only reads. A write whose connection broke raises ``ConnectionLost``
+    with ``maybe_applied`` and is never repeated. Pipelines are never sent twice.
     """
 
     def __init__(
@@ -468,27 +502,54 @@ class Client:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         *,
+        addresses: Sequence[tuple[str, int]] | None = None,
         timeout: float | None = 10.0,
         password: Data | None = None,
         sock: socket.socket | None = None,
         max_reply_line: int = DEFAULT_MAX_REPLY_LINE,
     ) -> None:
         self.timeout = timeout
-        if sock is None:
-            try:
-                sock = socket.create_connection((host, port), timeout=timeout)
-            except OSError as exc:
-                raise ConnectionLost(
-                    f"cannot connect to {host}:{port}: {exc}", maybe_applied=False
-                ) from exc
-        sock.setblocking(False)
-        self._sock: socket.socket | None = sock
+        self.addresses = list(addresses) if addresses else [(host, port)]
+        self.address: tuple[str, int] | None = None
+        """The node connected to (None with a supplied ``sock``, or while closed)."""
+        self._next = 0
+        self._password = password
+        self._max_reply_line = max_reply_line
+        self._can_reconnect = sock is None
+        self._closed_by_caller = False
+        self._sock: socket.socket | None = None
         self._parser = ReplyParser(max_reply_line)
-        if password is not None:
+        if sock is None:
+            self._connect()
+        else:
+            sock.setblocking(False)
+            self._sock = sock
+            self._log_in()
+
+    def _connect(self) -> None:
+        """Connect to the next address that answers (each tried once) and log in."""
+        failures = []
+        for _ in range(len(self.addresses)):
+            host, port = self.addresses[self._next]
+            self._next = (self._next + 1) % len(self.addresses)
             try:
-                self.auth(password)
+                sock = socket.create_connection((host, port), timeout=self.timeout)
+            except OSError as exc:
+                failures.append(f"cannot connect to {host}:{port}: {exc}")
+                continue
+            sock.setblocking(False)
+            self._sock, self.address = sock, (host, port)
+            self._parser = ReplyParser(self._max_reply_line)
+            self._log_in()
+            return
+        raise ConnectionLost("; ".join(failures), maybe_applied=False)
+
+    def _log_in(self) -> None:
+        if self._password is not None:
+            try:
+                self._run_once(_R.auth(self._password))
             except BaseException:
-                self.close()
+                self._drop()
                 raise
 
     def __enter__(self) -> Self:
@@ -501,25 +562,46 @@ class Client:
 
     @property
     def closed(self) -> bool:
+        """True while no connection is open (the next call may open one; see the class
+        docstring)."""
         return self._sock is None
 
     def close(self) -> None:
-        """Close the connection (the server treats it like QUIT)."""
+        """Close the connection (the server treats it like QUIT); no call reopens it."""
+        self._closed_by_caller = True
+        self._drop()
+
+    def _drop(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            self.address = None
 
     def pipeline(self) -> Pipeline:
         """A pipeline: queue requests, then send them all in one write."""
         return Pipeline(self)
 
     def _run(self, request: Request[T]) -> T:
+        attempts = len(self.addresses) if self._can_reconnect else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._run_once(request)
+            except ConnectionLost as exc:
+                harmless = request.read_only or not exc.maybe_applied
+                if attempt == attempts or not harmless or self._closed_by_caller:
+                    raise
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _run_once(self, request: Request[T]) -> T:
         (reply,) = self._exchange([request])
         return request.decode(reply)
 
     def _exchange(self, requests: Sequence[Request[Any]]) -> list[RawReply]:
         if self._sock is None:
-            raise ConnectionLost("the connection is closed", maybe_applied=False)
+            if self._closed_by_caller or not self._can_reconnect:
+                raise ConnectionLost("the connection is closed", maybe_applied=False)
+            self._connect()
+            assert self._sock is not None
         if not requests:
             return []
         sock = self._sock
@@ -568,7 +650,7 @@ class Client:
             raise ProtocolViolation(str(exc)) from exc
         finally:
             if not finished:
-                self.close()
+                self._drop()
         return replies
 
     def create(self, bucket: str) -> None:
@@ -632,14 +714,52 @@ class Client:
         finally:
             self.close()
 
+    def admin(self, *args: str) -> list[str]:
+        """Any ``ADMIN`` command, e.g. ``admin("MOVE", "v-z", "a-g", "e")``: its reply
+        lines. The named methods below cover each command."""
+        return self._run(_R.admin(*args))
+
+    def nodes(self) -> list[str]:
+        """``ADMIN NODES``: one line per node (addresses, reachability, meta role)."""
+        return self.admin("NODES")
+
+    def ranges(self) -> list[str]:
+        """``ADMIN RANGES``: one line per range (bounds, replicas, buckets, move)."""
+        return self.admin("RANGES")
+
+    def moves(self) -> list[str]:
+        """``ADMIN MOVES``: the moves in progress (empty when none)."""
+        return self.admin("MOVES")
+
+    def add_node(
+        self, name: str, node_id: int, host: str, client_port: int, peer_port: int
+    ) -> list[str]:
+        """``ADMIN ADD-NODE``: register a node (a ``--join`` node does this itself)."""
+        return self.admin("ADD-NODE", name, str(node_id), host, str(client_port), str(peer_port))
+
+    def remove_node(self, name: str) -> list[str]:
+        """``ADMIN REMOVE-NODE``: move the node's replicas away, then remove it."""
+        return self.admin("REMOVE-NODE", name)
+
+    def move_range(self, range_id: str, frm: str, to: str) -> list[str]:
+        """``ADMIN MOVE``: move a range's replica from node ``frm`` to node ``to``."""
+        return self.admin("MOVE", range_id, frm, to)
+
+    def transfer(self, bucket_or_range: str, node: str) -> list[str]:
+        """``ADMIN TRANSFER``: hand leadership of a bucket (or ``range:<id>``) to a node."""
+        return self.admin("TRANSFER", bucket_or_range, node)
+
+    def split(self, range_id: str, at: str) -> list[str]:
+        """``ADMIN SPLIT``: cut a range in two at a bucket name."""
+        return self.admin("SPLIT", range_id, at)
+
     def send_line(self, line: bytes) -> RawReply:
         """Send one request line exactly as typed (telnet syntax, no line ending) and
         return its reply as framed off the wire, undecoded: nothing is raised for an
         error reply. For tools that pass commands through, such as ``boutique-cli``."""
         if b"\n" in line or b"\r" in line:
             raise ValueError("a request line cannot hold a line break; quote it as \\n")
-        (reply,) = self._exchange([Request(line + b"\r\n", _raw)])
-        return reply
+        return self._run(Request(line + b"\r\n", _raw, read_only=_is_read_only(line)))
 
 
 # --- the trio client -----------------------------------------------------------------

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from boutique import cli
-from boutique.client import ConnectionLost
 from boutique.testing.local_cluster import LocalCluster
 from boutique.wire import RawReply
 
@@ -66,78 +65,6 @@ def test_json_of_values_pairs_items_and_errors() -> None:
     }
     busy = cli.reply_json(reply(b"PUT", b"ERR BUSY too many"))
     assert busy["maybe_applied"] is False
-
-
-# --- failover --------------------------------------------------------------------------
-
-
-class FakeClient:
-    """Stands in for ``boutique.client.Client``: each address has a script of what
-    happens to the lines sent there."""
-
-    def __init__(self, world: FakeWorld, address: tuple[str, int]) -> None:
-        self.world = world
-        self.address = address
-        self.closed = False
-
-    def send_line(self, line: bytes) -> RawReply:
-        self.world.sent.append((self.address, line))
-        outcome = self.world.behaviour[self.address]
-        if outcome == "lost":
-            raise ConnectionLost("connection lost", maybe_applied=True)
-        return RawReply((), b"OK")
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeWorld:
-    def __init__(self, behaviour: dict[tuple[str, int], str]) -> None:
-        self.behaviour = behaviour
-        self.sent: list[tuple[tuple[str, int], bytes]] = []
-
-    def connect(self, host: str, port: int, *, timeout: float) -> FakeClient:
-        if self.behaviour[(host, port)] == "down":
-            raise ConnectionLost(f"cannot connect to {host}:{port}", maybe_applied=False)
-        return FakeClient(self, (host, port))
-
-
-A, B, C = ("h", 1), ("h", 2), ("h", 3)
-
-
-def session(world: FakeWorld) -> cli.Session:
-    return cli.Session([A, B, C], password=None, timeout=1, connect=world.connect)
-
-
-def test_a_node_that_is_down_is_skipped() -> None:
-    world = FakeWorld({A: "down", B: "up", C: "up"})
-    s = session(world)
-    assert s.run(b"PUT b k v").ok
-    assert world.sent == [(B, b"PUT b k v")]
-    assert s.address == B
-
-
-def test_a_read_whose_connection_broke_is_asked_again_elsewhere() -> None:
-    world = FakeWorld({A: "lost", B: "up", C: "up"})
-    assert session(world).run(b"GET b k").ok
-    assert world.sent == [(A, b"GET b k"), (B, b"GET b k")]
-
-
-def test_a_write_whose_connection_broke_is_never_repeated() -> None:
-    world = FakeWorld({A: "lost", B: "up", C: "up"})
-    with pytest.raises(cli.Unreachable) as caught:
-        session(world).run(b"PUT b k v")
-    assert caught.value.maybe_applied
-    assert "may or may not have been applied" in str(caught.value)
-    assert world.sent == [(A, b"PUT b k v")]
-
-
-def test_no_node_answers() -> None:
-    world = FakeWorld({A: "down", B: "down", C: "down"})
-    with pytest.raises(cli.Unreachable) as caught:
-        session(world).run(b"PING")
-    assert not caught.value.maybe_applied
-    assert all(f"h:{port}" in str(caught.value) for port in (1, 2, 3))
 
 
 # --- flags -----------------------------------------------------------------------------
