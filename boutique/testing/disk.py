@@ -141,6 +141,10 @@ class PowerLossDisk:
         """What of ``group_id`` would survive a power loss now (do not write to it)."""
         return self._synced.get(group_id)
 
+    def written(self, group_id: str) -> MemoryStorage | None:
+        """What the running node wrote of ``group_id``, synced or not (do not write to it)."""
+        return self._live.get(group_id)
+
     def synced_groups(self) -> list[str]:
         return sorted(name for name, s in self._synced.items() if not _is_empty(s))
 
