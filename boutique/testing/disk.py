@@ -84,7 +84,7 @@ class PowerLossDisk:
         self._live: dict[str, MemoryStorage] = {}
         self._tail: list[_Write] = []
         self._open: PowerLossStorage | None = None
-        self._armed: tuple[int, random.Random | None] | None = None
+        self._armed: tuple[int, random.Random | None, bool] | None = None
         self.syncs = 0
         """Commits that synced something."""
         self.crashes = 0
@@ -125,12 +125,15 @@ class PowerLossDisk:
         self._live = {}
         self._open = None
 
-    def arm(self, operations: int, tear: random.Random | None = None) -> None:
+    def arm(
+        self, operations: int, tear: random.Random | None = None, *, syncs_only: bool = False
+    ) -> None:
         """Make the power go out at the ``operations``-th write or commit from now
-        (1: the very next one), before it takes effect; that call raises ``PowerLost``."""
+        (1: the very next one; with ``syncs_only``, counting commits only), before it
+        takes effect; that call raises ``PowerLost``."""
         if operations < 1:
             raise ValueError("operations must be at least 1")
-        self._armed = (operations, tear)
+        self._armed = (operations, tear, syncs_only)
 
     @property
     def running(self) -> bool:
@@ -153,26 +156,28 @@ class PowerLossDisk:
     def _is_open(self, storage: PowerLossStorage) -> bool:
         return self._open is storage
 
-    def _check(self, storage: PowerLossStorage) -> None:
+    def _check(self, storage: PowerLossStorage, *, sync: bool) -> None:
         if self._open is not storage:
             raise PowerLost("this storage died with the power (or was closed)")
         if self._armed is not None:
-            left, tear = self._armed
+            left, tear, syncs_only = self._armed
+            if syncs_only and not sync:
+                return
             if left > 1:
-                self._armed = (left - 1, tear)
+                self._armed = (left - 1, tear, syncs_only)
             else:
                 self.crash(tear)
                 raise PowerLost("the power went out")
 
     def _write(self, storage: PowerLossStorage, write: _Write) -> None:
-        self._check(storage)
+        self._check(storage, sync=False)
         # The live image is written first: if the write is refused (a gap, an old
         # snapshot), it raises before anything is queued for the synced image.
         _replay(self._live, write)
         self._tail.append(write)
 
     def _commit(self, storage: PowerLossStorage) -> None:
-        self._check(storage)
+        self._check(storage, sync=True)
         if not self._tail:
             return
         for write in self._tail:
