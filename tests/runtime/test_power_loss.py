@@ -33,6 +33,8 @@ from boutique.testing.loopback import LoopbackHost, LoopbackNetwork
 
 GROUP = "kv"
 VOTERS = (1, 2, 3)
+WAIT = 30.0
+"""Virtual seconds any wait for the cluster may take (a bound, not a measurement)."""
 SETTINGS = HostSettings(
     tick_interval=0.05, election_ticks=10, request_timeout=2.0, snapshot_entries=16
 )
@@ -125,9 +127,7 @@ class Cluster:
         )
         await self.nursery.start(self._run, node, host)
 
-    async def _run(
-        self, node: int, host: KVHost, *, task_status: trio.TaskStatus[None]
-    ) -> None:
+    async def _run(self, node: int, host: KVHost, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.CancelScope() as scope:
             self._scopes[node] = scope
             self.hosts[node] = host
@@ -145,21 +145,21 @@ class Cluster:
         del self.hosts[node]
 
     async def wait_down(self, node: int) -> None:
-        while self.disks[node].running:
-            await trio.sleep(SETTINGS.tick_interval)
+        with trio.fail_after(WAIT):
+            while self.disks[node].running:
+                await trio.sleep(SETTINGS.tick_interval)
 
     def leader(self) -> KVHost | None:
-        leaders = [
-            h for h in self.hosts.values() if h.groups[GROUP].node.raft.role is Role.LEADER
-        ]
+        leaders = [h for h in self.hosts.values() if h.groups[GROUP].node.raft.role is Role.LEADER]
         return max(leaders, key=lambda h: h.groups[GROUP].node.raft.term, default=None)
 
     async def wait_leader(self, among: set[int] | None = None) -> KVHost:
-        while True:
-            leader = self.leader()
-            if leader is not None and (among is None or leader.id in among):
-                return leader
-            await trio.sleep(SETTINGS.tick_interval)
+        with trio.fail_after(WAIT):
+            while True:
+                leader = self.leader()
+                if leader is not None and (among is None or leader.id in among):
+                    return leader
+                await trio.sleep(SETTINGS.tick_interval)
 
     # --- Clients ------------------------------------------------------------------------
 
@@ -202,14 +202,16 @@ class Cluster:
             if node not in self.hosts:
                 await self.wait_down(node)
                 await self.start(node)
-        while not isinstance(await self.write("barrier"), Applied):
-            await trio.sleep(SETTINGS.tick_interval)  # no leader yet
+        with trio.fail_after(WAIT):
+            while not isinstance(await self.write("barrier"), Applied):
+                await trio.sleep(SETTINGS.tick_interval)  # no leader yet
         leader = await self.wait_leader()
         outcome = await leader.read(GROUP, ("keys",), timeout=5.0)
         assert isinstance(outcome, Applied), outcome
         index = leader.groups[GROUP].host.applied_index
-        while any(h.groups[GROUP].host.applied_index < index for h in self.hosts.values()):
-            await trio.sleep(SETTINGS.tick_interval)
+        with trio.fail_after(WAIT):
+            while any(h.groups[GROUP].host.applied_index < index for h in self.hosts.values()):
+                await trio.sleep(SETTINGS.tick_interval)
         states = {node: h.groups[GROUP].host.state for node, h in self.hosts.items()}
         assert all(s == states[leader.id] for s in states.values()), "replicas differ"
         return set(outcome.reply)
@@ -234,7 +236,7 @@ def expect(cluster: Cluster, host_class: HostClass, kinds: tuple[str, ...]) -> N
     for kind in kinds:
         assert cluster.checker.checked[kind] > 0, f"no {kind} was checked"
     if host_class is KVHost:
-        assert cluster.checker.violations == []
+        assert not cluster.checker.violations, "\n".join(cluster.checker.violations)
     else:
         assert cluster.checker.violations, "the power-loss model did not catch the mutant"
 
@@ -289,7 +291,7 @@ async def test_an_ack_cut_short_by_a_power_loss_loses_no_acknowledged_write(
         if host_class is KVHost:
             assert not isinstance(outcome, Applied)
             assert lost == set()
-            assert cluster.checker.violations == []
+            assert not cluster.checker.violations, "\n".join(cluster.checker.violations)
         else:
             assert isinstance(outcome, Applied)
             assert lost == {"X"}, "the model did not lose the mutant's acknowledged write"
@@ -351,7 +353,7 @@ async def test_random_power_losses_lose_no_acknowledged_write(
             assert cluster.checker.violations, "the power-loss model did not catch the mutant"
             nursery.cancel_scope.cancel()
             return
-        assert cluster.checker.violations == []
+        assert not cluster.checker.violations, "\n".join(cluster.checker.violations)
         final = await cluster.final_keys()
         assert cluster.acknowledged - final == set(), "acknowledged writes were lost"
         crashes = sum(disk.crashes for disk in cluster.disks.values())
