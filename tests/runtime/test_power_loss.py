@@ -245,6 +245,8 @@ def expect(cluster: Cluster, host_class: HostClass, kinds: tuple[str, ...]) -> N
 async def test_votes_and_acks_leave_only_once_synced(
     host_class: HostClass, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """Writes, an election after the leader loses its power, and its catch-up by
+    snapshot: every vote, acknowledgement, snapshot report and client OK is checked."""
     async with trio.open_nursery() as nursery:
         cluster = await start_cluster(nursery, host_class)
         for i in range(12):
@@ -257,7 +259,7 @@ async def test_votes_and_acks_leave_only_once_synced(
             await cluster.write(f"k{i}")
         assert cluster.acknowledged
         assert cluster.acknowledged <= await cluster.final_keys()
-        expect(cluster, host_class, ("vote", "ack", "reply"))
+        expect(cluster, host_class, ("vote", "ack", "reply", "snapshot"))
         nursery.cancel_scope.cancel()
 
 
