@@ -224,14 +224,7 @@ class RaftHost:
         self.storage = self.open_storage()
         try:
             self.load_groups()
-            self.transport = PeerTransport(
-                self.id,
-                self.secret,
-                self.cluster_name,
-                self.peers,
-                self._on_frame,
-                on_suspect=self._on_suspect,
-            )
+            self.transport = self.make_transport()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.peer_port = await nursery.start(self.transport.run, *self.listen)
@@ -243,6 +236,18 @@ class RaftHost:
             for group in self.groups.values():
                 group.close("node shutting down")
             self.storage.close()
+
+    def make_transport(self) -> PeerTransport:
+        """The link to the peers. A test or a simulator returns an in-process network
+        here (``boutique.testing.loopback``): frames go to ``_on_frame`` either way."""
+        return PeerTransport(
+            self.id,
+            self.secret,
+            self.cluster_name,
+            self.peers,
+            self._on_frame,
+            on_suspect=self._on_suspect,
+        )
 
     def load_groups(self) -> None:
         """Load every group the storage holds (subclasses add their own rules)."""

@@ -58,6 +58,15 @@ class MemoryStorage:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    def clone(self) -> MemoryStorage:
+        """An independent copy (entries, hard states and snapshots are immutable, so
+        sharing them is safe): what a simulated disk keeps as its synced image."""
+        copy = MemoryStorage()
+        copy.hard_state = self.hard_state
+        copy._snapshot = self._snapshot
+        copy._entries = list(self._entries)
+        return copy
+
     # --- Write side ---------------------------------------------------------------------
 
     def append(self, entries: list[Entry]) -> None:

@@ -1,9 +1,11 @@
-"""The storage contract, run against ``MemoryStorage`` and ``GroupStorage`` alike.
+"""The storage contract, run against ``MemoryStorage``, ``GroupStorage`` and the
+power-loss disk's ``DiskGroup`` alike.
 
 Each test drives a storage through its write side and checks the read side the Raft
 core relies on (``boutique.raft.storage.LogStorage``). For ``GroupStorage`` every check
 is repeated after a commit and a reopen of the file, so what the core reads after a
-restart is what it read before.
+restart is what it read before; for ``DiskGroup`` after a commit, a power loss and a
+restart from what the disk synced.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from boutique.raft.messages import ConfState, Entry, EntryType, HardState, Snaps
 from boutique.raft.storage import CompactedError, UnavailableError
 from boutique.storage import MemoryStorage
 from boutique.storage.sqlite import GroupStorage, SqliteStorage
+from boutique.testing.disk import DiskGroup, PowerLossDisk, PowerLossStorage
 
 
 class Storage(Protocol):
@@ -45,20 +48,29 @@ class Harness:
     def __init__(self, kind: str, tmp_path: Path) -> None:
         self.kind = kind
         self._path = tmp_path / "node.db"
-        self._stores: list[SqliteStorage] = []
+        self._stores: list[SqliteStorage | PowerLossStorage] = []
+        self._disk = PowerLossDisk()
         self.storage: Storage = MemoryStorage() if kind == "memory" else self._open()
 
-    def _open(self) -> GroupStorage:
+    def _open(self) -> GroupStorage | DiskGroup:
+        if self.kind == "powerloss":
+            disk_store = self._disk.open()
+            self._stores.append(disk_store)
+            return disk_store.group("bucket:shopping")
         store = SqliteStorage(self._path)
         self._stores.append(store)
         return store.group("bucket:shopping")
 
     def restarted(self) -> Storage:
-        """Memory: the same object. SQLite: commit, close, reopen the file."""
+        """Memory: the same object. SQLite: commit, close, reopen the file. Power-loss
+        disk: commit, lose the power, restart from what was synced."""
         if self.kind == "memory":
             return self.storage
         self._stores[-1].commit()
-        self._stores[-1].close()
+        if self.kind == "powerloss":
+            self._disk.crash()
+        else:
+            self._stores[-1].close()
         self.storage = self._open()
         return self.storage
 
@@ -67,7 +79,7 @@ class Harness:
             store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "powerloss"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     h = Harness(request.param, tmp_path)
     try:
