@@ -101,15 +101,21 @@ class DelayProxy:
     async def _pump(
         self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
     ) -> None:
-        """One direction. Whatever breaks ends the whole connection (``scope``)."""
+        """One direction. What was read is still delivered after the source ends or
+        breaks; then the sink gets an end-of-file, or the whole connection ends
+        (``scope``) if the source broke or the sink cannot take more."""
         send, receive = trio.open_memory_channel[tuple[float, bytes]](MAX_QUEUED)
+        broken = False
 
         async def deliver() -> None:
             try:
                 async for due, data in receive:
                     await trio.sleep_until(due)
                     await sink.send_all(data)
-                await sink.send_eof()
+                if broken:
+                    scope.cancel()
+                else:
+                    await sink.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 scope.cancel()
 
@@ -122,7 +128,7 @@ class DelayProxy:
                         last = max(trio.current_time() + self.lateness(), last)
                         await send.send((last, data))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    scope.cancel()
+                    broken = True
 
 
 async def serve(port: int, proxy: DelayProxy, ready: Path) -> None:

@@ -183,7 +183,9 @@ class NetLab:
         host = Host(name, namespace, f"{self.subnet}.{10 + i}", outside)
         self.hosts[name] = host
         _run("ip", "netns", "add", namespace)
-        _run("ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        _run(
+            "ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", namespace
+        )
         _run("ip", "link", "set", outside, "master", self.bridge)
         _run("ip", "link", "set", outside, "up")
         inside = host.exec_prefix()

@@ -25,6 +25,8 @@ class NetnsCluster(LocalCluster):
     ) -> None:
         names = [f"n{i}" for i in range(1, nodes + 1)]
         self.lab = NetLab(names, Path(workdir) / "net")
+        # Faults are made in the network here, not by the transport's FAULT command.
+        options.setdefault("fault_injection", False)
         try:
             super().__init__(
                 workdir,
@@ -32,7 +34,6 @@ class NetnsCluster(LocalCluster):
                 hosts={name: self.lab.address(name) for name in names},
                 launchers={name: self.lab.hosts[name].exec_prefix() for name in names},
                 listen_host="0.0.0.0",  # inside its namespace: only that host's addresses
-                fault_injection=False,  # faults are made in the network, not the transport
                 **options,
             )
             if delay_proxies:

@@ -9,7 +9,9 @@ process a test makes is removed by the test, also when it fails.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,9 +125,7 @@ def test_jepsen_with_every_fault_on_the_real_network(tmp_path: Path) -> None:
         recovery_timeout=30.0,
         seed=18,
     )
-    with NetnsCluster(
-        tmp_path / "cluster", 3, tick_interval=0.02, request_timeout=2.0
-    ) as cluster:
+    with NetnsCluster(tmp_path / "cluster", 3, tick_interval=0.02, request_timeout=2.0) as cluster:
         cluster.start()
         result = Jepsen(cluster, options, faults=net_faults(options.faults)).run()
     assert result.ok, result.summary()
@@ -153,3 +153,59 @@ def test_a_planted_stale_read_is_caught_over_a_real_partition(tmp_path: Path) ->
         result = Jepsen(cluster, options, faults=net_faults(options.faults)).run()
     assert not result.ok, "the harness missed the planted stale-read bug:\n" + result.summary()
     assert result.anomalies, result.summary()
+
+
+def test_what_a_killed_run_left_behind_is_swept(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = f"{netns.PREFIX}-{gone.pid}-n1"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        assert stale in netns.sweep_stale()
+        assert stale not in our_namespaces()
+        ours = f"{netns.PREFIX}-{os.getpid()}-n1"
+        subprocess.run(["ip", "netns", "add", ours], check=True)
+        assert ours not in netns.sweep_stale()  # a live run's namespaces stay
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ours], capture_output=True)
+
+
+def test_the_delay_proxy_outlives_a_broken_connection(tmp_path: Path) -> None:
+    with netns.NetLab(["a", "b"], tmp_path) as lab:
+        server = subprocess.Popen(
+            [*lab.hosts["b"].exec_prefix(), sys.executable, "-c", ECHO_ONCE_THEN_RESET]
+        )
+        try:
+            time.sleep(0.3)
+            lab.start_delay_proxies([9100])
+            for attempt in range(3):  # each connection is reset by the server at the end
+                done = subprocess.run(
+                    [*lab.hosts["a"].exec_prefix(), sys.executable, "-c", ASK % lab.address("b")],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
+                assert done.stdout.strip() == "hello", (attempt, done.stderr)
+            proxy = lab.hosts["a"].proxy
+            assert proxy is not None and proxy.poll() is None
+        finally:
+            server.kill()
+            server.wait()
+
+
+ECHO_ONCE_THEN_RESET = """
+import socket, struct
+s = socket.create_server(("0.0.0.0", 9100))
+while True:
+    c, _ = s.accept()
+    c.sendall(c.recv(100))
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+"""
+ASK = """
+import socket
+s = socket.create_connection(("%s", 9100), timeout=5)
+s.sendall(b"hello")
+print(s.recv(100).decode())
+"""
