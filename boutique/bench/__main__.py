@@ -5,6 +5,8 @@
     python -m boutique.bench load --connections 8 --pipeline 32 --mix put=1,get=1
     python -m boutique.bench load --target 127.0.0.1:4041,127.0.0.1:4042
     python -m boutique.bench failover --trials 10      SIGKILL a leader under writes
+    python -m boutique.bench failover --netns --fault isolate   a silent partition instead
+    python -m boutique.bench load --netns --delay 1 --jitter 0.5 --loss 1   a slow network
     python -m boutique.bench idle --buckets 10000      idle CPU and memory per bucket
     python -m boutique.bench all                       every standard scenario, as a table
     python -m boutique.bench echo --scenario writes64  the same load on a bare trio server
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from boutique.testing.netns_cluster import NetnsCluster
+
 from .cluster import (
     DEFAULT_ELECTION_TICKS,
     DEFAULT_TICK,
@@ -48,7 +52,7 @@ from .cluster import (
     parse_targets,
 )
 from .echo import echo_server
-from .failover import FailoverResult, run_failover
+from .failover import FAULTS, FailoverResult, run_failover
 from .idle import IdleResult, run_idle
 from .load import LoadOptions, LoadResult, describe_options, parse_mix, report_lines, run_load
 
@@ -152,6 +156,11 @@ def _cluster_args(parser: argparse.ArgumentParser, nodes: int) -> None:
         help="where the scratch data directory is made (default: current directory)",
     )
     group.add_argument("--keep", action="store_true", help="keep the data directory and node logs")
+    group.add_argument(
+        "--netns",
+        action="store_true",
+        help="each node on a host of its own: a network namespace on a private bridge (root)",
+    )
 
 
 def _load_args(parser: argparse.ArgumentParser, *, durations: bool = True) -> None:
@@ -182,6 +191,10 @@ def _load_args(parser: argparse.ArgumentParser, *, durations: bool = True) -> No
         action="store_true",
         help="each connection uses only buckets its node leads (measures forwarding's cost)",
     )
+    net = parser.add_argument_group("network between nodes (with --netns)")
+    net.add_argument("--delay", type=float, default=0.0, help="ms added to every link, each way")
+    net.add_argument("--jitter", type=float, default=0.0, help="± ms around --delay, uniform")
+    net.add_argument("--loss", type=float, default=0.0, help="%% of packets between nodes lost")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_argument("--trials", type=int, default=10, help="leader kills (default 10)")
     failover.add_argument(
         "--give-up", type=float, default=10.0, help="seconds after which a trial fails (default 10)"
+    )
+    failover.add_argument(
+        "--fault",
+        choices=FAULTS,
+        default="kill",
+        help="kill: SIGKILL the leader; isolate: a silent partition around it (needs --netns)",
     )
     _cluster_args(failover, nodes=3)
 
@@ -289,7 +308,26 @@ def cluster_spec(args: argparse.Namespace, nodes: int | None = None) -> ClusterS
         election_ticks=args.election_ticks,
         workdir_parent=args.dir,
         keep=args.keep,
+        netns=args.netns,
     )
+
+
+def shape_network(args: argparse.Namespace, cluster: BenchCluster) -> list[str]:
+    """Apply --delay, --jitter and --loss between the nodes; a line saying what."""
+    wanted = args.delay or args.jitter or args.loss
+    if not wanted:
+        return []
+    local = cluster.local
+    if not isinstance(local, NetnsCluster):
+        raise ValueError("--delay, --jitter and --loss need --netns")
+    for name in local.nodes:
+        local.lab.set_delay(name, args.delay / 1000, args.jitter / 1000)
+        if args.loss:
+            local.lab.lose(name, args.loss / 100)
+    return [
+        f"network:     {args.delay:g} ± {args.jitter:g} ms each way, {args.loss:g}% packet loss"
+        " between nodes (clients: direct)"
+    ]
 
 
 # --- modes ---------------------------------------------------------------------------
@@ -307,7 +345,7 @@ def mode_load(args: argparse.Namespace, ledger: Ledger) -> int:
     title = f"scenario {args.scenario}" if args.scenario else "load"
     _print([f"boutique benchmark: {title}", *machine_lines()])
     with BenchCluster(ledger, cluster_spec(args), targets=targets, target_pids=pids) as cluster:
-        _print([*cluster.describe(), describe_options(options)])
+        _print([*cluster.describe(), *shape_network(args, cluster), describe_options(options)])
         result = run_load(cluster, options, ledger, label=args.scenario or "load")
         _print(report_lines(result))
     return 0
@@ -341,7 +379,9 @@ def mode_failover(args: argparse.Namespace, ledger: Ledger) -> int:
     _print(["boutique benchmark: failover", *machine_lines()])
     with BenchCluster(ledger, cluster_spec(args)) as cluster:
         _print(cluster.describe())
-        result = run_failover(cluster, args.trials, give_up=args.give_up, echo=True)
+        result = run_failover(
+            cluster, args.trials, give_up=args.give_up, echo=True, fault=args.fault
+        )
         _print(result.report_lines())
     return 0
 

@@ -36,6 +36,7 @@ from boutique.client import Client, ClientError
 from boutique.config import ClusterConfig
 from boutique.storage.bench import cpu_model, filesystem
 from boutique.testing.local_cluster import LocalCluster
+from boutique.testing.netns_cluster import NetnsCluster
 from boutique.wire import is_terminator
 
 Address = tuple[str, int]
@@ -226,6 +227,8 @@ class ClusterSpec:
     election_ticks: int = DEFAULT_ELECTION_TICKS
     workdir_parent: Path = Path(".")
     keep: bool = False
+    netns: bool = False
+    """Each node on a host of its own (``boutique.testing.netns_cluster``; needs root)."""
 
 
 class BenchCluster:
@@ -274,7 +277,8 @@ class BenchCluster:
         parent = spec.workdir_parent.resolve()
         parent.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix=".boutique-bench-", dir=parent))
-        self.local = LocalCluster(
+        kind = NetnsCluster if spec.netns else LocalCluster
+        self.local = kind(
             self.workdir,
             nodes=spec.nodes,
             replication=spec.replication,
@@ -284,7 +288,7 @@ class BenchCluster:
             fault_injection=False,
         )
         self.addresses = {
-            name: ("127.0.0.1", node.client_port) for name, node in self.local.nodes.items()
+            name: (node.host, node.client_port) for name, node in self.local.nodes.items()
         }
         self.start()
 
@@ -331,8 +335,9 @@ class BenchCluster:
             ]
         spec = self.spec
         assert self.workdir is not None
+        where = "each in a network namespace of its own" if spec.netns else "on loopback"
         return [
-            f"cluster:     {spec.nodes} local node processes, replication"
+            f"cluster:     {spec.nodes} local node processes {where}, replication"
             f" {min(spec.replication, spec.nodes)}, durable SQLite storage (WAL, synchronous=FULL)"
             f" on {filesystem(self.workdir)}",
             f"raft:        tick {spec.tick_interval * 1000:g} ms, election after"

@@ -25,6 +25,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from boutique.testing.netns_cluster import NetnsCluster
+
 from .cluster import Address, BenchCluster, group_line, prepare_buckets, reply_kind
 
 INTERVAL = 0.002
@@ -210,17 +212,32 @@ def _leader(cluster: BenchCluster, bucket: str) -> tuple[str, str] | None:
     return seen.pop(), term
 
 
+FAULTS = ("kill", "isolate")
+"""``kill``: SIGKILL the leader's process. ``isolate``: a silent partition around it
+(every packet to and from its peers dropped; a ``NetnsCluster`` only)."""
+
+
 def run_failover(
-    cluster: BenchCluster, trials: int, *, give_up: float = 10.0, echo: bool = False
+    cluster: BenchCluster,
+    trials: int,
+    *,
+    give_up: float = 10.0,
+    echo: bool = False,
+    fault: str = "kill",
 ) -> FailoverResult:
-    """``trials`` leader kills of one bucket's group; the cluster must be local."""
+    """``trials`` leader kills (or isolations) of one bucket's group; the cluster must
+    be local (and in network namespaces, to isolate)."""
     if cluster.local is None:
         raise ValueError("failover needs a cluster the benchmark started (no --target)")
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+    if fault == "isolate" and not isinstance(cluster.local, NetnsCluster):
+        raise ValueError("isolating a node needs a cluster in network namespaces (--netns)")
     prepare_buckets(list(cluster.addresses.values()), [BUCKET], timeout=30.0)
     result = FailoverResult(trials, [], give_up)
     for number in range(1, trials + 1):
         victim, term = _agreed_leader(cluster, BUCKET, 30.0)
-        trial = _one_trial(cluster, number, victim, term, give_up)
+        trial = _one_trial(cluster, number, victim, term, give_up, fault)
         result.results.append(trial)
         if echo:
             took = "gave up" if trial.recovery is None else f"{trial.recovery * 1000:.0f} ms"
@@ -230,18 +247,24 @@ def run_failover(
                 else f" (first OK of any PUT: {trial.first_ok_any * 1000:.0f} ms)"
             )
             errors = ", ".join(f"{k} {n}" for k, n in trial.errors.items()) or "no errors"
+            done = "killed" if fault == "kill" else "isolated"
             print(
-                f"  trial {number}: killed {victim} (leader, term {term}); writes resumed"
+                f"  trial {number}: {done} {victim} (leader, term {term}); writes resumed"
                 f" after {took}{any_ok}; {trial.sent_after_kill} PUTs sent after the kill,"
                 f" {errors}",
                 flush=True,
             )
-        cluster.kill(victim)
-        cluster.start(victim)
+        if fault == "kill":
+            cluster.kill(victim)
+            cluster.start(victim)
+        else:
+            cluster.local.heal()
     return result
 
 
-def _one_trial(cluster: BenchCluster, number: int, victim: str, term: str, give_up: float) -> Trial:
+def _one_trial(
+    cluster: BenchCluster, number: int, victim: str, term: str, give_up: float, fault: str
+) -> Trial:
     assert cluster.local is not None
     survivors = [a for name, a in cluster.addresses.items() if name != victim]
     writer = _Writer(survivors, BUCKET, number)
@@ -256,7 +279,11 @@ def _one_trial(cluster: BenchCluster, number: int, victim: str, term: str, give_
         pid = cluster.local.nodes[victim].pid
         assert pid is not None
         writer.kill_at = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
+        if fault == "kill":
+            os.kill(pid, signal.SIGKILL)
+        else:
+            others = [name for name in cluster.local.nodes if name != victim]
+            cluster.local.partition([victim], others)
         writer.run(lambda: writer.first_ok_after is not None, writer.kill_at + give_up)
         return Trial(
             victim,

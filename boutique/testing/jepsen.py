@@ -333,8 +333,8 @@ class IsolateLeader(Partition):
 def admin(cluster: LocalCluster, node: str, line: str, timeout: float = 30.0) -> list[str]:
     """Send an ``ADMIN ...`` line to ``node``; the reply's lines, the last being ``OK``
     or the error. Raises ``OSError`` when the node cannot be reached."""
-    port = cluster.nodes[node].client_port
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    found = cluster.nodes[node]
+    with socket.create_connection((found.host, found.client_port), timeout=timeout) as sock:
         sock.sendall(line.encode() + b"\n")
         data = b""
         while True:
@@ -662,11 +662,11 @@ class Jepsen:
         # Read afresh each time: a fault may add nodes to the cluster or retire them.
         return list(self.cluster.nodes)
 
-    def _port(self, node: str) -> int:
+    def _address(self, node: str) -> tuple[str, int]:
         found = self.cluster.nodes.get(node)
         if found is None:
             raise ConnectionLost(f"node {node} left the cluster", maybe_applied=False)
-        return found.client_port
+        return found.host, found.client_port
 
     # --- entry points ---------------------------------------------------------------
 
@@ -716,7 +716,7 @@ class Jepsen:
 
     @contextlib.asynccontextmanager
     async def _connect(self, node: str, timeout: float | None = None) -> AsyncIterator[AsyncClient]:
-        conn = AsyncClient("127.0.0.1", self._port(node))
+        conn = AsyncClient(*self._address(node))
         try:
             with trio.fail_after(timeout or self.options.op_timeout):
                 await conn.connect()
@@ -753,7 +753,7 @@ class Jepsen:
                         await conn.aclose()
                     node = wanted or rng.choice(self._nodes())
                     try:
-                        conn = AsyncClient("127.0.0.1", self._port(node))
+                        conn = AsyncClient(*self._address(node))
                         with trio.fail_after(1.0):
                             await conn.connect()
                     except (ClientError, trio.TooSlowError):

@@ -51,6 +51,10 @@ class LocalNode:
     extra_env: dict[str, str] = field(default_factory=dict)
     joins: bool = False
     """Not in the config file: started with ``--join`` and its own identity."""
+    host: str = "127.0.0.1"
+    """Its address, for peers and for clients."""
+    launcher: list[str] = field(default_factory=list)
+    """Put before the command that starts it (e.g. ``ip netns exec NS``)."""
 
     @property
     def pid(self) -> int | None:
@@ -79,7 +83,13 @@ class LocalCluster:
         fault_injection: bool = True,
         unsafe_local_reads: bool = False,
         extra: str = "",
+        hosts: dict[str, str] | None = None,
+        launchers: dict[str, list[str]] | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
+        """``hosts`` gives nodes (``n1``, ``n2``, ...) addresses other than 127.0.0.1,
+        ``launchers`` a command prefix each (both for nodes in network namespaces, see
+        ``netns_cluster``); ``listen_host`` is where nodes take clients."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.secret = secret
@@ -94,6 +104,8 @@ class LocalCluster:
                 ports[2 * i + 1],
                 self.workdir / "data" / name,
                 self.workdir / f"{name}.log",
+                host=(hosts or {}).get(name, "127.0.0.1"),
+                launcher=list((launchers or {}).get(name, [])),
             )
         self.config_path = self.workdir / "cluster.toml"
         lines = [
@@ -110,6 +122,7 @@ class LocalCluster:
             "",
             "[server]",
             f"request_timeout = {request_timeout}",
+            f'listen_host = "{listen_host}"',
             "",
             "[testing]",
             f"fault_injection = {str(fault_injection).lower()}",
@@ -122,7 +135,7 @@ class LocalCluster:
                 "[[node]]",
                 f'name = "{node.name}"',
                 f"id = {node.id}",
-                'host = "127.0.0.1"',
+                f'host = "{node.host}"',
                 f"client_port = {node.client_port}",
                 f"peer_port = {node.peer_port}",
             ]
@@ -169,6 +182,7 @@ class LocalCluster:
             try:
                 node.process = subprocess.Popen(
                     [
+                        *node.launcher,
                         sys.executable,
                         "-m",
                         "boutique_server",
@@ -276,7 +290,8 @@ class LocalCluster:
     # --- Clients and inspection -----------------------------------------------------------
 
     def client(self, name: str, timeout: float = 10.0) -> Client:
-        return Client("127.0.0.1", self.nodes[name].client_port, timeout=timeout)
+        node = self.nodes[name]
+        return Client(node.host, node.client_port, timeout=timeout)
 
     def running(self) -> list[str]:
         return [name for name, node in self.nodes.items() if node.running and not node.paused]
@@ -303,9 +318,8 @@ class LocalCluster:
 
     def command(self, name: str, line: str, timeout: float = 5.0) -> str:
         """Send one raw request line; return its one-line reply (for FAULT)."""
-        with socket.create_connection(
-            ("127.0.0.1", self.nodes[name].client_port), timeout=timeout
-        ) as sock:
+        node = self.nodes[name]
+        with socket.create_connection((node.host, node.client_port), timeout=timeout) as sock:
             sock.sendall(line.encode() + b"\n")
             reply = b""
             while not reply.endswith(b"\r\n"):
