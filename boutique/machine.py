@@ -26,6 +26,12 @@ The contract a machine must keep (replicas diverge silently if it is broken):
 5. `snapshot` captures the whole state and `restore(snapshot(s))` gives a state that
    behaves exactly like `s` for every later command. Snapshots are msgpack, never
    pickle: a snapshot arrives from another node and must not be able to run code.
+6. A machine whose state may be large also implements `ChunkedSnapshots`: its
+   `snapshot_chunks(state)` freezes the state as it is at the call and returns an
+   iterator of pieces that the runtime pulls a few at a time, one turn of the event
+   loop after another, applying later commands in between; those commands must not
+   change what the iterator yields. `restore_chunks` rebuilds the state from the
+   pieces as a stream, without joining them.
 
 Commands, replies, queries and answers are plain msgpack values (`WireValue`). Decoded
 commands have every array as a tuple, so machines match on tuples.
@@ -35,12 +41,16 @@ This module never touches trio, sockets, files or the clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import msgpack  # type: ignore[import-untyped]
 
+from boutique.raft.messages import SnapshotData, pieces_of
+
 __all__ = [
+    "ChunkedSnapshots",
     "CommandFailed",
     "MachineHost",
     "StateMachine",
@@ -103,6 +113,50 @@ class StateMachine(Protocol[S, C_contra, R_co, Q_contra, A_co]):
     def restore(self, data: bytes) -> S:
         """Rebuild a state from `snapshot` bytes; raise `ValueError` if malformed."""
         ...
+
+
+@runtime_checkable
+class ChunkedSnapshots(Protocol[S]):
+    """What a machine with a large state adds to `StateMachine` (rule 6 above)."""
+
+    def snapshot_chunks(self, state: S) -> SnapshotStream:
+        """Freeze `state` now; the stream yields its snapshot in pieces. Later `apply`
+        calls may run between pieces and must not change what is yielded."""
+        ...
+
+    def restore_chunks(self, pieces: Iterable[bytes]) -> S:
+        """Rebuild a state from the concatenated pieces of `snapshot_chunks` (or of
+        `snapshot`); raise `ValueError` if malformed."""
+        ...
+
+
+class SnapshotStream(Protocol):
+    """The pieces of a snapshot being built. `close` abandons it early (and lets the
+    state stop keeping its frozen view)."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __next__(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _Pieces:
+    """A `SnapshotStream` over pieces that already exist."""
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = iter(pieces)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces = iter(())
 
 
 def encode_value(value: object) -> bytes:
@@ -236,27 +290,52 @@ class MachineHost(Generic[S, C, R, Q, A]):
         return self._machine.query(self._state, query)
 
     def snapshot(self) -> bytes:
-        """msgpack `[applied_index, machine snapshot bytes]`."""
+        """msgpack `[applied_index, machine snapshot bytes]`, built at once."""
         return encode_value([self._applied_index, self._machine.snapshot(self._state)])
 
-    def restore(self, data: bytes) -> None:
-        """Replace state and applied index with those of a `snapshot`.
+    def snapshot_stream(self) -> SnapshotStream:
+        """The snapshot as of now, in pieces to pull one event-loop turn at a time
+        while later entries are applied (for a `ChunkedSnapshots` machine; any other
+        machine's snapshot is built at once, as one piece).
+
+        The data is the head, msgpack `[applied_index]` (one element, where `snapshot`
+        writes two), followed by the machine's pieces. `restore` reads both forms.
+        """
+        head = encode_value([self._applied_index])
+        machine = self._machine
+        if isinstance(machine, ChunkedSnapshots):
+            body = machine.snapshot_chunks(self._state)
+            return _Chained(head, body)
+        return _Pieces((head, machine.snapshot(self._state)))
+
+    def restore(self, data: SnapshotData) -> None:
+        """Replace state and applied index with those of a `snapshot` or of a
+        `snapshot_stream`'s pieces (as `bytes` or `Chunks`).
 
         Raises `ValueError` for a malformed envelope; the machine's `restore` errors
         propagate. On any error the host is unchanged.
         """
-        try:
-            envelope = decode_value(data)
-        except Exception as exc:
-            raise ValueError("not a machine host snapshot") from exc
-        match envelope:
-            case (int() as index, bytes() as machine_data) if (
-                not isinstance(index, bool) and index >= 0
-            ):
-                pass
-            case _:
-                raise ValueError("not a machine host snapshot")
-        state = self._machine.restore(machine_data)
+        pieces = pieces_of(data)
+        if pieces and pieces[0][:1] == _STREAM_HEAD:
+            index, body = _split_head(pieces)
+            machine = self._machine
+            if isinstance(machine, ChunkedSnapshots):
+                state = machine.restore_chunks(body)
+            else:
+                state = machine.restore(b"".join(body))
+        else:
+            try:
+                envelope = decode_value(b"".join(pieces))
+            except Exception as exc:
+                raise ValueError("not a machine host snapshot") from exc
+            match envelope:
+                case (int() as index, bytes() as machine_data) if (
+                    not isinstance(index, bool) and index >= 0
+                ):
+                    pass
+                case _:
+                    raise ValueError("not a machine host snapshot")
+            state = self._machine.restore(machine_data)
         self._state = state
         self._applied_index = index
 
@@ -267,3 +346,56 @@ class MachineHost(Generic[S, C, R, Q, A]):
                 f"entry {index} out of order: expected {expected} "
                 f"(applied index {self._applied_index})"
             )
+
+
+_STREAM_HEAD = b"\x91"
+"""The first byte of a streamed snapshot: msgpack's one-element array `[index]`."""
+_MAX_HEAD = 16
+
+
+def _split_head(pieces: tuple[bytes, ...]) -> tuple[int, list[bytes]]:
+    """The applied index of a streamed snapshot, and the machine's pieces after it."""
+    prefix = b"".join(p[:_MAX_HEAD] for p in pieces[:_MAX_HEAD])[:_MAX_HEAD]
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, ext_hook=_reject_ext)
+    unpacker.feed(prefix)
+    try:
+        head = unpacker.unpack()
+    except Exception as exc:
+        raise ValueError("not a machine host snapshot: bad head") from exc
+    match head:
+        case (int() as index,) if not isinstance(index, bool) and index >= 0:
+            pass
+        case _:
+            raise ValueError("not a machine host snapshot: bad head")
+    skip = unpacker.tell()
+    body: list[bytes] = []
+    for piece in pieces:
+        if skip >= len(piece):
+            skip -= len(piece)
+            continue
+        body.append(piece[skip:] if skip else piece)
+        skip = 0
+    return index, body
+
+
+class _Chained:
+    """A `SnapshotStream`: one head piece, then another stream's pieces."""
+
+    __slots__ = ("_body", "_head")
+
+    def __init__(self, head: bytes, body: SnapshotStream) -> None:
+        self._head: bytes | None = head
+        self._body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._head is not None:
+            head, self._head = self._head, None
+            return head
+        return next(self._body)
+
+    def close(self) -> None:
+        self._head = None
+        self._body.close()

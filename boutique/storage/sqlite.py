@@ -33,7 +33,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from boutique.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from boutique.raft.messages import (
+    Chunks,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    SnapshotData,
+    SnapshotMeta,
+    pieces_of,
+)
 
 from .errors import (
     StorageClosedError,
@@ -43,13 +53,25 @@ from .errors import (
 )
 from .memory import MemoryStorage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added ``snapshot_chunks``; a version 1 file is migrated when opened."""
 FORMAT = "boutique-raft-storage"
+
+SNAPSHOT_CHUNK_BYTES = 16 * 1024 * 1024
+"""The largest snapshot chunk row. SQLite refuses a blob over ~1 GB (and a statement
+over its length limit), so a large snapshot is never one row; 16 MiB rows keep each
+write and read of one row short."""
 
 WAL_AUTOCHECKPOINT_PAGES = 1000
 """Checkpoint the WAL into the database once it holds this many pages (~4 MiB)."""
 JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 """After a checkpoint, a WAL grown larger than this (by one big transaction) is cut back."""
+
+_CREATE_CHUNKS = (
+    "CREATE TABLE snapshot_chunks ("
+    " gid INTEGER NOT NULL, idx INTEGER NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,"
+    " PRIMARY KEY (gid, idx, seq))"
+)
 
 # ``groups`` holds one row per group: its hard state and its log base, the index and
 # term of the entry just before the first stored one (``MemoryStorage``'s placeholder),
@@ -72,8 +94,10 @@ _SCHEMA = (
     "CREATE TABLE snapshots ("
     " gid INTEGER PRIMARY KEY, idx INTEGER NOT NULL, term INTEGER NOT NULL,"
     " voters TEXT NOT NULL, learners TEXT NOT NULL, data BLOB NOT NULL)",
+    _CREATE_CHUNKS,
 )
-_TABLES = frozenset({"meta", "groups", "entries", "snapshots"})
+_TABLES = frozenset({"meta", "groups", "entries", "snapshots", "snapshot_chunks"})
+_TABLES_V1 = _TABLES - {"snapshot_chunks"}
 
 INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?)"
 SELECT_META = "SELECT key, value FROM meta"
@@ -97,6 +121,19 @@ PUT_SNAPSHOT = (
 )
 DELETE_SNAPSHOT = "DELETE FROM snapshots WHERE gid = ?"
 SELECT_SNAPSHOTS = "SELECT gid, idx, term, voters, learners, data FROM snapshots"
+# A snapshot's data is its ``snapshots.data`` (the whole data in files written before
+# version 2, empty since) followed by its chunk rows, those of (gid, idx) in ``seq``
+# order. Rows of another idx are a snapshot being written ahead (or one a crash cut
+# short): they are ignored when loading and deleted when the next snapshot lands.
+INSERT_CHUNK = "INSERT OR REPLACE INTO snapshot_chunks (gid, idx, seq, data) VALUES (?, ?, ?, ?)"
+DELETE_OTHER_CHUNKS = "DELETE FROM snapshot_chunks WHERE gid = ? AND idx != ?"
+DELETE_ALL_CHUNKS = "DELETE FROM snapshot_chunks WHERE gid = ?"
+DELETE_CHUNKS_OF = "DELETE FROM snapshot_chunks WHERE gid = ? AND idx = ?"
+SELECT_CHUNKS = "SELECT data FROM snapshot_chunks WHERE gid = ? AND idx = ? ORDER BY seq"
+MIGRATIONS = {
+    "1": (_CREATE_CHUNKS,),
+}
+"""Statements that bring a file of an older schema version to the current one."""
 
 _Row = tuple[object, ...]
 _Op = tuple[str, Sequence[_Row]]
@@ -116,8 +153,13 @@ class SqliteStorage:
     then sends the ``persisted_messages`` and replies that depend on those writes.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
+    ) -> None:
+        if snapshot_chunk_bytes <= 0:
+            raise ValueError(f"snapshot_chunk_bytes must be positive, got {snapshot_chunk_bytes}")
         self.path = Path(path)
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
         self._groups: dict[str, GroupStorage] = {}
         self._next_gid = 1
         self._pending: list[_Op] = []
@@ -164,7 +206,14 @@ class SqliteStorage:
         storage._dropped = True
         if storage._persisted:
             key = [(storage._gid,)]
-            self._queue([(DELETE_ALL_ENTRIES, key), (DELETE_SNAPSHOT, key), (DELETE_GROUP, key)])
+            self._queue(
+                [
+                    (DELETE_ALL_ENTRIES, key),
+                    (DELETE_SNAPSHOT, key),
+                    (DELETE_ALL_CHUNKS, key),
+                    (DELETE_GROUP, key),
+                ]
+            )
 
     # --- Commit and close ---------------------------------------------------------------
 
@@ -269,6 +318,7 @@ class SqliteStorage:
             raise _translate(path, exc, "cannot open") from exc
         try:
             _validate(path, conn, size)
+            _migrate(path, conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise StorageOpenError(path, f"cannot switch to WAL journal mode (got {mode!r})")
@@ -314,7 +364,8 @@ class SqliteStorage:
         """Rebuild every group's in-memory image from the file."""
         try:
             snapshots = {
-                row[0]: _snapshot_from_row(self.path, row) for row in conn.execute(SELECT_SNAPSHOTS)
+                row[0]: _snapshot_from_row(self.path, row, conn)
+                for row in conn.execute(SELECT_SNAPSHOTS).fetchall()
             }
             loaded = 0
             max_gid = 0
@@ -364,6 +415,8 @@ class GroupStorage:
         self._image = image
         self._persisted = persisted
         self._dropped = False
+        self._staged: tuple[int, int, int] | None = None
+        """(index, pieces, bytes) of the snapshot being written ahead, if any."""
 
     @property
     def group_id(self) -> str:
@@ -439,20 +492,66 @@ class GroupStorage:
         ops = self._register()
         key = [(self._gid,)]
         ops.append((DELETE_ALL_ENTRIES, key))
-        ops.append((PUT_SNAPSHOT, [_snapshot_row(self._gid, snapshot)]))
+        self._staged = None
+        ops.extend(self._snapshot_ops(snapshot))
         ops.append((SET_BASE, [(snapshot.meta.index, snapshot.meta.term, self._gid)]))
         self._store._queue(ops)
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
-        """Record a snapshot of the local state machine taken at applied ``index``."""
+    def stage_snapshot_chunk(self, index: int, piece: bytes) -> None:
+        """Write ahead the next piece of the snapshot that ``create_snapshot(index, ...)``
+        will record, so a large snapshot reaches the file over many commits (each short)
+        instead of in one. Staging for another index drops what was staged before."""
+        self._check_writable()
+        ops = self._register()
+        gid = self._gid
+        staged = self._staged
+        if staged is None or staged[0] != index:
+            # Left by an abandoned build (or a crash) at this index: start afresh.
+            ops.append((DELETE_CHUNKS_OF, [(gid, index)]))
+            staged = (index, 0, 0)
+        _, seq, size = staged
+        rows = []
+        for part in _split(piece, self._store.snapshot_chunk_bytes):
+            rows.append((gid, index, seq, part))
+            seq += 1
+        ops.append((INSERT_CHUNK, rows))
+        self._staged = (index, seq, size + len(piece))
+        self._store._queue(ops)
+
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
+        """Record a snapshot of the local state machine taken at applied ``index``.
+
+        If exactly ``data`` was staged for ``index`` (``stage_snapshot_chunk``), only
+        the snapshot's row is written now; otherwise its chunks too."""
         self._check_writable()
         before = self._image.snapshot()
         snapshot = self._image.create_snapshot(index, conf, data)
         if snapshot is not before:
             ops = self._register()
-            ops.append((PUT_SNAPSHOT, [_snapshot_row(self._gid, snapshot)]))
+            staged = self._staged
+            written = staged is not None and staged[0] == index and staged[2] == len(data)
+            self._staged = None
+            ops.extend(self._snapshot_ops(snapshot, written=written))
             self._store._queue(ops)
         return snapshot
+
+    def _snapshot_ops(self, snapshot: Snapshot, *, written: bool = False) -> list[_Op]:
+        """Statements that make ``snapshot`` the group's one snapshot in the file: its
+        row (meta only), its chunks unless ``written`` ahead, no other chunks."""
+        gid = self._gid
+        index = snapshot.meta.index
+        ops: list[_Op] = [(DELETE_OTHER_CHUNKS, [(gid, index)])]
+        if not written:
+            rows = []
+            seq = 0
+            for piece in pieces_of(snapshot.data):
+                for part in _split(piece, self._store.snapshot_chunk_bytes):
+                    rows.append((gid, index, seq, part))
+                    seq += 1
+            ops.append((DELETE_CHUNKS_OF, [(gid, index)]))
+            ops.append((INSERT_CHUNK, rows))
+        ops.append((PUT_SNAPSHOT, [_snapshot_row(gid, snapshot)]))
+        return ops
 
     def compact(self, index: int) -> None:
         """Drop entries up to and including ``index`` (which a snapshot must cover)."""
@@ -509,14 +608,44 @@ def _validate(path: Path, conn: sqlite3.Connection, size: int) -> None:
     meta = dict(conn.execute(SELECT_META).fetchall())
     if meta.get("format") != FORMAT:
         raise StorageCorruptError(path, f"not a boutique data file (format {meta.get('format')!r})")
-    if meta.get("schema_version") != str(SCHEMA_VERSION):
+    if meta.get("schema_version") not in {str(SCHEMA_VERSION), *MIGRATIONS}:
         raise StorageCorruptError(
             path,
             f"schema version {meta.get('schema_version')!r}; this boutique reads version"
             f" {SCHEMA_VERSION}",
         )
-    if missing := _TABLES - tables:
+    expected = _TABLES if meta["schema_version"] == str(SCHEMA_VERSION) else _TABLES_V1
+    if missing := expected - tables:
         raise StorageCorruptError(path, f"tables missing: {sorted(missing)}")
+
+
+def _migrate(path: Path, conn: sqlite3.Connection) -> None:
+    """Bring a file of an older schema version to the current one, in one transaction
+    (a crash leaves the old version, migrated again at the next open)."""
+    version = dict(conn.execute(SELECT_META).fetchall())["schema_version"]
+    if version == str(SCHEMA_VERSION):
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[version]:
+            conn.execute(statement)
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _split(piece: bytes, limit: int) -> list[bytes | memoryview]:
+    """``piece`` in parts of at most ``limit`` bytes (views, not copies)."""
+    if len(piece) <= limit:
+        return [piece] if piece else []
+    view = memoryview(piece)
+    return [view[i : i + limit] for i in range(0, len(piece), limit)]
 
 
 def _build_image(
@@ -580,14 +709,23 @@ def _snapshot_row(gid: int, snapshot: Snapshot) -> _Row:
         meta.term,
         json.dumps(sorted(meta.conf.voters)),
         json.dumps(sorted(meta.conf.learners)),
-        snapshot.data,
+        b"",
     )
 
 
-def _snapshot_from_row(path: Path, row: tuple[int, int, int, str, str, bytes]) -> Snapshot:
-    gid, index, term, voters, learners, data = row
+def _snapshot_from_row(
+    path: Path, row: tuple[int, int, int, str, str, bytes], conn: sqlite3.Connection
+) -> Snapshot:
+    """The snapshot of a ``snapshots`` row: its own data (a file from before version 2)
+    then its chunks, streamed row by row and kept as pieces, never joined."""
+    gid, index, term, voters, learners, head = row
     conf = ConfState(_decode_ids(path, gid, voters), _decode_ids(path, gid, learners))
-    return Snapshot(SnapshotMeta(index, term, conf), bytes(data))
+    pieces = [bytes(head)] if head else []
+    pieces.extend(bytes(chunk) for (chunk,) in conn.execute(SELECT_CHUNKS, (gid, index)))
+    data: SnapshotData = pieces[0] if len(pieces) == 1 else Chunks(pieces)
+    if not pieces:
+        data = b""
+    return Snapshot(SnapshotMeta(index, term, conf), data)
 
 
 def _decode_ids(path: Path, gid: int, text: str) -> frozenset[int]:
