@@ -8,6 +8,13 @@ entry is applied (or lost), or when a read becomes safe to serve. Nothing here a
 Outcomes are classed the way the line protocol reports them: ``Applied`` (with the
 machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
 ``Unknown`` (may or may not have been applied).
+
+Snapshots are built a slice per turn (``SnapshotBuild``): the machine freezes its state
+at the applied index when the build starts, the loop pulls one piece per turn
+(``continue_snapshot``) and writes it ahead into storage, and later entries are applied
+meanwhile. Only when the last piece is written is the snapshot recorded, at the index of
+the freeze, and the log compacted behind it. A snapshot installed from the leader
+abandons a build in progress (the state it froze is gone).
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from typing import Any
 
 import trio
 
-from boutique.machine import CommandFailed, MachineHost
+from boutique.machine import CommandFailed, MachineHost, SnapshotStream
 from boutique.raft import (
+    Chunks,
     ConfChange,
+    ConfState,
     EntryType,
     InvalidConfChangeError,
     NotLeaderError,
@@ -100,6 +109,17 @@ class Pending:
 
 
 @dataclass(slots=True)
+class SnapshotBuild:
+    """A snapshot of the state at ``index`` (membership ``conf``) being built."""
+
+    index: int
+    conf: ConfState
+    stream: SnapshotStream
+    pieces: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass(slots=True)
 class _Write:
     term: int
     pending: Pending
@@ -139,6 +159,8 @@ class GroupRuntime:
         self.campaign_when_ready = False
         """Campaign as soon as this node knows it is a voter (a new group's founding
         membership is only known once its first entry is applied)."""
+        self.build: SnapshotBuild | None = None
+        """The snapshot being built, one piece per turn (see ``continue_snapshot``)."""
 
     # --- Requests -----------------------------------------------------------------------
 
@@ -200,6 +222,8 @@ class GroupRuntime:
                 ready.snapshot.meta.index,
                 len(ready.snapshot.data),
             )
+            # The leader's snapshot replaces the state a build in progress froze.
+            self.abandon_snapshot()
             host.restore(ready.snapshot.data)
             covered = ready.snapshot.meta.index
             for index in [i for i in self.writes if i <= covered]:
@@ -261,15 +285,53 @@ class GroupRuntime:
                 read.pending.resolve(Rejected("leadership changed", self.leader))
 
     def _maybe_snapshot(self) -> None:
+        if self.build is not None:
+            return
         applied = self.host.applied_index
         if applied - self.storage.snapshot().meta.index < self.snapshot_entries:
             return
-        self.storage.create_snapshot(applied, self.node.conf_state, self.host.snapshot())
+        # The membership and the state are both taken as of ``applied``; entries
+        # applied while the pieces are pulled are not in this snapshot, and stay in
+        # the log (compaction waits for the snapshot to be recorded).
+        self.build = SnapshotBuild(applied, self.node.conf_state, self.host.snapshot_stream())
+        self.continue_snapshot()
+
+    def continue_snapshot(self) -> None:
+        """Pull the next piece of the snapshot being built and write it ahead; record
+        the snapshot and compact the log once the last piece is in. The host calls
+        this once per turn while ``build`` is set; each call costs one piece."""
+        build = self.build
+        if build is None:
+            return
+        piece = next(build.stream, None)
+        if piece is not None:
+            build.pieces.append(piece)
+            build.size += len(piece)
+            self.storage.stage_snapshot_chunk(build.index, piece)
+            return
+        self.build = None
+        pieces = build.pieces
+        data = pieces[0] if len(pieces) == 1 else Chunks(pieces)
+        self.storage.create_snapshot(build.index, build.conf, data)
+        log.debug(
+            "group %s: took a snapshot at index %d (%d bytes, %d pieces)",
+            self.group_id,
+            build.index,
+            build.size,
+            len(pieces),
+        )
         # Keep a tail of entries so a follower that is only a little behind catches up
         # from the log instead of needing the whole snapshot.
         keep = self.snapshot_entries // 4
-        if applied - keep > self.storage.first_index():
-            self.storage.compact(applied - keep)
+        if build.index - keep > self.storage.first_index():
+            self.storage.compact(build.index - keep)
+
+    def abandon_snapshot(self) -> None:
+        """Drop a build in progress (what it wrote ahead is dropped with the next
+        snapshot recorded)."""
+        if self.build is not None:
+            self.build.stream.close()
+            self.build = None
 
     def sweep(self) -> None:
         """Forget requests whose callers gave up (called now and then)."""
@@ -279,6 +341,7 @@ class GroupRuntime:
             del self.reads[context]
 
     def close(self, reason: str) -> None:
+        self.abandon_snapshot()
         for write in self.writes.values():
             write.pending.resolve(Unknown(reason))
         for read in self.reads.values():
