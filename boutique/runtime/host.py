@@ -132,9 +132,12 @@ class HostCounters:
     """Frames handed to the transport (one per peer per send)."""
     snapshot_pieces: int = 0
     """Pieces of snapshots built (one per building group per turn)."""
-    longest_turn_ms: float = 0.0
-    """The longest turn of the loop so far, in ms, snapshot pieces, storage syncs and
-    sends included: the worst stall of the host's work this node has seen."""
+    snapshots_taken: int = 0
+    """Snapshots built and recorded (not counting those installed from a leader)."""
+    longest_turn_us: int = 0
+    """The longest turn of the loop so far, in microseconds, snapshot pieces, storage
+    syncs and sends included: the worst stall of the host's work this node has seen
+    (an integer, like every counter, so STATUS and the benchmark parse it alike)."""
 
 
 @dataclass(slots=True)
@@ -389,9 +392,9 @@ class RaftHost:
             finally:
                 self._in_turn = False
             self._send_mail()
-            took = (time.perf_counter() - started) * 1000
-            if took > self.counters.longest_turn_ms:
-                self.counters.longest_turn_ms = took
+            took = round((time.perf_counter() - started) * 1e6)
+            if took > self.counters.longest_turn_us:
+                self.counters.longest_turn_us = took
             if self._carry or self._building:
                 self._wakeup.set()
                 # Let the transport and the connections run between turns, so a turn
@@ -446,6 +449,7 @@ class RaftHost:
             self.counters.snapshot_pieces += 1
             if group.build is None:
                 self._building.discard(group_id)
+                self.counters.snapshots_taken += 1
         assert self.storage is not None
         if self.storage.pending_writes():
             self.counters.syncs += 1
