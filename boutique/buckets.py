@@ -182,53 +182,73 @@ class BucketMachine:
     def restore_chunks(self, pieces: Iterable[bytes]) -> BucketState:
         """Rebuild from a snapshot's pieces, decoding as they come: the memory needed
         beyond the new state is about one piece, whatever the bucket's size."""
-        unpacker = msgpack.Unpacker(
+        restorer = self.restorer()
+        for piece in pieces:
+            restorer.feed(piece)
+        return restorer.finish()
+
+    def restorer(self) -> BucketRestorer:
+        """A state rebuilt from pieces pushed one at a time (a follower feeds it the
+        chunks of a snapshot as they arrive, so installing it costs little at the end)."""
+        return BucketRestorer()
+
+
+class BucketRestorer:
+    """Builds a `BucketState` from the pieces of a snapshot, in order, as they come.
+
+    Each `feed` decodes the whole msgpack values the pieces so far complete and inserts
+    their keys; `finish` checks nothing is left over and hands the state out. Any
+    malformation raises `ValueError` (then the restorer is of no further use)."""
+
+    __slots__ = ("_fed", "_items", "_previous", "_seen", "_size", "_unpacker")
+
+    def __init__(self) -> None:
+        self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=False,
             use_list=False,
             ext_hook=_reject_ext,
             max_buffer_size=_MAX_UNPACK_BUFFER,
         )
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        size = 0
-        previous: bytes | None = None
-        seen = False
-        fed = 0
+        self._items: Any = SortedDict()
+        self._size = 0
+        self._previous: bytes | None = None
+        self._seen = False
+        self._fed = 0
+
+    def feed(self, piece: bytes) -> None:
+        self._unpacker.feed(piece)
+        self._fed += len(piece)
+        items = self._items
         try:
-            for piece in pieces:
-                unpacker.feed(piece)
-                fed += len(piece)
-                for flat in unpacker:
-                    seen = True
-                    if not isinstance(flat, tuple) or len(flat) % 2:
-                        raise ValueError(
-                            "not a bucket snapshot: expected flat lists of key, value pairs"
-                        )
-                    for i in range(0, len(flat), 2):
-                        key, value = flat[i], flat[i + 1]
-                        if type(key) is not bytes or type(value) is not bytes:
-                            raise ValueError(
-                                f"bucket snapshot: item {len(keys)} is not a bytes pair"
-                            )
-                        # Snapshots are written in key order; insisting on it also rules
-                        # out duplicates.
-                        if previous is not None and key <= previous:
-                            raise ValueError(
-                                f"bucket snapshot: keys out of order at item {len(keys)}"
-                            )
-                        previous = key
-                        keys.append(key)
-                        values.append(value)
-                        size += len(key) + len(value)
+            for flat in self._unpacker:
+                self._seen = True
+                if not isinstance(flat, tuple) or len(flat) % 2:
+                    raise ValueError(
+                        "not a bucket snapshot: expected flat lists of key, value pairs"
+                    )
+                previous = self._previous
+                for i in range(0, len(flat), 2):
+                    key, value = flat[i], flat[i + 1]
+                    if type(key) is not bytes or type(value) is not bytes:
+                        raise ValueError(f"bucket snapshot: item {len(items)} is not a bytes pair")
+                    # Snapshots are written in key order; insisting on it also rules out
+                    # duplicates.
+                    if previous is not None and key <= previous:
+                        raise ValueError(f"bucket snapshot: keys out of order at item {len(items)}")
+                    previous = key
+                    items[key] = value
+                    self._size += len(key) + len(value)
+                self._previous = previous
         except ValueError:
             raise
         except Exception as exc:
             raise ValueError("not a bucket snapshot: undecodable") from exc
-        if not seen or unpacker.tell() != fed:
+
+    def finish(self) -> BucketState:
+        if not self._seen or self._unpacker.tell() != self._fed:
             raise ValueError("not a bucket snapshot: undecodable")
-        # Sorted input: SortedDict's sort of it is linear.
-        return BucketState(SortedDict(zip(keys, values, strict=True)), size)
+        return BucketState(self._items, self._size)
 
 
 SNAPSHOT_SLICE_BYTES = 4 * 1024 * 1024

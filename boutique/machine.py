@@ -30,8 +30,8 @@ The contract a machine must keep (replicas diverge silently if it is broken):
    `snapshot_chunks(state)` freezes the state as it is at the call and returns an
    iterator of pieces that the runtime pulls a few at a time, one turn of the event
    loop after another, applying later commands in between; those commands must not
-   change what the iterator yields. `restore_chunks` rebuilds the state from the
-   pieces as a stream, without joining them.
+   change what the iterator yields. Its `restorer()` rebuilds a state from the pieces
+   pushed one at a time, without joining them.
 
 Commands, replies, queries and answers are plain msgpack values (`WireValue`). Decoded
 commands have every array as a tuple, so machines match on tuples.
@@ -53,7 +53,9 @@ __all__ = [
     "ChunkedSnapshots",
     "CommandFailed",
     "MachineHost",
+    "SnapshotStream",
     "StateMachine",
+    "StateRestorer",
     "WireValue",
     "decode_value",
     "encode_value",
@@ -77,6 +79,7 @@ C = TypeVar("C")
 R = TypeVar("R")
 Q = TypeVar("Q")
 A = TypeVar("A")
+S_co = TypeVar("S_co", covariant=True)
 C_contra = TypeVar("C_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
 Q_contra = TypeVar("Q_contra", contravariant=True)
@@ -124,10 +127,19 @@ class ChunkedSnapshots(Protocol[S]):
         calls may run between pieces and must not change what is yielded."""
         ...
 
-    def restore_chunks(self, pieces: Iterable[bytes]) -> S:
-        """Rebuild a state from the concatenated pieces of `snapshot_chunks` (or of
-        `snapshot`); raise `ValueError` if malformed."""
+    def restorer(self) -> StateRestorer[S]:
+        """A state rebuilt from the pieces of `snapshot_chunks` (or of `snapshot`)
+        pushed in order, as they arrive."""
         ...
+
+
+class StateRestorer(Protocol[S_co]):
+    """Rebuilds a state from a snapshot's pieces: `feed` each in order (it may decode
+    as it goes), then `finish`. Either raises `ValueError` for malformed data."""
+
+    def feed(self, piece: bytes) -> None: ...
+
+    def finish(self) -> S_co: ...
 
 
 class SnapshotStream(Protocol):
@@ -315,27 +327,16 @@ class MachineHost(Generic[S, C, R, Q, A]):
         Raises `ValueError` for a malformed envelope; the machine's `restore` errors
         propagate. On any error the host is unchanged.
         """
-        pieces = pieces_of(data)
-        if pieces and pieces[0][:1] == _STREAM_HEAD:
-            index, body = _split_head(pieces)
-            machine = self._machine
-            if isinstance(machine, ChunkedSnapshots):
-                state = machine.restore_chunks(body)
-            else:
-                state = machine.restore(b"".join(body))
-        else:
-            try:
-                envelope = decode_value(b"".join(pieces))
-            except Exception as exc:
-                raise ValueError("not a machine host snapshot") from exc
-            match envelope:
-                case (int() as index, bytes() as machine_data) if (
-                    not isinstance(index, bool) and index >= 0
-                ):
-                    pass
-                case _:
-                    raise ValueError("not a machine host snapshot")
-            state = self._machine.restore(machine_data)
+        restorer = self.restorer()
+        for piece in pieces_of(data):
+            restorer.feed(piece)
+        restorer.finish()
+
+    def restorer(self) -> HostRestorer:
+        """Restore from pieces pushed as they arrive; `finish` installs the result."""
+        return HostRestorer(self)
+
+    def _install(self, state: S, index: int) -> None:
         self._state = state
         self._applied_index = index
 
@@ -353,29 +354,109 @@ _STREAM_HEAD = b"\x91"
 _MAX_HEAD = 16
 
 
-def _split_head(pieces: tuple[bytes, ...]) -> tuple[int, list[bytes]]:
-    """The applied index of a streamed snapshot, and the machine's pieces after it."""
-    prefix = b"".join(p[:_MAX_HEAD] for p in pieces[:_MAX_HEAD])[:_MAX_HEAD]
-    unpacker = msgpack.Unpacker(raw=False, use_list=False, ext_hook=_reject_ext)
-    unpacker.feed(prefix)
-    try:
-        head = unpacker.unpack()
-    except Exception as exc:
-        raise ValueError("not a machine host snapshot: bad head") from exc
-    match head:
-        case (int() as index,) if not isinstance(index, bool) and index >= 0:
-            pass
-        case _:
-            raise ValueError("not a machine host snapshot: bad head")
-    skip = unpacker.tell()
-    body: list[bytes] = []
-    for piece in pieces:
-        if skip >= len(piece):
-            skip -= len(piece)
-            continue
-        body.append(piece[skip:] if skip else piece)
-        skip = 0
-    return index, body
+class _Collect:
+    """The restorer of a machine without `ChunkedSnapshots`: keeps the pieces and
+    restores from them joined."""
+
+    __slots__ = ("_machine", "_pieces")
+
+    def __init__(self, machine: StateMachine[Any, Any, Any, Any, Any]) -> None:
+        self._machine = machine
+        self._pieces: list[bytes] = []
+
+    def feed(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+
+    def finish(self) -> Any:
+        return self._machine.restore(b"".join(self._pieces))
+
+
+class HostRestorer:
+    """Restores a `MachineHost` from a snapshot's pieces, fed in order as they arrive.
+
+    A streamed snapshot (head `[index]`) goes to the machine's own restorer piece by
+    piece, so a follower receiving a large snapshot decodes it while it arrives; the
+    whole-at-once form (`[index, bytes]`) is kept and decoded at `finish`. `finish`
+    installs the state and index in the host, or raises `ValueError` and leaves the
+    host unchanged.
+    """
+
+    __slots__ = ("_body", "_head", "_host", "_index", "_whole", "fed")
+
+    def __init__(self, host: MachineHost[Any, Any, Any, Any, Any]) -> None:
+        self._host = host
+        self._head = b""
+        self._index: int | None = None
+        self._body: StateRestorer[Any] | None = None
+        self._whole: list[bytes] | None = None
+        self.fed = 0
+        """Bytes fed so far."""
+
+    def feed(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self.fed += len(piece)
+        if self._whole is not None:
+            self._whole.append(piece)
+        elif self._body is not None:
+            self._body.feed(piece)
+        else:
+            self._feed_head(piece)
+
+    def _feed_head(self, piece: bytes) -> None:
+        head = self._head + piece
+        if head[:1] != _STREAM_HEAD:
+            self._whole = [head] if head else []
+            self._head = b""
+            return
+        unpacker = msgpack.Unpacker(raw=False, use_list=False, ext_hook=_reject_ext)
+        unpacker.feed(head[:_MAX_HEAD])
+        try:
+            value = unpacker.unpack()
+        except msgpack.OutOfData:
+            if len(head) >= _MAX_HEAD:
+                raise ValueError("not a machine host snapshot: bad head") from None
+            self._head = head
+            return
+        except Exception as exc:
+            raise ValueError("not a machine host snapshot: bad head") from exc
+        match value:
+            case (int() as index,) if not isinstance(index, bool) and index >= 0:
+                pass
+            case _:
+                raise ValueError("not a machine host snapshot: bad head")
+        self._head = b""
+        self._index = index
+        machine = self._host.machine
+        body: StateRestorer[Any] = (
+            machine.restorer() if isinstance(machine, ChunkedSnapshots) else _Collect(machine)
+        )
+        self._body = body
+        rest = head[unpacker.tell() :]
+        if rest:
+            body.feed(rest)
+
+    def finish(self) -> None:
+        host = self._host
+        if self._whole is not None:
+            try:
+                envelope = decode_value(b"".join(self._whole))
+            except Exception as exc:
+                raise ValueError("not a machine host snapshot") from exc
+            match envelope:
+                case (int() as index, bytes() as machine_data) if (
+                    not isinstance(index, bool) and index >= 0
+                ):
+                    pass
+                case _:
+                    raise ValueError("not a machine host snapshot")
+            state = host.machine.restore(machine_data)
+        elif self._body is not None and self._index is not None:
+            index = self._index
+            state = self._body.finish()
+        else:
+            raise ValueError("not a machine host snapshot: cut short")
+        host._install(state, index)
 
 
 class _Chained:

@@ -15,6 +15,10 @@ at the applied index when the build starts, the loop pulls one piece per turn
 meanwhile. Only when the last piece is written is the snapshot recorded, at the index of
 the freeze, and the log compacted behind it. A snapshot installed from the leader
 abandons a build in progress (the state it froze is gone).
+
+A follower receiving a snapshot does the same work as the chunks arrive
+(``persist``): each chunk is written ahead into storage and fed to the machine's
+restorer, so installing a large snapshot at the end costs little more than a small one.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 import trio
 
-from boutique.machine import CommandFailed, MachineHost, SnapshotStream
+from boutique.machine import CommandFailed, HostRestorer, MachineHost, SnapshotStream
 from boutique.raft import (
     Chunks,
     ConfChange,
@@ -40,6 +44,9 @@ from boutique.raft import (
     RawNode,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
+    pieces_of,
 )
 from boutique.storage.sqlite import GroupStorage
 
@@ -120,6 +127,17 @@ class SnapshotBuild:
 
 
 @dataclass(slots=True)
+class _Receiving:
+    """The snapshot a follower is receiving: chunks taken so far (written ahead and fed
+    to ``restorer``; None once it refused them: the install then decodes anew)."""
+
+    meta: SnapshotMeta
+    restorer: HostRestorer | None
+    taken: int = 0
+    last: bytes | None = None
+
+
+@dataclass(slots=True)
 class _Write:
     term: int
     pending: Pending
@@ -161,6 +179,7 @@ class GroupRuntime:
         membership is only known once its first entry is applied)."""
         self.build: SnapshotBuild | None = None
         """The snapshot being built, one piece per turn (see ``continue_snapshot``)."""
+        self._receiving: _Receiving | None = None
 
     # --- Requests -----------------------------------------------------------------------
 
@@ -202,15 +221,51 @@ class GroupRuntime:
 
     # --- The Ready cycle ------------------------------------------------------------------
 
-    def persist(self, ready: Ready) -> None:
-        """Step 1 of the Ready contract, into storage (synced by the node afterwards)."""
+    def persist(self, ready: Ready) -> bool:
+        """Step 1 of the Ready contract, into storage (synced by the node afterwards).
+        True if snapshot chunks were written ahead (worth a sync even if the Ready
+        needs none, so they reach the file a few at a time)."""
         storage = self.storage
+        wrote_ahead = self._receive(ready.snapshot)
         if ready.snapshot is not None:
             storage.apply_snapshot(ready.snapshot)
         if ready.entries:
             storage.append(ready.entries)
         if ready.hard_state is not None:
             storage.set_hard_state(ready.hard_state)
+        return wrote_ahead
+
+    def _receive(self, installed: Snapshot | None) -> bool:
+        """Take the snapshot chunks received since the last call: write them ahead and
+        feed them to a restorer. ``installed`` is the snapshot the core just completed
+        (its last chunk only arrives with it)."""
+        if installed is not None:
+            meta, pieces = installed.meta, pieces_of(installed.data)
+        else:
+            incoming = self.node.raft.incoming_snapshot
+            if incoming is None:
+                return False
+            meta, pieces = incoming.meta, tuple(incoming.pieces)
+        receiving = self._receiving
+        if (
+            receiving is None
+            or receiving.meta != meta
+            or receiving.taken > len(pieces)
+            or (receiving.taken and pieces[receiving.taken - 1] is not receiving.last)
+        ):
+            # A new transfer, or the leader started this one over.
+            receiving = self._receiving = _Receiving(meta, self.host.restorer())
+        new = pieces[receiving.taken :]
+        for piece in new:
+            self.storage.stage_snapshot_chunk(meta.index, piece, first=receiving.taken == 0)
+            receiving.taken += 1
+            receiving.last = piece
+            if receiving.restorer is not None:
+                try:
+                    receiving.restorer.feed(piece)
+                except ValueError:
+                    receiving.restorer = None
+        return bool(new)
 
     def apply_and_advance(self, ready: Ready) -> None:
         """Steps 3-5: restore/apply, serve reads, advance; then maybe snapshot."""
@@ -224,7 +279,17 @@ class GroupRuntime:
             )
             # The leader's snapshot replaces the state a build in progress froze.
             self.abandon_snapshot()
-            host.restore(ready.snapshot.data)
+            receiving, self._receiving = self._receiving, None
+            if (
+                receiving is not None
+                and receiving.restorer is not None
+                and receiving.meta == ready.snapshot.meta
+                and receiving.restorer.fed == len(ready.snapshot.data)
+            ):
+                # Decoded while it arrived: only the last step is left.
+                receiving.restorer.finish()
+            else:
+                host.restore(ready.snapshot.data)
             covered = ready.snapshot.meta.index
             for index in [i for i in self.writes if i <= covered]:
                 self.writes.pop(index).pending.resolve(
@@ -307,7 +372,7 @@ class GroupRuntime:
         if piece is not None:
             build.pieces.append(piece)
             build.size += len(piece)
-            self.storage.stage_snapshot_chunk(build.index, piece)
+            self.storage.stage_snapshot_chunk(build.index, piece, first=len(build.pieces) == 1)
             return
         self.build = None
         pieces = build.pieces

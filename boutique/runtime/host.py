@@ -78,7 +78,7 @@ class GroupStore(LogStorage, Protocol):
     def set_hard_state(self, hard_state: HardState) -> None: ...
     def apply_snapshot(self, snapshot: Snapshot) -> None: ...
     def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot: ...
-    def stage_snapshot_chunk(self, index: int, piece: bytes) -> None: ...
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None: ...
     def compact(self, index: int) -> None: ...
     def bootstrap(self, hard_state: HardState, entries: list[Entry]) -> None: ...
 
@@ -471,14 +471,17 @@ class RaftHost:
             for msg in ready.messages:
                 outgoing[msg.to][group.group_id].append(msg)
         self._send_all(outgoing)
+        wrote_ahead = False
         for group, ready in readies:
-            group.persist(ready)
+            wrote_ahead |= group.persist(ready)
         assert self.storage is not None
         # A Ready that only moved the commit index needs no sync (losing it in a crash
         # only means re-learning the commit index); its write joins the next commit.
         # The sync runs inline: handing it to a thread cost more (~0.2 ms a turn) than
         # it saved, and requests arriving meanwhile simply form the next turn's batch.
-        if any(ready.must_sync for _, ready in readies) and self.storage.pending_writes():
+        # Snapshot chunks written ahead are synced as they come, never all at the end.
+        must_sync = wrote_ahead or any(ready.must_sync for _, ready in readies)
+        if must_sync and self.storage.pending_writes():
             self.counters.syncs += 1
             self.storage.commit()
         for group, ready in readies:

@@ -103,7 +103,7 @@ class MemoryStorage:
         self._snapshot = Snapshot(SnapshotMeta(index, self.term(index), conf), data)
         return self._snapshot
 
-    def stage_snapshot_chunk(self, index: int, piece: bytes) -> None:
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None:
         """Nothing to do in memory: ``create_snapshot`` gets the whole data anyway
         (``GroupStorage`` writes a large snapshot ahead, piece by piece)."""
 

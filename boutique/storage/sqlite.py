@@ -492,21 +492,21 @@ class GroupStorage:
         ops = self._register()
         key = [(self._gid,)]
         ops.append((DELETE_ALL_ENTRIES, key))
-        self._staged = None
         ops.extend(self._snapshot_ops(snapshot))
         ops.append((SET_BASE, [(snapshot.meta.index, snapshot.meta.term, self._gid)]))
         self._store._queue(ops)
 
-    def stage_snapshot_chunk(self, index: int, piece: bytes) -> None:
-        """Write ahead the next piece of the snapshot that ``create_snapshot(index, ...)``
-        will record, so a large snapshot reaches the file over many commits (each short)
-        instead of in one. Staging for another index drops what was staged before."""
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None:
+        """Write ahead the next piece of the snapshot at ``index`` that
+        ``create_snapshot`` or ``apply_snapshot`` will record, so a large snapshot
+        reaches the file over many commits (each short) instead of in one. ``first``
+        (or another index) starts afresh, dropping what was staged before."""
         self._check_writable()
         ops = self._register()
         gid = self._gid
         staged = self._staged
-        if staged is None or staged[0] != index:
-            # Left by an abandoned build (or a crash) at this index: start afresh.
+        if first or staged is None or staged[0] != index:
+            # Rows left by an abandoned build or transfer (or a crash) at this index go.
             ops.append((DELETE_CHUNKS_OF, [(gid, index)]))
             staged = (index, 0, 0)
         _, seq, size = staged
@@ -521,34 +521,47 @@ class GroupStorage:
     def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
         """Record a snapshot of the local state machine taken at applied ``index``.
 
-        If exactly ``data`` was staged for ``index`` (``stage_snapshot_chunk``), only
-        the snapshot's row is written now; otherwise its chunks too."""
+        The pieces of ``data`` staged ahead for ``index`` (``stage_snapshot_chunk``)
+        are not written again: only the rest, and the snapshot's row."""
         self._check_writable()
         before = self._image.snapshot()
         snapshot = self._image.create_snapshot(index, conf, data)
         if snapshot is not before:
             ops = self._register()
-            staged = self._staged
-            written = staged is not None and staged[0] == index and staged[2] == len(data)
-            self._staged = None
-            ops.extend(self._snapshot_ops(snapshot, written=written))
+            ops.extend(self._snapshot_ops(snapshot))
             self._store._queue(ops)
         return snapshot
 
-    def _snapshot_ops(self, snapshot: Snapshot, *, written: bool = False) -> list[_Op]:
+    def _snapshot_ops(self, snapshot: Snapshot) -> list[_Op]:
         """Statements that make ``snapshot`` the group's one snapshot in the file: its
-        row (meta only), its chunks unless ``written`` ahead, no other chunks."""
+        row (meta only), its chunks (those not staged ahead), no other chunks.
+
+        Staged pieces are taken as the first pieces of ``snapshot.data`` when they were
+        staged for its index and their sizes add up to a piece boundary of it (the
+        runtime stages exactly the pieces it then records); else all is written anew."""
         gid = self._gid
         index = snapshot.meta.index
+        staged, self._staged = self._staged, None
+        pieces = pieces_of(snapshot.data)
+        skip, seq = 0, 0
+        if staged is not None and staged[0] == index:
+            covered = 0
+            for count, piece in enumerate(pieces, 1):
+                covered += len(piece)
+                if covered == staged[2]:
+                    skip, seq = count, staged[1]
+                    break
+                if covered > staged[2]:
+                    break
         ops: list[_Op] = [(DELETE_OTHER_CHUNKS, [(gid, index)])]
-        if not written:
-            rows = []
-            seq = 0
-            for piece in pieces_of(snapshot.data):
-                for part in _split(piece, self._store.snapshot_chunk_bytes):
-                    rows.append((gid, index, seq, part))
-                    seq += 1
+        if not skip:
             ops.append((DELETE_CHUNKS_OF, [(gid, index)]))
+        rows = []
+        for piece in pieces[skip:]:
+            for part in _split(piece, self._store.snapshot_chunk_bytes):
+                rows.append((gid, index, seq, part))
+                seq += 1
+        if rows:
             ops.append((INSERT_CHUNK, rows))
         ops.append((PUT_SNAPSHOT, [_snapshot_row(gid, snapshot)]))
         return ops

@@ -128,7 +128,17 @@ async def test_a_lagging_follower_gets_a_snapshot_larger_than_a_frame(tmp_path: 
         assert leader.storage.first_index() > 10  # compacted: node 3 needs the snapshot
         await nursery.start(hosts[2].run)
         lagging = hosts[2].open_group("b", (1, 2, 3), bootstrap_voters=True)
+
+        def whole_restore(data: object) -> None:
+            raise AssertionError("the snapshot was decoded at the end, not as it came")
+
+        # The follower decodes the chunks as they arrive, never the whole at install.
+        lagging.host.restore = whole_restore  # type: ignore[method-assign]
         await until(lambda: lagging.storage.snapshot().meta.index > 0)
+        size = len(lagging.storage.snapshot().data)
+        # ... and writes them ahead as they come: one sync per chunk or so, not one
+        # sync of the whole snapshot at the end.
+        assert hosts[2].counters.syncs >= size // 4096
         await until(lambda: lagging.host.applied_index >= leader.host.applied_index)
         assert dict(lagging.host.state.items) == dict(leader.host.state.items)
         assert hosts[2].transport is not None
