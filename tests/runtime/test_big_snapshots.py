@@ -106,7 +106,9 @@ async def test_writes_are_applied_while_a_big_snapshot_is_built(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_lagging_follower_gets_a_snapshot_larger_than_a_frame(tmp_path: Path) -> None:
+async def test_a_lagging_follower_gets_a_snapshot_larger_than_a_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     max_frame = 16 * 1024
     settings = HostSettings(
         tick_interval=0.01,
@@ -129,11 +131,12 @@ async def test_a_lagging_follower_gets_a_snapshot_larger_than_a_frame(tmp_path: 
         await nursery.start(hosts[2].run)
         lagging = hosts[2].open_group("b", (1, 2, 3), bootstrap_voters=True)
 
-        def whole_restore(data: object) -> None:
+        def whole_restore(self: object, data: object) -> None:
             raise AssertionError("the snapshot was decoded at the end, not as it came")
 
-        # The follower decodes the chunks as they arrive, never the whole at install.
-        lagging.host.restore = whole_restore  # type: ignore[method-assign]
+        # The follower decodes the chunks as they arrive, never the whole at install
+        # (no other host here restores anything).
+        monkeypatch.setattr(MachineHost, "restore", whole_restore)
         await until(lambda: lagging.storage.snapshot().meta.index > 0)
         size = len(lagging.storage.snapshot().data)
         # ... and writes them ahead as they come: one sync per chunk or so, not one
