@@ -93,7 +93,7 @@ def run_bigbucket(
 
         started = time.monotonic()
         with cluster.client(leader, timeout=120.0) as client:
-            batch = max(1, 16 * MiB // value_bytes)
+            batch = max(1, 4 * MiB // value_bytes)
             for first in range(0, puts, batch):
                 with client.pipeline() as pipe:
                     for i in range(first, min(puts, first + batch)):
