@@ -57,6 +57,12 @@ SCHEMA_VERSION = 2
 """Version 2 added ``snapshot_chunks``; a version 1 file is migrated when opened."""
 FORMAT = "boutique-raft-storage"
 
+SWEEP_BYTES = 16 * 1024 * 1024
+"""At most about this many bytes of dead rows (entries compacted away, chunks of an
+older snapshot) are deleted in one commit: deleting a large row walks all its pages,
+so a compaction or snapshot of gigabytes deleted at once would stall a commit for
+seconds. Smaller deletions happen at once, in the commit of the write itself."""
+
 SNAPSHOT_CHUNK_BYTES = 16 * 1024 * 1024
 """The largest snapshot chunk row. SQLite refuses a blob over ~1 GB (and a statement
 over its length limit), so a large snapshot is never one row; 16 MiB rows keep each
@@ -113,8 +119,21 @@ INSERT_ENTRY = "INSERT INTO entries (gid, idx, term, type, data) VALUES (?, ?, ?
 DELETE_ENTRIES_FROM = "DELETE FROM entries WHERE gid = ? AND idx >= ?"
 DELETE_ENTRIES_THROUGH = "DELETE FROM entries WHERE gid = ? AND idx <= ?"
 DELETE_ALL_ENTRIES = "DELETE FROM entries WHERE gid = ?"
-SELECT_ENTRIES = "SELECT idx, term, type, data FROM entries WHERE gid = ? ORDER BY idx"
-COUNT_ENTRIES = "SELECT COUNT(*) FROM entries"
+# Entries at or below a group's base are dead (compacted away, their deletion deferred
+# to the sweep): they are never loaded.
+SELECT_ENTRIES = "SELECT idx, term, type, data FROM entries WHERE gid = ? AND idx > ? ORDER BY idx"
+COUNT_ORPHAN_ENTRIES = "SELECT COUNT(*) FROM entries WHERE gid NOT IN (SELECT gid FROM groups)"
+DELETE_ENTRIES_AFTER = "DELETE FROM entries WHERE gid = ? AND idx > ?"
+SWEEP_ENTRIES = (
+    "SELECT rowid, length(data) FROM entries WHERE gid = ?"
+    " AND idx <= (SELECT base_index FROM groups WHERE gid = ?) ORDER BY idx LIMIT 256"
+)
+SWEEP_CHUNKS = (
+    "SELECT rowid, length(data) FROM snapshot_chunks WHERE gid = ?"
+    " AND idx < (SELECT idx FROM snapshots WHERE gid = ?) LIMIT 64"
+)
+DELETE_ENTRY_ROW = "DELETE FROM entries WHERE rowid = ?"
+DELETE_CHUNK_ROW = "DELETE FROM snapshot_chunks WHERE rowid = ?"
 PUT_SNAPSHOT = (
     "INSERT OR REPLACE INTO snapshots (gid, idx, term, voters, learners, data)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -124,9 +143,10 @@ SELECT_SNAPSHOTS = "SELECT gid, idx, term, voters, learners, data FROM snapshots
 # A snapshot's data is its ``snapshots.data`` (the whole data in files written before
 # version 2, empty since) followed by its chunk rows, those of (gid, idx) in ``seq``
 # order. Rows of another idx are a snapshot being written ahead (or one a crash cut
-# short): they are ignored when loading and deleted when the next snapshot lands.
+# short): they are ignored when loading; rows of an older idx are dead, deleted when
+# the next snapshot lands (small ones) or by the sweep (see SWEEP_BYTES).
 INSERT_CHUNK = "INSERT OR REPLACE INTO snapshot_chunks (gid, idx, seq, data) VALUES (?, ?, ?, ?)"
-DELETE_OTHER_CHUNKS = "DELETE FROM snapshot_chunks WHERE gid = ? AND idx != ?"
+DELETE_OLDER_CHUNKS = "DELETE FROM snapshot_chunks WHERE gid = ? AND idx < ?"
 DELETE_ALL_CHUNKS = "DELETE FROM snapshot_chunks WHERE gid = ?"
 DELETE_CHUNKS_OF = "DELETE FROM snapshot_chunks WHERE gid = ? AND idx = ?"
 SELECT_CHUNKS = "SELECT data FROM snapshot_chunks WHERE gid = ? AND idx = ? ORDER BY seq"
@@ -166,6 +186,8 @@ class SqliteStorage:
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._failure: str | None = None
+        self._debts: set[int] = set()
+        """Groups that may have dead rows left for the sweep (see ``SWEEP_BYTES``)."""
         self._conn: sqlite3.Connection | None = self._open()
         try:
             with _gc_paused():
@@ -238,6 +260,8 @@ class SqliteStorage:
                 # into fewer calls was measured to gain nothing (the rows cost the time).
                 for sql, rows in batch:
                     conn.executemany(sql, rows)
+                if self._debts:
+                    self._sweep(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._failure = f"a commit failed: {exc!r}"
@@ -247,6 +271,35 @@ class SqliteStorage:
                 if isinstance(exc, sqlite3.Error):
                     raise StorageFailedError(self.path, self._failure) from exc
                 raise
+
+    def _sweep(self, conn: sqlite3.Connection) -> None:
+        """Delete up to about ``SWEEP_BYTES`` of dead rows, inside the commit."""
+        budget = SWEEP_BYTES
+        with self._queue_lock:
+            debts = sorted(self._debts)
+        for gid in debts[:64]:
+            for select, delete in (
+                (SWEEP_ENTRIES, DELETE_ENTRY_ROW),
+                (SWEEP_CHUNKS, DELETE_CHUNK_ROW),
+            ):
+                rows = conn.execute(select, (gid, gid)).fetchall()
+                doomed = []
+                for rowid, size in rows:
+                    if budget <= 0:
+                        break
+                    doomed.append((rowid,))
+                    budget -= size or 0
+                conn.executemany(delete, doomed)
+                if len(doomed) < len(rows):
+                    return  # budget spent; the group stays in debt
+            with self._queue_lock:
+                self._debts.discard(gid)
+            if budget <= 0:
+                return
+
+    def _owe(self, gid: int) -> None:
+        with self._queue_lock:
+            self._debts.add(gid)
 
     def pending_writes(self) -> int:
         """How many statements wait for the next ``commit()`` (0: nothing to sync)."""
@@ -372,7 +425,7 @@ class SqliteStorage:
             for gid, name, term, vote, commit, base_index, base_term in conn.execute(
                 SELECT_GROUPS
             ).fetchall():
-                rows = conn.execute(SELECT_ENTRIES, (gid,)).fetchall()
+                rows = conn.execute(SELECT_ENTRIES, (gid, base_index)).fetchall()
                 loaded += len(rows)
                 image = _build_image(
                     self.path,
@@ -385,15 +438,15 @@ class SqliteStorage:
                 )
                 self._groups[name] = GroupStorage(self, name, gid, image, True)
                 max_gid = max(max_gid, gid)
-            total = conn.execute(COUNT_ENTRIES).fetchone()[0]
+            orphans = conn.execute(COUNT_ORPHAN_ENTRIES).fetchone()[0]
         except sqlite3.Error as exc:
             raise _translate(self.path, exc, "cannot read") from exc
         if snapshots:
             raise StorageCorruptError(self.path, f"snapshots of unknown groups {sorted(snapshots)}")
-        if total != loaded:
-            raise StorageCorruptError(
-                self.path, f"{total - loaded} log entries belong to no known group"
-            )
+        if orphans:
+            raise StorageCorruptError(self.path, f"{orphans} log entries belong to no known group")
+        # Dead rows a sweep had not reached before the node stopped.
+        self._debts.update(group._gid for group in self._groups.values())
         self._next_gid = max_gid + 1
 
 
@@ -488,11 +541,15 @@ class GroupStorage:
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Install a snapshot received from the leader: the log is replaced by it."""
         self._check_writable()
+        previous = self._image.snapshot()
         self._image.apply_snapshot(snapshot)
         ops = self._register()
-        key = [(self._gid,)]
-        ops.append((DELETE_ALL_ENTRIES, key))
-        ops.extend(self._snapshot_ops(snapshot))
+        before = previous
+        # Entries after the snapshot conflict with it and go now; those before it (and
+        # the older snapshot) are dead, deleted like a compaction's.
+        ops.append((DELETE_ENTRIES_AFTER, [(self._gid, snapshot.meta.index)]))
+        self._store._owe(self._gid)
+        ops.extend(self._snapshot_ops(snapshot, before))
         ops.append((SET_BASE, [(snapshot.meta.index, snapshot.meta.term, self._gid)]))
         self._store._queue(ops)
 
@@ -528,11 +585,11 @@ class GroupStorage:
         snapshot = self._image.create_snapshot(index, conf, data)
         if snapshot is not before:
             ops = self._register()
-            ops.extend(self._snapshot_ops(snapshot))
+            ops.extend(self._snapshot_ops(snapshot, before))
             self._store._queue(ops)
         return snapshot
 
-    def _snapshot_ops(self, snapshot: Snapshot) -> list[_Op]:
+    def _snapshot_ops(self, snapshot: Snapshot, before: Snapshot) -> list[_Op]:
         """Statements that make ``snapshot`` the group's one snapshot in the file: its
         row (meta only), its chunks (those not staged ahead), no other chunks.
 
@@ -553,7 +610,11 @@ class GroupStorage:
                     break
                 if covered > staged[2]:
                     break
-        ops: list[_Op] = [(DELETE_OTHER_CHUNKS, [(gid, index)])]
+        ops: list[_Op] = []
+        if len(before.data) <= SWEEP_BYTES:
+            ops.append((DELETE_OLDER_CHUNKS, [(gid, index)]))
+        else:
+            self._store._owe(gid)
         if not skip:
             ops.append((DELETE_CHUNKS_OF, [(gid, index)]))
         rows = []
@@ -571,11 +632,19 @@ class GroupStorage:
         self._check_writable()
         image = self._image
         before = image.first_index()
+        # The bytes this compaction frees (only for a valid one; ``compact`` refuses
+        # the others below).
+        dropped = 0
+        if before <= index <= image.snapshot().meta.index:
+            dropped = sum(len(e.data) for e in image.entries(before, index + 1))
         image.compact(index)
         base = image.first_index() - 1
         if base + 1 != before:
             ops = self._register()
-            ops.append((DELETE_ENTRIES_THROUGH, [(self._gid, base)]))
+            if dropped <= SWEEP_BYTES:
+                ops.append((DELETE_ENTRIES_THROUGH, [(self._gid, base)]))
+            else:
+                self._store._owe(self._gid)
             ops.append((SET_BASE, [(base, image.term(base), self._gid)]))
             self._store._queue(ops)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from boutique.raft.messages import Chunks, ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from boutique.storage import sqlite as sqlite_module
 from boutique.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 
 CONF = ConfState(frozenset({1, 2, 3}))
@@ -205,3 +206,57 @@ def test_a_version_1_file_opens_migrated_with_its_single_blob_snapshot(tmp_path:
     conn.close()
     with SqliteStorage(db, snapshot_chunk_bytes=LIMIT) as again:
         assert again.group("g").snapshot() == Snapshot(SnapshotMeta(12, 2, CONF), b"n" * 250)
+
+
+# --- Dead rows are deleted a bounded amount per commit ------------------------------------
+
+
+def count(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        n: int = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    conn.close()
+    return n
+
+
+def test_a_big_compaction_and_old_snapshot_are_swept_a_bit_per_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "SWEEP_BYTES", 250)
+    db = tmp_path / "node.db"
+    with SqliteStorage(db, snapshot_chunk_bytes=LIMIT) as store:
+        group = store.group("g")
+        group.append([Entry(1, i, b"x" * 100) for i in range(1, 41)])
+        group.create_snapshot(10, CONF, b"s" * 1000)  # 10 chunk rows
+        store.commit()
+        group.create_snapshot(35, CONF, b"t" * 300)
+        group.compact(30)  # 3000 bytes of entries, over the budget: left to the sweep
+        store.commit()
+        # At most about the budget was deleted in that commit.
+        assert count(db, "entries") >= 40 - 4
+        assert count(db, "snapshot_chunks") >= 3 + 10 - 4
+        # A restart meanwhile ignores the dead rows.
+        with SqliteStorage(db, snapshot_chunk_bytes=LIMIT) as meanwhile:
+            g = meanwhile.group("g")
+            assert (g.first_index(), g.last_index()) == (31, 40)
+            assert g.snapshot().data == b"t" * 300
+        commits = 0
+        while count(db, "entries") > 10 or count(db, "snapshot_chunks") > 3:
+            group.set_hard_state(HardState(1, 1, 40))  # any write makes a commit
+            store.commit()
+            commits += 1
+            assert commits < 50
+        assert commits >= 5
+    with SqliteStorage(db, snapshot_chunk_bytes=LIMIT) as again:
+        g = again.group("g")
+        assert [e.index for e in g.entries(31, 41)] == list(range(31, 41))
+
+
+def test_a_small_compaction_is_deleted_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "node.db"
+    with SqliteStorage(db) as store:
+        group = store.group("g")
+        group.append(log(40))
+        group.create_snapshot(35, CONF, b"t")
+        group.compact(30)
+        store.commit()
+    assert count(db, "entries") == 10
