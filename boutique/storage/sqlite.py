@@ -57,7 +57,7 @@ SCHEMA_VERSION = 2
 """Version 2 added ``snapshot_chunks``; a version 1 file is migrated when opened."""
 FORMAT = "boutique-raft-storage"
 
-SWEEP_BYTES = 16 * 1024 * 1024
+SWEEP_BYTES = 4 * 1024 * 1024
 """At most about this many bytes of dead rows (entries compacted away, chunks of an
 older snapshot) are deleted in one commit: deleting a large row walks all its pages,
 so a compaction or snapshot of gigabytes deleted at once would stall a commit for
