@@ -16,6 +16,14 @@ Queries (answered on one replica's state, after a ReadIndex for linearizability)
     ("count",)                       the number of keys
     ("stats",)                       {"keys": number of keys, "bytes": key + value bytes}
 
+Snapshots stream (see `ChunkedSnapshots` in `boutique.machine`): a snapshot is a
+sequence of msgpack arrays, each a flat [key1, value1, key2, value2, ...] of a few MiB,
+keys strictly increasing across the whole sequence (one array, as older nodes wrote,
+is such a sequence too). `snapshot_chunks` freezes the state at the call without
+copying it: until the stream ends, `apply` records the old value of each key it first
+changes (copy-on-write), and the stream reads every other key from the live map. So a
+multi-GB bucket is serialized a slice per event-loop turn while writes go on.
+
 Keys and values are `bytes` (an empty key or value is allowed); a limit is None
 (unlimited) or an int >= 0. A malformed command raises `TypeError` or `ValueError`
 before anything changes, so the host turns it into the same `CommandFailed` on every
@@ -27,14 +35,12 @@ compute the same replies and the same state.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain, islice
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
-
-from boutique.machine import decode_value
 
 if TYPE_CHECKING:
     from boutique.machine import StateMachine
@@ -72,11 +78,20 @@ class BucketState:
     through `BucketMachine.apply` so `size` stays right.
     """
 
-    __slots__ = ("items", "size")
+    __slots__ = ("frozen", "items", "size")
 
     def __init__(self, items: Any = None, size: int = 0) -> None:
         self.items: Any = SortedDict() if items is None else items
         self.size = size
+        self.frozen: Any = None
+        """While a snapshot stream is open: a `SortedDict` of each key changed since
+        the freeze -> its value then (None: the key did not exist)."""
+
+    def remember(self, key: bytes) -> None:
+        """Before changing `key`: keep its frozen value if a snapshot is being built."""
+        frozen = self.frozen
+        if frozen is not None and key not in frozen:
+            frozen[key] = self.items.get(key)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -97,6 +112,7 @@ class BucketMachine:
             case ("put", key, value):
                 _check_bytes("key", key)
                 _check_bytes("value", value)
+                state.remember(key)
                 items = state.items
                 previous: bytes | None = items.get(key)
                 if previous is None:
@@ -107,6 +123,7 @@ class BucketMachine:
                 return None, state
             case ("delete", key):
                 _check_bytes("key", key)
+                state.remember(key)
                 removed: bytes | None = state.items.pop(key, None)
                 if removed is None:
                     return False, state
@@ -155,25 +172,162 @@ class BucketMachine:
         return packed
 
     def restore(self, data: bytes) -> BucketState:
+        return self.restore_chunks((data,))
+
+    def snapshot_chunks(self, state: BucketState) -> BucketSnapshotStream:
+        """The state as of now, in pieces of about `SNAPSHOT_SLICE_BYTES` (see the
+        module docstring). One stream at a time per state."""
+        return BucketSnapshotStream(state)
+
+    def restore_chunks(self, pieces: Iterable[bytes]) -> BucketState:
+        """Rebuild from a snapshot's pieces, decoding as they come: the memory needed
+        beyond the new state is about one piece, whatever the bucket's size."""
+        restorer = self.restorer()
+        for piece in pieces:
+            restorer.feed(piece)
+        return restorer.finish()
+
+    def restorer(self) -> BucketRestorer:
+        """A state rebuilt from pieces pushed one at a time (a follower feeds it the
+        chunks of a snapshot as they arrive, so installing it costs little at the end)."""
+        return BucketRestorer()
+
+
+class BucketRestorer:
+    """Builds a `BucketState` from the pieces of a snapshot, in order, as they come.
+
+    Each `feed` decodes the whole msgpack values the pieces so far complete and inserts
+    their keys; `finish` checks nothing is left over and hands the state out. Any
+    malformation raises `ValueError` (then the restorer is of no further use)."""
+
+    __slots__ = ("_fed", "_items", "_previous", "_seen", "_size", "_unpacker")
+
+    def __init__(self) -> None:
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=False,
+            use_list=False,
+            ext_hook=_reject_ext,
+            max_buffer_size=_MAX_UNPACK_BUFFER,
+        )
+        self._items: Any = SortedDict()
+        self._size = 0
+        self._previous: bytes | None = None
+        self._seen = False
+        self._fed = 0
+
+    def feed(self, piece: bytes) -> None:
+        self._unpacker.feed(piece)
+        self._fed += len(piece)
+        items = self._items
         try:
-            flat = decode_value(data)
+            for flat in self._unpacker:
+                self._seen = True
+                if not isinstance(flat, tuple) or len(flat) % 2:
+                    raise ValueError(
+                        "not a bucket snapshot: expected flat lists of key, value pairs"
+                    )
+                previous = self._previous
+                for i in range(0, len(flat), 2):
+                    key, value = flat[i], flat[i + 1]
+                    if type(key) is not bytes or type(value) is not bytes:
+                        raise ValueError(f"bucket snapshot: item {len(items)} is not a bytes pair")
+                    # Snapshots are written in key order; insisting on it also rules out
+                    # duplicates.
+                    if previous is not None and key <= previous:
+                        raise ValueError(f"bucket snapshot: keys out of order at item {len(items)}")
+                    previous = key
+                    items[key] = value
+                    self._size += len(key) + len(value)
+                self._previous = previous
+        except ValueError:
+            raise
         except Exception as exc:
             raise ValueError("not a bucket snapshot: undecodable") from exc
-        if not isinstance(flat, tuple) or len(flat) % 2:
-            raise ValueError("not a bucket snapshot: expected a flat list of key, value pairs")
-        size = 0
-        previous: bytes | None = None
-        for i in range(0, len(flat), 2):
-            key, value = flat[i], flat[i + 1]
-            if type(key) is not bytes or type(value) is not bytes:
-                raise ValueError(f"bucket snapshot: item {i // 2} is not a bytes pair")
-            # Snapshots are written in key order; insisting on it also rules out duplicates.
-            if previous is not None and key <= previous:
-                raise ValueError(f"bucket snapshot: keys out of order at item {i // 2}")
-            previous = key
-            size += len(key) + len(value)
-        items = SortedDict(zip(flat[0::2], flat[1::2], strict=True))
-        return BucketState(items, size)
+
+    def finish(self) -> BucketState:
+        if not self._seen or self._unpacker.tell() != self._fed:
+            raise ValueError("not a bucket snapshot: undecodable")
+        return BucketState(self._items, self._size)
+
+
+SNAPSHOT_SLICE_BYTES = 4 * 1024 * 1024
+"""About how much of a bucket one piece of its snapshot holds (one piece per turn)."""
+SNAPSHOT_SLICE_KEYS = 50_000
+"""At most this many keys in one piece, so a bucket of tiny keys costs short turns too."""
+_MAX_UNPACK_BUFFER = 2**31 - 1
+"""Older snapshots are one array, up to SQLite's 1 GB blob limit: decode it whole."""
+
+
+class BucketSnapshotStream:
+    """A bucket's snapshot as of its creation, a slice at a time (a `SnapshotStream`).
+
+    Between slices `apply` may change the state: the state keeps the frozen value of
+    every key changed since (``BucketState.frozen``), and each slice merges the live
+    keys in its range with those. Reading live keys by range (``irange`` after the
+    last key served) stays correct whatever was inserted or deleted meanwhile.
+    """
+
+    __slots__ = ("_done", "_last", "_state", "_undo")
+
+    def __init__(self, state: BucketState) -> None:
+        if state.frozen is not None:
+            raise RuntimeError("a snapshot of this bucket is already being built")
+        self._state = state
+        self._undo: Any = SortedDict()
+        state.frozen = self._undo
+        self._last: bytes | None = None
+        self._done = False
+
+    def __iter__(self) -> BucketSnapshotStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        items = self._state.items
+        undo = self._undo
+        last = self._last
+        live: Iterator[bytes] = (
+            iter(items) if last is None else items.irange(last, None, inclusive=(False, False))
+        )
+        keys: list[bytes] = []
+        budget = SNAPSHOT_SLICE_BYTES
+        exhausted = True
+        for key in live:
+            keys.append(key)
+            budget -= len(key) + len(items[key])
+            if budget <= 0 or len(keys) >= SNAPSHOT_SLICE_KEYS:
+                exhausted = False
+                break
+        bound = None if exhausted else keys[-1]
+        # Keys changed since the freeze that lie in this slice's range: deleted ones
+        # are not among the live keys, and changed ones need their old value.
+        changed = list(undo.irange(last, bound, inclusive=(last is None, True)))
+        if changed:
+            keys = sorted(set(keys).union(changed))
+        flat: list[bytes] = []
+        for key in keys:
+            value = undo[key] if key in undo else items[key]
+            if value is not None:
+                flat.append(key)
+                flat.append(value)
+        if exhausted:
+            self.close()
+        else:
+            self._last = bound
+        packed: bytes = msgpack.packb(flat, use_bin_type=True)
+        return packed
+
+    def close(self) -> None:
+        """Stop; the state stops keeping frozen values."""
+        self._done = True
+        if self._state.frozen is self._undo:
+            self._state.frozen = None
+
+
+def _reject_ext(code: int, data: bytes) -> NoReturn:
+    raise ValueError(f"msgpack extension type {code} in a bucket snapshot")
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

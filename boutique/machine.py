@@ -26,6 +26,12 @@ The contract a machine must keep (replicas diverge silently if it is broken):
 5. `snapshot` captures the whole state and `restore(snapshot(s))` gives a state that
    behaves exactly like `s` for every later command. Snapshots are msgpack, never
    pickle: a snapshot arrives from another node and must not be able to run code.
+6. A machine whose state may be large also implements `ChunkedSnapshots`: its
+   `snapshot_chunks(state)` freezes the state as it is at the call and returns an
+   iterator of pieces that the runtime pulls a few at a time, one turn of the event
+   loop after another, applying later commands in between; those commands must not
+   change what the iterator yields. Its `restorer()` rebuilds a state from the pieces
+   pushed one at a time, without joining them.
 
 Commands, replies, queries and answers are plain msgpack values (`WireValue`). Decoded
 commands have every array as a tuple, so machines match on tuples.
@@ -35,15 +41,21 @@ This module never touches trio, sockets, files or the clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import msgpack  # type: ignore[import-untyped]
 
+from boutique.raft.messages import SnapshotData, pieces_of
+
 __all__ = [
+    "ChunkedSnapshots",
     "CommandFailed",
     "MachineHost",
+    "SnapshotStream",
     "StateMachine",
+    "StateRestorer",
     "WireValue",
     "decode_value",
     "encode_value",
@@ -67,6 +79,7 @@ C = TypeVar("C")
 R = TypeVar("R")
 Q = TypeVar("Q")
 A = TypeVar("A")
+S_co = TypeVar("S_co", covariant=True)
 C_contra = TypeVar("C_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
 Q_contra = TypeVar("Q_contra", contravariant=True)
@@ -103,6 +116,59 @@ class StateMachine(Protocol[S, C_contra, R_co, Q_contra, A_co]):
     def restore(self, data: bytes) -> S:
         """Rebuild a state from `snapshot` bytes; raise `ValueError` if malformed."""
         ...
+
+
+@runtime_checkable
+class ChunkedSnapshots(Protocol[S]):
+    """What a machine with a large state adds to `StateMachine` (rule 6 above)."""
+
+    def snapshot_chunks(self, state: S) -> SnapshotStream:
+        """Freeze `state` now; the stream yields its snapshot in pieces. Later `apply`
+        calls may run between pieces and must not change what is yielded."""
+        ...
+
+    def restorer(self) -> StateRestorer[S]:
+        """A state rebuilt from the pieces of `snapshot_chunks` (or of `snapshot`)
+        pushed in order, as they arrive."""
+        ...
+
+
+class StateRestorer(Protocol[S_co]):
+    """Rebuilds a state from a snapshot's pieces: `feed` each in order (it may decode
+    as it goes), then `finish`. Either raises `ValueError` for malformed data."""
+
+    def feed(self, piece: bytes) -> None: ...
+
+    def finish(self) -> S_co: ...
+
+
+class SnapshotStream(Protocol):
+    """The pieces of a snapshot being built. `close` abandons it early (and lets the
+    state stop keeping its frozen view)."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __next__(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _Pieces:
+    """A `SnapshotStream` over pieces that already exist."""
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = iter(pieces)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces = iter(())
 
 
 def encode_value(value: object) -> bytes:
@@ -236,27 +302,41 @@ class MachineHost(Generic[S, C, R, Q, A]):
         return self._machine.query(self._state, query)
 
     def snapshot(self) -> bytes:
-        """msgpack `[applied_index, machine snapshot bytes]`."""
+        """msgpack `[applied_index, machine snapshot bytes]`, built at once."""
         return encode_value([self._applied_index, self._machine.snapshot(self._state)])
 
-    def restore(self, data: bytes) -> None:
-        """Replace state and applied index with those of a `snapshot`.
+    def snapshot_stream(self) -> SnapshotStream:
+        """The snapshot as of now, in pieces to pull one event-loop turn at a time
+        while later entries are applied (for a `ChunkedSnapshots` machine; any other
+        machine's snapshot is built at once, as one piece).
+
+        The data is the head, msgpack `[applied_index]` (one element, where `snapshot`
+        writes two), followed by the machine's pieces. `restore` reads both forms.
+        """
+        head = encode_value([self._applied_index])
+        machine = self._machine
+        if isinstance(machine, ChunkedSnapshots):
+            body = machine.snapshot_chunks(self._state)
+            return _Chained(head, body)
+        return _Pieces((head, machine.snapshot(self._state)))
+
+    def restore(self, data: SnapshotData) -> None:
+        """Replace state and applied index with those of a `snapshot` or of a
+        `snapshot_stream`'s pieces (as `bytes` or `Chunks`).
 
         Raises `ValueError` for a malformed envelope; the machine's `restore` errors
         propagate. On any error the host is unchanged.
         """
-        try:
-            envelope = decode_value(data)
-        except Exception as exc:
-            raise ValueError("not a machine host snapshot") from exc
-        match envelope:
-            case (int() as index, bytes() as machine_data) if (
-                not isinstance(index, bool) and index >= 0
-            ):
-                pass
-            case _:
-                raise ValueError("not a machine host snapshot")
-        state = self._machine.restore(machine_data)
+        restorer = self.restorer()
+        for piece in pieces_of(data):
+            restorer.feed(piece)
+        restorer.finish()
+
+    def restorer(self) -> HostRestorer:
+        """Restore from pieces pushed as they arrive; `finish` installs the result."""
+        return HostRestorer(self)
+
+    def _install(self, state: S, index: int) -> None:
         self._state = state
         self._applied_index = index
 
@@ -267,3 +347,136 @@ class MachineHost(Generic[S, C, R, Q, A]):
                 f"entry {index} out of order: expected {expected} "
                 f"(applied index {self._applied_index})"
             )
+
+
+_STREAM_HEAD = b"\x91"
+"""The first byte of a streamed snapshot: msgpack's one-element array `[index]`."""
+_MAX_HEAD = 16
+
+
+class _Collect:
+    """The restorer of a machine without `ChunkedSnapshots`: keeps the pieces and
+    restores from them joined."""
+
+    __slots__ = ("_machine", "_pieces")
+
+    def __init__(self, machine: StateMachine[Any, Any, Any, Any, Any]) -> None:
+        self._machine = machine
+        self._pieces: list[bytes] = []
+
+    def feed(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+
+    def finish(self) -> Any:
+        return self._machine.restore(b"".join(self._pieces))
+
+
+class HostRestorer:
+    """Restores a `MachineHost` from a snapshot's pieces, fed in order as they arrive.
+
+    A streamed snapshot (head `[index]`) goes to the machine's own restorer piece by
+    piece, so a follower receiving a large snapshot decodes it while it arrives; the
+    whole-at-once form (`[index, bytes]`) is kept and decoded at `finish`. `finish`
+    installs the state and index in the host, or raises `ValueError` and leaves the
+    host unchanged.
+    """
+
+    __slots__ = ("_body", "_head", "_host", "_index", "_whole", "fed")
+
+    def __init__(self, host: MachineHost[Any, Any, Any, Any, Any]) -> None:
+        self._host = host
+        self._head = b""
+        self._index: int | None = None
+        self._body: StateRestorer[Any] | None = None
+        self._whole: list[bytes] | None = None
+        self.fed = 0
+        """Bytes fed so far."""
+
+    def feed(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self.fed += len(piece)
+        if self._whole is not None:
+            self._whole.append(piece)
+        elif self._body is not None:
+            self._body.feed(piece)
+        else:
+            self._feed_head(piece)
+
+    def _feed_head(self, piece: bytes) -> None:
+        head = self._head + piece
+        if head[:1] != _STREAM_HEAD:
+            self._whole = [head] if head else []
+            self._head = b""
+            return
+        unpacker = msgpack.Unpacker(raw=False, use_list=False, ext_hook=_reject_ext)
+        unpacker.feed(head[:_MAX_HEAD])
+        try:
+            value = unpacker.unpack()
+        except msgpack.OutOfData:
+            if len(head) >= _MAX_HEAD:
+                raise ValueError("not a machine host snapshot: bad head") from None
+            self._head = head
+            return
+        except Exception as exc:
+            raise ValueError("not a machine host snapshot: bad head") from exc
+        match value:
+            case (int() as index,) if not isinstance(index, bool) and index >= 0:
+                pass
+            case _:
+                raise ValueError("not a machine host snapshot: bad head")
+        self._head = b""
+        self._index = index
+        machine = self._host.machine
+        body: StateRestorer[Any] = (
+            machine.restorer() if isinstance(machine, ChunkedSnapshots) else _Collect(machine)
+        )
+        self._body = body
+        rest = head[unpacker.tell() :]
+        if rest:
+            body.feed(rest)
+
+    def finish(self) -> None:
+        host = self._host
+        if self._whole is not None:
+            try:
+                envelope = decode_value(b"".join(self._whole))
+            except Exception as exc:
+                raise ValueError("not a machine host snapshot") from exc
+            match envelope:
+                case (int() as index, bytes() as machine_data) if (
+                    not isinstance(index, bool) and index >= 0
+                ):
+                    pass
+                case _:
+                    raise ValueError("not a machine host snapshot")
+            state = host.machine.restore(machine_data)
+        elif self._body is not None and self._index is not None:
+            index = self._index
+            state = self._body.finish()
+        else:
+            raise ValueError("not a machine host snapshot: cut short")
+        host._install(state, index)
+
+
+class _Chained:
+    """A `SnapshotStream`: one head piece, then another stream's pieces."""
+
+    __slots__ = ("_body", "_head")
+
+    def __init__(self, head: bytes, body: SnapshotStream) -> None:
+        self._head: bytes | None = head
+        self._body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._head is not None:
+            head, self._head = self._head, None
+            return head
+        return next(self._body)
+
+    def close(self) -> None:
+        self._head = None
+        self._body.close()

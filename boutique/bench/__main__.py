@@ -10,6 +10,8 @@
     python -m boutique.bench idle --buckets 10000      idle CPU and memory per bucket
     python -m boutique.bench all                       every standard scenario, as a table
     python -m boutique.bench echo --scenario writes64  the same load on a bare trio server
+    python -m boutique.bench bigbucket --gb 2          one 2 GB bucket: snapshot, catch-up,
+                                                       restart, and the longest loop stall
 
 Scenarios (issue 8): writes64 (64 connections, PUT 100 B), reads64 (64 connections,
 GET), single (1 connection, PUT), pipelined (8 connections, depth 32, PUT). Flags given
@@ -32,8 +34,10 @@ that answers ``OK`` to every line and does nothing else (``boutique/bench/echo.p
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +46,7 @@ from types import FrameType
 
 from boutique.testing.netns_cluster import NetnsCluster
 
+from .bigbucket import run_bigbucket
 from .cluster import (
     DEFAULT_ELECTION_TICKS,
     DEFAULT_TICK,
@@ -246,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cluster_args(idle, nodes=1)
 
+    big = modes.add_parser(
+        "bigbucket", help="one very large bucket: snapshot, follower catch-up, restart"
+    )
+    big.add_argument("--gb", type=float, default=2.0, help="bucket size in GiB (default 2)")
+    big.add_argument("--value-mb", type=float, default=1.0, help="MiB per value (default 1)")
+    big.add_argument(
+        "--snapshot-every", type=int, help="snapshot_entries (default: half the values)"
+    )
+    big.add_argument("--dir", type=Path, default=Path.cwd(), help="where the scratch dir goes")
+    big.add_argument("--keep", action="store_true", help="keep the scratch directory")
+
     every = modes.add_parser("all", help="every standard scenario, then a markdown table")
     every.add_argument(
         "--duration", type=float, default=10.0, help="measured seconds per load scenario"
@@ -395,6 +411,25 @@ def mode_idle(args: argparse.Namespace, ledger: Ledger) -> int:
     return 0
 
 
+def mode_bigbucket(args: argparse.Namespace, ledger: Ledger) -> int:
+    _print(["boutique benchmark: one big bucket", *machine_lines()])
+    scratch = Path(tempfile.mkdtemp(prefix="boutique-bigbucket-", dir=args.dir))
+    try:
+        result = run_bigbucket(
+            scratch,
+            ledger,
+            gb=args.gb,
+            value_mb=args.value_mb,
+            snapshot_every=args.snapshot_every,
+            say=lambda line: print(line, flush=True),
+        )
+        _print(result.lines())
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
 def mode_all(args: argparse.Namespace, ledger: Ledger) -> int:
     machine = machine_lines()
     _print(["boutique benchmark: all standard scenarios", *machine])
@@ -518,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "failover": mode_failover,
         "idle": mode_idle,
         "all": mode_all,
+        "bigbucket": mode_bigbucket,
     }
     started = time.monotonic()
     code = 1

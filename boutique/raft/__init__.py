@@ -9,6 +9,7 @@ from .errors import InvalidConfChangeError, NotLeaderError, ProposalDroppedError
 from .messages import (
     NONE,
     ChangeType,
+    Chunks,
     ConfChange,
     ConfState,
     Entry,
@@ -16,7 +17,9 @@ from .messages import (
     HardState,
     Message,
     Snapshot,
+    SnapshotData,
     SnapshotMeta,
+    pieces_of,
 )
 from .rawnode import RawNode, Ready, SoftState, Status, bootstrap
 from .storage import CompactedError, LogStorage, StorageError, UnavailableError
@@ -24,6 +27,7 @@ from .storage import CompactedError, LogStorage, StorageError, UnavailableError
 __all__ = [
     "NONE",
     "ChangeType",
+    "Chunks",
     "CompactedError",
     "ConfChange",
     "ConfState",
@@ -42,10 +46,12 @@ __all__ = [
     "Ready",
     "Role",
     "Snapshot",
+    "SnapshotData",
     "SnapshotMeta",
     "SoftState",
     "Status",
     "StorageError",
     "UnavailableError",
     "bootstrap",
+    "pieces_of",
 ]

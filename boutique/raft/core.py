@@ -25,6 +25,7 @@ from .messages import (
     AppendRequest,
     AppendResponse,
     ChangeType,
+    Chunks,
     ConfChange,
     ConfState,
     Entry,
@@ -63,6 +64,15 @@ class ReadState:
 
     index: int
     context: bytes
+
+
+@dataclass(slots=True)
+class _Incoming:
+    """A snapshot being received: its chunks so far, in order."""
+
+    meta: SnapshotMeta
+    pieces: list[bytes] = field(default_factory=list)
+    received: int = 0
 
 
 @dataclass(slots=True)
@@ -111,7 +121,7 @@ class Raft:
         self.pending_reads: list[tuple[bytes, int]] = []
         self.read_rounds: dict[int, _ReadRound] = {}
         self.next_read_round = 1
-        self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
+        self.incoming_snapshot: _Incoming | None = None
         self.quiesced = False
         self.append_due = False
         """A leader owes its followers an append (new entries, or a commit index they
@@ -711,22 +721,24 @@ class Raft:
             answer(len(msg.data) + msg.offset, installed=True)
             return
         if msg.offset == 0:
-            self.incoming_snapshot = (meta, bytearray())
+            self.incoming_snapshot = _Incoming(meta)
         incoming = self.incoming_snapshot
-        if incoming is None or incoming[0] != meta:
+        if incoming is None or incoming.meta != meta:
             answer(0, reject=True)
             return
-        buffer = incoming[1]
-        if msg.offset != len(buffer):
-            answer(len(buffer), reject=msg.offset > len(buffer))
+        if msg.offset != incoming.received:
+            answer(incoming.received, reject=msg.offset > incoming.received)
             return
-        buffer.extend(msg.data)
+        # The chunks are kept as they came, never joined: a snapshot of gigabytes
+        # joined into one object would be copied whole, and held twice meanwhile.
+        incoming.pieces.append(msg.data)
+        incoming.received += len(msg.data)
         if not msg.done:
-            answer(len(buffer))
+            answer(incoming.received)
             return
         self.incoming_snapshot = None
-        self.restore(Snapshot(meta, bytes(buffer)))
-        answer(len(buffer), installed=True)
+        self.restore(Snapshot(meta, Chunks(incoming.pieces)))
+        answer(incoming.received, installed=True)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Replace our log and membership by an installed snapshot."""

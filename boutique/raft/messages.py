@@ -10,7 +10,9 @@ Node ids are positive integers; ``NONE`` (0) means "no node".
 
 from __future__ import annotations
 
+import bisect
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 NONE = 0
@@ -128,12 +130,83 @@ class SnapshotMeta:
     conf: ConfState = field(default_factory=ConfState)
 
 
+class Chunks:
+    """Bytes held as a sequence of pieces, never joined into one object.
+
+    A snapshot of a large state machine may be gigabytes: joining it would copy all of
+    it in one go (seconds on a busy host) and need the memory twice. ``Chunks`` offers
+    what the core and the storage need of snapshot data without that: its length,
+    slices (which copy only the slice), the pieces in order, and equality by content.
+    It must never be mutated: the pieces are shared, not copied.
+    """
+
+    __slots__ = ("_ends", "_length", "pieces")
+
+    def __init__(self, pieces: Iterable[bytes] = ()) -> None:
+        self.pieces: tuple[bytes, ...] = tuple(p for p in pieces if p)
+        ends = []
+        total = 0
+        for piece in self.pieces:
+            total += len(piece)
+            ends.append(total)
+        self._ends = ends
+        self._length = total
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, item: slice) -> bytes:
+        start, stop, step = item.indices(self._length)
+        if step != 1:
+            raise ValueError("Chunks slices take no step")
+        if stop <= start:
+            return b""
+        # The first piece ending after ``start``, then pieces until ``stop`` is covered.
+        i = bisect.bisect_right(self._ends, start)
+        out = []
+        while start < stop:
+            piece = self.pieces[i]
+            begin = self._ends[i] - len(piece)
+            take = piece[start - begin : stop - begin]
+            out.append(take)
+            start += len(take)
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Chunks):
+            return len(other) == self._length and bytes(other) == bytes(self)
+        if isinstance(other, bytes):
+            return len(other) == self._length and other == bytes(self)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(bytes(self))
+
+    def __repr__(self) -> str:
+        return f"Chunks({len(self.pieces)} pieces, {self._length} bytes)"
+
+
+SnapshotData = bytes | Chunks
+"""What a snapshot's data may be: one ``bytes``, or ``Chunks`` for a large one."""
+
+
+def pieces_of(data: SnapshotData) -> tuple[bytes, ...]:
+    """The pieces of snapshot data in order (one for plain ``bytes``, none if empty)."""
+    if isinstance(data, Chunks):
+        return data.pieces
+    return (data,) if data else ()
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A state machine image covering the log up to ``meta.index``."""
 
     meta: SnapshotMeta = field(default_factory=SnapshotMeta)
-    data: bytes = b""
+    data: SnapshotData = b""
 
 
 # --- Messages -------------------------------------------------------------------------

@@ -8,6 +8,17 @@ entry is applied (or lost), or when a read becomes safe to serve. Nothing here a
 Outcomes are classed the way the line protocol reports them: ``Applied`` (with the
 machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
 ``Unknown`` (may or may not have been applied).
+
+Snapshots are built a slice per turn (``SnapshotBuild``): the machine freezes its state
+at the applied index when the build starts, the loop pulls one piece per turn
+(``continue_snapshot``) and writes it ahead into storage, and later entries are applied
+meanwhile. Only when the last piece is written is the snapshot recorded, at the index of
+the freeze, and the log compacted behind it. A snapshot installed from the leader
+abandons a build in progress (the state it froze is gone).
+
+A follower receiving a snapshot does the same work as the chunks arrive
+(``persist``): each chunk is written ahead into storage and fed to the machine's
+restorer, so installing a large snapshot at the end costs little more than a small one.
 """
 
 from __future__ import annotations
@@ -21,9 +32,11 @@ from typing import Any
 
 import trio
 
-from boutique.machine import CommandFailed, MachineHost
+from boutique.machine import CommandFailed, HostRestorer, MachineHost, SnapshotStream
 from boutique.raft import (
+    Chunks,
     ConfChange,
+    ConfState,
     EntryType,
     InvalidConfChangeError,
     NotLeaderError,
@@ -31,6 +44,9 @@ from boutique.raft import (
     RawNode,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
+    pieces_of,
 )
 from boutique.storage.sqlite import GroupStorage
 
@@ -100,6 +116,28 @@ class Pending:
 
 
 @dataclass(slots=True)
+class SnapshotBuild:
+    """A snapshot of the state at ``index`` (membership ``conf``) being built."""
+
+    index: int
+    conf: ConfState
+    stream: SnapshotStream
+    pieces: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass(slots=True)
+class _Receiving:
+    """The snapshot a follower is receiving: chunks taken so far (written ahead and fed
+    to ``restorer``; None once it refused them: the install then decodes anew)."""
+
+    meta: SnapshotMeta
+    restorer: HostRestorer | None
+    taken: int = 0
+    last: bytes | None = None
+
+
+@dataclass(slots=True)
 class _Write:
     term: int
     pending: Pending
@@ -139,6 +177,9 @@ class GroupRuntime:
         self.campaign_when_ready = False
         """Campaign as soon as this node knows it is a voter (a new group's founding
         membership is only known once its first entry is applied)."""
+        self.build: SnapshotBuild | None = None
+        """The snapshot being built, one piece per turn (see ``continue_snapshot``)."""
+        self._receiving: _Receiving | None = None
 
     # --- Requests -----------------------------------------------------------------------
 
@@ -180,15 +221,51 @@ class GroupRuntime:
 
     # --- The Ready cycle ------------------------------------------------------------------
 
-    def persist(self, ready: Ready) -> None:
-        """Step 1 of the Ready contract, into storage (synced by the node afterwards)."""
+    def persist(self, ready: Ready) -> bool:
+        """Step 1 of the Ready contract, into storage (synced by the node afterwards).
+        True if snapshot chunks were written ahead (worth a sync even if the Ready
+        needs none, so they reach the file a few at a time)."""
         storage = self.storage
+        wrote_ahead = self._receive(ready.snapshot)
         if ready.snapshot is not None:
             storage.apply_snapshot(ready.snapshot)
         if ready.entries:
             storage.append(ready.entries)
         if ready.hard_state is not None:
             storage.set_hard_state(ready.hard_state)
+        return wrote_ahead
+
+    def _receive(self, installed: Snapshot | None) -> bool:
+        """Take the snapshot chunks received since the last call: write them ahead and
+        feed them to a restorer. ``installed`` is the snapshot the core just completed
+        (its last chunk only arrives with it)."""
+        if installed is not None:
+            meta, pieces = installed.meta, pieces_of(installed.data)
+        else:
+            incoming = self.node.raft.incoming_snapshot
+            if incoming is None:
+                return False
+            meta, pieces = incoming.meta, tuple(incoming.pieces)
+        receiving = self._receiving
+        if (
+            receiving is None
+            or receiving.meta != meta
+            or receiving.taken > len(pieces)
+            or (receiving.taken and pieces[receiving.taken - 1] is not receiving.last)
+        ):
+            # A new transfer, or the leader started this one over.
+            receiving = self._receiving = _Receiving(meta, self.host.restorer())
+        new = pieces[receiving.taken :]
+        for piece in new:
+            self.storage.stage_snapshot_chunk(meta.index, piece, first=receiving.taken == 0)
+            receiving.taken += 1
+            receiving.last = piece
+            if receiving.restorer is not None:
+                try:
+                    receiving.restorer.feed(piece)
+                except ValueError:
+                    receiving.restorer = None
+        return bool(new)
 
     def apply_and_advance(self, ready: Ready) -> None:
         """Steps 3-5: restore/apply, serve reads, advance; then maybe snapshot."""
@@ -200,7 +277,19 @@ class GroupRuntime:
                 ready.snapshot.meta.index,
                 len(ready.snapshot.data),
             )
-            host.restore(ready.snapshot.data)
+            # The leader's snapshot replaces the state a build in progress froze.
+            self.abandon_snapshot()
+            receiving, self._receiving = self._receiving, None
+            if (
+                receiving is not None
+                and receiving.restorer is not None
+                and receiving.meta == ready.snapshot.meta
+                and receiving.restorer.fed == len(ready.snapshot.data)
+            ):
+                # Decoded while it arrived: only the last step is left.
+                receiving.restorer.finish()
+            else:
+                host.restore(ready.snapshot.data)
             covered = ready.snapshot.meta.index
             for index in [i for i in self.writes if i <= covered]:
                 self.writes.pop(index).pending.resolve(
@@ -261,15 +350,53 @@ class GroupRuntime:
                 read.pending.resolve(Rejected("leadership changed", self.leader))
 
     def _maybe_snapshot(self) -> None:
+        if self.build is not None:
+            return
         applied = self.host.applied_index
         if applied - self.storage.snapshot().meta.index < self.snapshot_entries:
             return
-        self.storage.create_snapshot(applied, self.node.conf_state, self.host.snapshot())
+        # The membership and the state are both taken as of ``applied``; entries
+        # applied while the pieces are pulled are not in this snapshot, and stay in
+        # the log (compaction waits for the snapshot to be recorded).
+        self.build = SnapshotBuild(applied, self.node.conf_state, self.host.snapshot_stream())
+        self.continue_snapshot()
+
+    def continue_snapshot(self) -> None:
+        """Pull the next piece of the snapshot being built and write it ahead; record
+        the snapshot and compact the log once the last piece is in. The host calls
+        this once per turn while ``build`` is set; each call costs one piece."""
+        build = self.build
+        if build is None:
+            return
+        piece = next(build.stream, None)
+        if piece is not None:
+            build.pieces.append(piece)
+            build.size += len(piece)
+            self.storage.stage_snapshot_chunk(build.index, piece, first=len(build.pieces) == 1)
+            return
+        self.build = None
+        pieces = build.pieces
+        data = pieces[0] if len(pieces) == 1 else Chunks(pieces)
+        self.storage.create_snapshot(build.index, build.conf, data)
+        log.debug(
+            "group %s: took a snapshot at index %d (%d bytes, %d pieces)",
+            self.group_id,
+            build.index,
+            build.size,
+            len(pieces),
+        )
         # Keep a tail of entries so a follower that is only a little behind catches up
         # from the log instead of needing the whole snapshot.
         keep = self.snapshot_entries // 4
-        if applied - keep > self.storage.first_index():
-            self.storage.compact(applied - keep)
+        if build.index - keep > self.storage.first_index():
+            self.storage.compact(build.index - keep)
+
+    def abandon_snapshot(self) -> None:
+        """Drop a build in progress (what it wrote ahead is dropped with the next
+        snapshot recorded)."""
+        if self.build is not None:
+            self.build.stream.close()
+            self.build = None
 
     def sweep(self) -> None:
         """Forget requests whose callers gave up (called now and then)."""
@@ -279,6 +406,7 @@ class GroupRuntime:
             del self.reads[context]
 
     def close(self, reason: str) -> None:
+        self.abandon_snapshot()
         for write in self.writes.values():
             write.pending.resolve(Unknown(reason))
         for read in self.reads.values():

@@ -28,6 +28,7 @@ import collections
 import itertools
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,9 +47,17 @@ from boutique.raft import (
     Role,
     bootstrap,
 )
-from boutique.raft.messages import ConfChange, ConfState, Entry, HardState, Snapshot
+from boutique.raft.messages import (
+    ConfChange,
+    ConfState,
+    Entry,
+    HardState,
+    Snapshot,
+    SnapshotData,
+)
 
 from .codec import CodecError, decode_batch, encode_batch
+from .framing import DEFAULT_MAX_FRAME
 from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
 from .transport import PeerTransport
 
@@ -68,7 +77,8 @@ class GroupStore(LogStorage, Protocol):
     def append(self, entries: list[Entry]) -> None: ...
     def set_hard_state(self, hard_state: HardState) -> None: ...
     def apply_snapshot(self, snapshot: Snapshot) -> None: ...
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot: ...
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot: ...
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None: ...
     def compact(self, index: int) -> None: ...
     def bootstrap(self, hard_state: HardState, entries: list[Entry]) -> None: ...
 
@@ -93,6 +103,11 @@ class HostSettings:
     heartbeat_ticks: int = 1
     snapshot_entries: int = 10_000
     request_timeout: float = 5.0
+    snapshot_chunk_size: int = 1 << 20
+    """Bytes of snapshot per InstallSnapshot message: a snapshot of any size goes to a
+    follower in messages (and frames) of about this size."""
+    max_frame: int = DEFAULT_MAX_FRAME
+    """The largest peer frame accepted (see ``PeerTransport``)."""
     max_inflight_appends: int = 1
     """Unacknowledged appends per follower. One keeps the message count per write low
     under load: what is proposed while an append is in flight goes in the next one, so
@@ -115,6 +130,14 @@ class HostCounters:
     messages_in: int = 0
     frames_out: int = 0
     """Frames handed to the transport (one per peer per send)."""
+    snapshot_pieces: int = 0
+    """Pieces of snapshots built (one per building group per turn)."""
+    snapshots_taken: int = 0
+    """Snapshots built and recorded (not counting those installed from a leader)."""
+    longest_turn_us: int = 0
+    """The longest turn of the loop so far, in microseconds, snapshot pieces, storage
+    syncs and sends included: the worst stall of the host's work this node has seen
+    (an integer, like every counter, so STATUS and the benchmark parse it alike)."""
 
 
 @dataclass(slots=True)
@@ -202,6 +225,8 @@ class RaftHost:
         self._wakeup = trio.Event()
         self._tick_due = False
         self._carry: set[str] = set()
+        self._building: set[str] = set()
+        """Groups with a snapshot being built: each gets one piece per turn."""
         self._forwards: dict[int, tuple[Pending, int]] = {}
         """Requests sent to peers and not yet answered: id -> (pending, peer)."""
         self._tracked: collections.deque[Pending] = collections.deque()
@@ -247,6 +272,7 @@ class RaftHost:
             self.peers,
             self._on_frame,
             on_suspect=self._on_suspect,
+            max_frame=self.settings.max_frame,
         )
 
     def load_groups(self) -> None:
@@ -296,6 +322,7 @@ class RaftHost:
             quiesce=quiesce,
             max_inflight_msgs=self.settings.max_inflight_appends,
             announce_commit=announce_commit,
+            snapshot_chunk_size=self.settings.snapshot_chunk_size,
         )
         node = RawNode(raft_config, storage, random.Random(self.rng.getrandbits(64)))
         group = GroupRuntime(group_id, node, storage, host, self.settings.snapshot_entries)
@@ -314,6 +341,7 @@ class RaftHost:
         group = self.groups.pop(group_id, None)
         self.active.discard(group_id)
         self._carry.discard(group_id)
+        self._building.discard(group_id)
         if group is not None:
             group.close("group removed from this node")
         assert self.storage is not None
@@ -360,13 +388,19 @@ class RaftHost:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
+            started = time.perf_counter()
             self._in_turn = True
             try:
                 self._turn()
+                if self._building:
+                    self._continue_snapshots()
             finally:
                 self._in_turn = False
             self._send_mail()
-            if self._carry:
+            took = round((time.perf_counter() - started) * 1e6)
+            if took > self.counters.longest_turn_us:
+                self.counters.longest_turn_us = took
+            if self._carry or self._building:
                 self._wakeup.set()
                 # Let the transport and the connections run between turns, so a turn
                 # over thousands of groups never starves keepalives and clients.
@@ -408,6 +442,24 @@ class RaftHost:
             dirty = self._cycle(dirty)
         self._carry |= dirty
 
+    def _continue_snapshots(self) -> None:
+        """One piece of every snapshot being built, written ahead in one sync: a large
+        snapshot costs many short turns, never one long one."""
+        for group_id in list(self._building):
+            group = self.groups.get(group_id)
+            if group is None or group.build is None:
+                self._building.discard(group_id)
+                continue
+            group.continue_snapshot()
+            self.counters.snapshot_pieces += 1
+            if group.build is None:
+                self._building.discard(group_id)
+                self.counters.snapshots_taken += 1
+        assert self.storage is not None
+        if self.storage.pending_writes():
+            self.counters.syncs += 1
+            self.storage.commit()
+
     def _cycle(self, dirty: set[str]) -> set[str]:
         """One Ready cycle for the ``dirty`` groups; returns those with more to do."""
         readies = []
@@ -424,14 +476,17 @@ class RaftHost:
             for msg in ready.messages:
                 outgoing[msg.to][group.group_id].append(msg)
         self._send_all(outgoing)
+        wrote_ahead = False
         for group, ready in readies:
-            group.persist(ready)
+            wrote_ahead |= group.persist(ready)
         assert self.storage is not None
         # A Ready that only moved the commit index needs no sync (losing it in a crash
         # only means re-learning the commit index); its write joins the next commit.
         # The sync runs inline: handing it to a thread cost more (~0.2 ms a turn) than
         # it saved, and requests arriving meanwhile simply form the next turn's batch.
-        if any(ready.must_sync for _, ready in readies) and self.storage.pending_writes():
+        # Snapshot chunks written ahead are synced as they come, never all at the end.
+        must_sync = wrote_ahead or any(ready.must_sync for _, ready in readies)
+        if must_sync and self.storage.pending_writes():
             self.counters.syncs += 1
             self.storage.commit()
         for group, ready in readies:
@@ -444,6 +499,8 @@ class RaftHost:
             if group.group_id not in self.groups:
                 continue  # dropped by an earlier group's on_applied
             group.apply_and_advance(ready)
+            if group.build is not None:
+                self._building.add(group.group_id)
             if group.track_applied and (group.on_applied or ready.snapshot is not None):
                 watched.append((group, ready.snapshot is not None))
             if group.node.has_ready():

@@ -8,7 +8,14 @@ also the simulator's "disk": what was written here survives a simulated crash.
 
 from __future__ import annotations
 
-from boutique.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from boutique.raft.messages import (
+    ConfState,
+    Entry,
+    HardState,
+    Snapshot,
+    SnapshotData,
+    SnapshotMeta,
+)
 from boutique.raft.storage import CompactedError, UnavailableError
 
 
@@ -96,7 +103,7 @@ class MemoryStorage:
         self._snapshot = snapshot
         self._entries = [Entry(snapshot.meta.term, snapshot.meta.index)]
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
         """Record a snapshot of the local state machine taken at applied ``index``."""
         if index <= self._snapshot.meta.index:
             return self._snapshot
@@ -104,6 +111,10 @@ class MemoryStorage:
             raise UnavailableError(index)
         self._snapshot = Snapshot(SnapshotMeta(index, self.term(index), conf), data)
         return self._snapshot
+
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None:
+        """Nothing to do in memory: ``create_snapshot`` gets the whole data anyway
+        (``GroupStorage`` writes a large snapshot ahead, piece by piece)."""
 
     def compact(self, index: int) -> None:
         """Drop entries up to and including ``index`` (which a snapshot must cover)."""

@@ -33,7 +33,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from boutique.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from boutique.raft.messages import (
+    Chunks,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    SnapshotData,
+    SnapshotMeta,
+    pieces_of,
+)
 
 from .errors import (
     StorageClosedError,
@@ -43,13 +53,31 @@ from .errors import (
 )
 from .memory import MemoryStorage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added ``snapshot_chunks``; a version 1 file is migrated when opened."""
 FORMAT = "boutique-raft-storage"
+
+SWEEP_BYTES = 4 * 1024 * 1024
+"""At most about this many bytes of dead rows (entries compacted away, chunks of an
+older snapshot) are deleted in one commit: deleting a large row walks all its pages,
+so a compaction or snapshot of gigabytes deleted at once would stall a commit for
+seconds. Smaller deletions happen at once, in the commit of the write itself."""
+
+SNAPSHOT_CHUNK_BYTES = 16 * 1024 * 1024
+"""The largest snapshot chunk row. SQLite refuses a blob over ~1 GB (and a statement
+over its length limit), so a large snapshot is never one row; 16 MiB rows keep each
+write and read of one row short."""
 
 WAL_AUTOCHECKPOINT_PAGES = 1000
 """Checkpoint the WAL into the database once it holds this many pages (~4 MiB)."""
 JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 """After a checkpoint, a WAL grown larger than this (by one big transaction) is cut back."""
+
+_CREATE_CHUNKS = (
+    "CREATE TABLE snapshot_chunks ("
+    " gid INTEGER NOT NULL, idx INTEGER NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,"
+    " PRIMARY KEY (gid, idx, seq))"
+)
 
 # ``groups`` holds one row per group: its hard state and its log base, the index and
 # term of the entry just before the first stored one (``MemoryStorage``'s placeholder),
@@ -72,8 +100,10 @@ _SCHEMA = (
     "CREATE TABLE snapshots ("
     " gid INTEGER PRIMARY KEY, idx INTEGER NOT NULL, term INTEGER NOT NULL,"
     " voters TEXT NOT NULL, learners TEXT NOT NULL, data BLOB NOT NULL)",
+    _CREATE_CHUNKS,
 )
-_TABLES = frozenset({"meta", "groups", "entries", "snapshots"})
+_TABLES = frozenset({"meta", "groups", "entries", "snapshots", "snapshot_chunks"})
+_TABLES_V1 = _TABLES - {"snapshot_chunks"}
 
 INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?)"
 SELECT_META = "SELECT key, value FROM meta"
@@ -89,14 +119,41 @@ INSERT_ENTRY = "INSERT INTO entries (gid, idx, term, type, data) VALUES (?, ?, ?
 DELETE_ENTRIES_FROM = "DELETE FROM entries WHERE gid = ? AND idx >= ?"
 DELETE_ENTRIES_THROUGH = "DELETE FROM entries WHERE gid = ? AND idx <= ?"
 DELETE_ALL_ENTRIES = "DELETE FROM entries WHERE gid = ?"
-SELECT_ENTRIES = "SELECT idx, term, type, data FROM entries WHERE gid = ? ORDER BY idx"
-COUNT_ENTRIES = "SELECT COUNT(*) FROM entries"
+# Entries at or below a group's base are dead (compacted away, their deletion deferred
+# to the sweep): they are never loaded.
+SELECT_ENTRIES = "SELECT idx, term, type, data FROM entries WHERE gid = ? AND idx > ? ORDER BY idx"
+COUNT_ORPHAN_ENTRIES = "SELECT COUNT(*) FROM entries WHERE gid NOT IN (SELECT gid FROM groups)"
+DELETE_ENTRIES_AFTER = "DELETE FROM entries WHERE gid = ? AND idx > ?"
+SWEEP_ENTRIES = (
+    "SELECT rowid, length(data) FROM entries WHERE gid = ?"
+    " AND idx <= (SELECT base_index FROM groups WHERE gid = ?) ORDER BY idx LIMIT 256"
+)
+SWEEP_CHUNKS = (
+    "SELECT rowid, length(data) FROM snapshot_chunks WHERE gid = ?"
+    " AND idx < (SELECT idx FROM snapshots WHERE gid = ?) LIMIT 64"
+)
+DELETE_ENTRY_ROW = "DELETE FROM entries WHERE rowid = ?"
+DELETE_CHUNK_ROW = "DELETE FROM snapshot_chunks WHERE rowid = ?"
 PUT_SNAPSHOT = (
     "INSERT OR REPLACE INTO snapshots (gid, idx, term, voters, learners, data)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 DELETE_SNAPSHOT = "DELETE FROM snapshots WHERE gid = ?"
 SELECT_SNAPSHOTS = "SELECT gid, idx, term, voters, learners, data FROM snapshots"
+# A snapshot's data is its ``snapshots.data`` (the whole data in files written before
+# version 2, empty since) followed by its chunk rows, those of (gid, idx) in ``seq``
+# order. Rows of another idx are a snapshot being written ahead (or one a crash cut
+# short): they are ignored when loading; rows of an older idx are dead, deleted when
+# the next snapshot lands (small ones) or by the sweep (see SWEEP_BYTES).
+INSERT_CHUNK = "INSERT OR REPLACE INTO snapshot_chunks (gid, idx, seq, data) VALUES (?, ?, ?, ?)"
+DELETE_OLDER_CHUNKS = "DELETE FROM snapshot_chunks WHERE gid = ? AND idx < ?"
+DELETE_ALL_CHUNKS = "DELETE FROM snapshot_chunks WHERE gid = ?"
+DELETE_CHUNKS_OF = "DELETE FROM snapshot_chunks WHERE gid = ? AND idx = ?"
+SELECT_CHUNKS = "SELECT data FROM snapshot_chunks WHERE gid = ? AND idx = ? ORDER BY seq"
+MIGRATIONS = {
+    "1": (_CREATE_CHUNKS,),
+}
+"""Statements that bring a file of an older schema version to the current one."""
 
 _Row = tuple[object, ...]
 _Op = tuple[str, Sequence[_Row]]
@@ -116,14 +173,21 @@ class SqliteStorage:
     then sends the ``persisted_messages`` and replies that depend on those writes.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
+    ) -> None:
+        if snapshot_chunk_bytes <= 0:
+            raise ValueError(f"snapshot_chunk_bytes must be positive, got {snapshot_chunk_bytes}")
         self.path = Path(path)
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
         self._groups: dict[str, GroupStorage] = {}
         self._next_gid = 1
         self._pending: list[_Op] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._failure: str | None = None
+        self._debts: set[int] = set()
+        """Groups that may have dead rows left for the sweep (see ``SWEEP_BYTES``)."""
         self._conn: sqlite3.Connection | None = self._open()
         try:
             with _gc_paused():
@@ -164,7 +228,14 @@ class SqliteStorage:
         storage._dropped = True
         if storage._persisted:
             key = [(storage._gid,)]
-            self._queue([(DELETE_ALL_ENTRIES, key), (DELETE_SNAPSHOT, key), (DELETE_GROUP, key)])
+            self._queue(
+                [
+                    (DELETE_ALL_ENTRIES, key),
+                    (DELETE_SNAPSHOT, key),
+                    (DELETE_ALL_CHUNKS, key),
+                    (DELETE_GROUP, key),
+                ]
+            )
 
     # --- Commit and close ---------------------------------------------------------------
 
@@ -189,6 +260,8 @@ class SqliteStorage:
                 # into fewer calls was measured to gain nothing (the rows cost the time).
                 for sql, rows in batch:
                     conn.executemany(sql, rows)
+                if self._debts:
+                    self._sweep(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 self._failure = f"a commit failed: {exc!r}"
@@ -198,6 +271,35 @@ class SqliteStorage:
                 if isinstance(exc, sqlite3.Error):
                     raise StorageFailedError(self.path, self._failure) from exc
                 raise
+
+    def _sweep(self, conn: sqlite3.Connection) -> None:
+        """Delete up to about ``SWEEP_BYTES`` of dead rows, inside the commit."""
+        budget = SWEEP_BYTES
+        with self._queue_lock:
+            debts = sorted(self._debts)
+        for gid in debts[:64]:
+            for select, delete in (
+                (SWEEP_ENTRIES, DELETE_ENTRY_ROW),
+                (SWEEP_CHUNKS, DELETE_CHUNK_ROW),
+            ):
+                rows = conn.execute(select, (gid, gid)).fetchall()
+                doomed = []
+                for rowid, size in rows:
+                    if budget <= 0:
+                        break
+                    doomed.append((rowid,))
+                    budget -= size or 0
+                conn.executemany(delete, doomed)
+                if len(doomed) < len(rows):
+                    return  # budget spent; the group stays in debt
+            with self._queue_lock:
+                self._debts.discard(gid)
+            if budget <= 0:
+                return
+
+    def _owe(self, gid: int) -> None:
+        with self._queue_lock:
+            self._debts.add(gid)
 
     def pending_writes(self) -> int:
         """How many statements wait for the next ``commit()`` (0: nothing to sync)."""
@@ -269,6 +371,7 @@ class SqliteStorage:
             raise _translate(path, exc, "cannot open") from exc
         try:
             _validate(path, conn, size)
+            _migrate(path, conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise StorageOpenError(path, f"cannot switch to WAL journal mode (got {mode!r})")
@@ -314,14 +417,15 @@ class SqliteStorage:
         """Rebuild every group's in-memory image from the file."""
         try:
             snapshots = {
-                row[0]: _snapshot_from_row(self.path, row) for row in conn.execute(SELECT_SNAPSHOTS)
+                row[0]: _snapshot_from_row(self.path, row, conn)
+                for row in conn.execute(SELECT_SNAPSHOTS).fetchall()
             }
             loaded = 0
             max_gid = 0
             for gid, name, term, vote, commit, base_index, base_term in conn.execute(
                 SELECT_GROUPS
             ).fetchall():
-                rows = conn.execute(SELECT_ENTRIES, (gid,)).fetchall()
+                rows = conn.execute(SELECT_ENTRIES, (gid, base_index)).fetchall()
                 loaded += len(rows)
                 image = _build_image(
                     self.path,
@@ -334,15 +438,15 @@ class SqliteStorage:
                 )
                 self._groups[name] = GroupStorage(self, name, gid, image, True)
                 max_gid = max(max_gid, gid)
-            total = conn.execute(COUNT_ENTRIES).fetchone()[0]
+            orphans = conn.execute(COUNT_ORPHAN_ENTRIES).fetchone()[0]
         except sqlite3.Error as exc:
             raise _translate(self.path, exc, "cannot read") from exc
         if snapshots:
             raise StorageCorruptError(self.path, f"snapshots of unknown groups {sorted(snapshots)}")
-        if total != loaded:
-            raise StorageCorruptError(
-                self.path, f"{total - loaded} log entries belong to no known group"
-            )
+        if orphans:
+            raise StorageCorruptError(self.path, f"{orphans} log entries belong to no known group")
+        # Dead rows a sweep had not reached before the node stopped.
+        self._debts.update(group._gid for group in self._groups.values())
         self._next_gid = max_gid + 1
 
 
@@ -364,6 +468,8 @@ class GroupStorage:
         self._image = image
         self._persisted = persisted
         self._dropped = False
+        self._staged: tuple[int, int, int] | None = None
+        """(index, pieces, bytes) of the snapshot being written ahead, if any."""
 
     @property
     def group_id(self) -> str:
@@ -435,35 +541,110 @@ class GroupStorage:
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Install a snapshot received from the leader: the log is replaced by it."""
         self._check_writable()
+        previous = self._image.snapshot()
         self._image.apply_snapshot(snapshot)
         ops = self._register()
-        key = [(self._gid,)]
-        ops.append((DELETE_ALL_ENTRIES, key))
-        ops.append((PUT_SNAPSHOT, [_snapshot_row(self._gid, snapshot)]))
+        before = previous
+        # Entries after the snapshot conflict with it and go now; those before it (and
+        # the older snapshot) are dead, deleted like a compaction's.
+        ops.append((DELETE_ENTRIES_AFTER, [(self._gid, snapshot.meta.index)]))
+        self._store._owe(self._gid)
+        ops.extend(self._snapshot_ops(snapshot, before))
         ops.append((SET_BASE, [(snapshot.meta.index, snapshot.meta.term, self._gid)]))
         self._store._queue(ops)
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
-        """Record a snapshot of the local state machine taken at applied ``index``."""
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None:
+        """Write ahead the next piece of the snapshot at ``index`` that
+        ``create_snapshot`` or ``apply_snapshot`` will record, so a large snapshot
+        reaches the file over many commits (each short) instead of in one. ``first``
+        (or another index) starts afresh, dropping what was staged before."""
+        self._check_writable()
+        ops = self._register()
+        gid = self._gid
+        staged = self._staged
+        if first or staged is None or staged[0] != index:
+            # Rows left by an abandoned build or transfer (or a crash) at this index go.
+            ops.append((DELETE_CHUNKS_OF, [(gid, index)]))
+            staged = (index, 0, 0)
+        _, seq, size = staged
+        rows = []
+        for part in _split(piece, self._store.snapshot_chunk_bytes):
+            rows.append((gid, index, seq, part))
+            seq += 1
+        ops.append((INSERT_CHUNK, rows))
+        self._staged = (index, seq, size + len(piece))
+        self._store._queue(ops)
+
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
+        """Record a snapshot of the local state machine taken at applied ``index``.
+
+        The pieces of ``data`` staged ahead for ``index`` (``stage_snapshot_chunk``)
+        are not written again: only the rest, and the snapshot's row."""
         self._check_writable()
         before = self._image.snapshot()
         snapshot = self._image.create_snapshot(index, conf, data)
         if snapshot is not before:
             ops = self._register()
-            ops.append((PUT_SNAPSHOT, [_snapshot_row(self._gid, snapshot)]))
+            ops.extend(self._snapshot_ops(snapshot, before))
             self._store._queue(ops)
         return snapshot
+
+    def _snapshot_ops(self, snapshot: Snapshot, before: Snapshot) -> list[_Op]:
+        """Statements that make ``snapshot`` the group's one snapshot in the file: its
+        row (meta only), its chunks (those not staged ahead), no other chunks.
+
+        Staged pieces are taken as the first pieces of ``snapshot.data`` when they were
+        staged for its index and their sizes add up to a piece boundary of it (the
+        runtime stages exactly the pieces it then records); else all is written anew."""
+        gid = self._gid
+        index = snapshot.meta.index
+        staged, self._staged = self._staged, None
+        pieces = pieces_of(snapshot.data)
+        skip, seq = 0, 0
+        if staged is not None and staged[0] == index:
+            covered = 0
+            for count, piece in enumerate(pieces, 1):
+                covered += len(piece)
+                if covered == staged[2]:
+                    skip, seq = count, staged[1]
+                    break
+                if covered > staged[2]:
+                    break
+        ops: list[_Op] = []
+        if len(before.data) <= SWEEP_BYTES:
+            ops.append((DELETE_OLDER_CHUNKS, [(gid, index)]))
+        else:
+            self._store._owe(gid)
+        if not skip:
+            ops.append((DELETE_CHUNKS_OF, [(gid, index)]))
+        rows = []
+        for piece in pieces[skip:]:
+            for part in _split(piece, self._store.snapshot_chunk_bytes):
+                rows.append((gid, index, seq, part))
+                seq += 1
+        if rows:
+            ops.append((INSERT_CHUNK, rows))
+        ops.append((PUT_SNAPSHOT, [_snapshot_row(gid, snapshot)]))
+        return ops
 
     def compact(self, index: int) -> None:
         """Drop entries up to and including ``index`` (which a snapshot must cover)."""
         self._check_writable()
         image = self._image
         before = image.first_index()
+        # The bytes this compaction frees (only for a valid one; ``compact`` refuses
+        # the others below).
+        dropped = 0
+        if before <= index <= image.snapshot().meta.index:
+            dropped = sum(len(e.data) for e in image.entries(before, index + 1))
         image.compact(index)
         base = image.first_index() - 1
         if base + 1 != before:
             ops = self._register()
-            ops.append((DELETE_ENTRIES_THROUGH, [(self._gid, base)]))
+            if dropped <= SWEEP_BYTES:
+                ops.append((DELETE_ENTRIES_THROUGH, [(self._gid, base)]))
+            else:
+                self._store._owe(self._gid)
             ops.append((SET_BASE, [(base, image.term(base), self._gid)]))
             self._store._queue(ops)
 
@@ -509,14 +690,44 @@ def _validate(path: Path, conn: sqlite3.Connection, size: int) -> None:
     meta = dict(conn.execute(SELECT_META).fetchall())
     if meta.get("format") != FORMAT:
         raise StorageCorruptError(path, f"not a boutique data file (format {meta.get('format')!r})")
-    if meta.get("schema_version") != str(SCHEMA_VERSION):
+    if meta.get("schema_version") not in {str(SCHEMA_VERSION), *MIGRATIONS}:
         raise StorageCorruptError(
             path,
             f"schema version {meta.get('schema_version')!r}; this boutique reads version"
             f" {SCHEMA_VERSION}",
         )
-    if missing := _TABLES - tables:
+    expected = _TABLES if meta["schema_version"] == str(SCHEMA_VERSION) else _TABLES_V1
+    if missing := expected - tables:
         raise StorageCorruptError(path, f"tables missing: {sorted(missing)}")
+
+
+def _migrate(path: Path, conn: sqlite3.Connection) -> None:
+    """Bring a file of an older schema version to the current one, in one transaction
+    (a crash leaves the old version, migrated again at the next open)."""
+    version = dict(conn.execute(SELECT_META).fetchall())["schema_version"]
+    if version == str(SCHEMA_VERSION):
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[version]:
+            conn.execute(statement)
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _split(piece: bytes, limit: int) -> list[bytes | memoryview]:
+    """``piece`` in parts of at most ``limit`` bytes (views, not copies)."""
+    if len(piece) <= limit:
+        return [piece] if piece else []
+    view = memoryview(piece)
+    return [view[i : i + limit] for i in range(0, len(piece), limit)]
 
 
 def _build_image(
@@ -580,14 +791,23 @@ def _snapshot_row(gid: int, snapshot: Snapshot) -> _Row:
         meta.term,
         json.dumps(sorted(meta.conf.voters)),
         json.dumps(sorted(meta.conf.learners)),
-        snapshot.data,
+        b"",
     )
 
 
-def _snapshot_from_row(path: Path, row: tuple[int, int, int, str, str, bytes]) -> Snapshot:
-    gid, index, term, voters, learners, data = row
+def _snapshot_from_row(
+    path: Path, row: tuple[int, int, int, str, str, bytes], conn: sqlite3.Connection
+) -> Snapshot:
+    """The snapshot of a ``snapshots`` row: its own data (a file from before version 2)
+    then its chunks, streamed row by row and kept as pieces, never joined."""
+    gid, index, term, voters, learners, head = row
     conf = ConfState(_decode_ids(path, gid, voters), _decode_ids(path, gid, learners))
-    return Snapshot(SnapshotMeta(index, term, conf), bytes(data))
+    pieces = [bytes(head)] if head else []
+    pieces.extend(bytes(chunk) for (chunk,) in conn.execute(SELECT_CHUNKS, (gid, index)))
+    data: SnapshotData = pieces[0] if len(pieces) == 1 else Chunks(pieces)
+    if not pieces:
+        data = b""
+    return Snapshot(SnapshotMeta(index, term, conf), data)
 
 
 def _decode_ids(path: Path, gid: int, text: str) -> frozenset[int]:

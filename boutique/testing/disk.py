@@ -31,7 +31,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from boutique.raft.messages import ConfState, Entry, HardState, Snapshot
+from boutique.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotData
 from boutique.storage.memory import MemoryStorage
 
 
@@ -62,8 +62,10 @@ def _replay(groups: dict[str, MemoryStorage], write: _Write) -> None:
             storage.set_hard_state(hard_state)
         case "apply_snapshot", (Snapshot() as snapshot,):
             storage.apply_snapshot(snapshot)
-        case "create_snapshot", (int(index), ConfState() as conf, bytes(data)):
+        case "create_snapshot", (int(index), ConfState() as conf, data):
             storage.create_snapshot(index, conf, data)
+        case "stage_snapshot_chunk", (int(index), bytes(piece), bool(first)):
+            storage.stage_snapshot_chunk(index, piece, first=first)
         case "compact", (int(index),):
             storage.compact(index)
         case "bootstrap", (HardState() as hard_state, list() as entries):
@@ -280,10 +282,15 @@ class DiskGroup:
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         self._write("apply_snapshot", snapshot)
 
-    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot:
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot:
         if index > self._live.snapshot().meta.index:
             self._write("create_snapshot", index, conf, data)
         return self._live.snapshot()
+
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None:
+        """A piece of a large snapshot written ahead: nothing a reader sees until
+        ``create_snapshot`` (as in ``MemoryStorage``), but a write the power can cut."""
+        self._write("stage_snapshot_chunk", index, piece, first)
 
     def compact(self, index: int) -> None:
         if index > self._live.first_index() - 1:

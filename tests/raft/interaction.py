@@ -283,7 +283,7 @@ def fmt_hard_state(hs: HardState) -> str:
 
 def fmt_snapshot(snapshot: Snapshot) -> str:
     meta = snapshot.meta
-    return f"{meta.term}/{meta.index} {fmt_conf(meta.conf)} data={fmt_bytes(snapshot.data)}"
+    return f"{meta.term}/{meta.index} {fmt_conf(meta.conf)} data={fmt_bytes(bytes(snapshot.data))}"
 
 
 def fmt_contexts(contexts: Iterable[bytes]) -> str:
@@ -410,7 +410,7 @@ class SimNode:
 
     def restore_machine(self, snapshot: Snapshot) -> None:
         index = snapshot.meta.index
-        data = json.loads(snapshot.data) if snapshot.data else []
+        data = json.loads(bytes(snapshot.data)) if snapshot.data else []
         self.applied = [(index, d.encode("latin-1")) for d in data]
         self.confs = [(index, snapshot.meta.conf)]
 

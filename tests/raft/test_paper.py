@@ -62,7 +62,7 @@ def encode_state(values: list[bytes]) -> bytes:
 
 
 def decode_state(data: bytes) -> list[bytes]:
-    return data.split(b"\x00") if data else []
+    return bytes(data).split(b"\x00") if data else []
 
 
 class Net:
