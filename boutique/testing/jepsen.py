@@ -34,7 +34,6 @@ import abc
 import contextlib
 import math
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -44,9 +43,13 @@ from typing import ClassVar, Final
 import trio
 
 from boutique.client import AsyncClient, ClientError, ConnectionLost, NotFound
+from boutique.testing.external_cluster import ExternalCluster
 from boutique.testing.history import DELETE, GET, PUT, WRITE_KINDS, History, Operation, Outcome
 from boutique.testing.linearizability import CheckResult, check_kv_history
 from boutique.testing.local_cluster import LocalCluster
+
+Cluster = LocalCluster | ExternalCluster
+"""What a run drives: node processes it started, or nodes a person started."""
 
 __all__ = [
     "BUCKETS",
@@ -158,7 +161,7 @@ class NemesisContext:
 
     def __init__(
         self,
-        cluster: LocalCluster,
+        cluster: Cluster,
         rng: random.Random,
         buckets: Sequence[str],
         history: History,
@@ -330,25 +333,10 @@ class IsolateLeader(Partition):
         return {leader}, why
 
 
-def admin(cluster: LocalCluster, node: str, line: str, timeout: float = 30.0) -> list[str]:
+def admin(cluster: Cluster, node: str, line: str, timeout: float = 30.0) -> list[str]:
     """Send an ``ADMIN ...`` line to ``node``; the reply's lines, the last being ``OK``
-    or the error. Raises ``OSError`` when the node cannot be reached."""
-    found = cluster.nodes[node]
-    with socket.create_connection((found.host, found.client_port), timeout=timeout) as sock:
-        sock.sendall(line.encode() + b"\n")
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            lines = data.split(b"\r\n")
-            last = lines[-2] if len(lines) > 1 else b""
-            if last in (b"OK", b"COMMAND NOT IMPLEMENTED", b"NOT FOUND") or last.startswith(
-                b"ERR "
-            ):
-                break
-    return [part.decode(errors="replace") for part in data.split(b"\r\n") if part]
+    or the error. Raises ``ClientError`` when the node cannot be reached."""
+    return cluster.request(node, line, timeout)
 
 
 class TransferLeader(Fault):
@@ -615,7 +603,8 @@ def _outcome_of(exc: ClientError) -> Outcome:
 
 
 class Jepsen:
-    """One run against a started ``LocalCluster``: ``run()`` (or ``await arun()``).
+    """One run against a started ``LocalCluster`` (or an ``ExternalCluster``): ``run()``
+    (or ``await arun()``).
 
     ``faults`` overrides ``options.faults`` with fault objects (custom ones welcome);
     ``route`` picks nodes for operations (default: random nodes).
@@ -623,7 +612,7 @@ class Jepsen:
 
     def __init__(
         self,
-        cluster: LocalCluster,
+        cluster: Cluster,
         options: JepsenOptions,
         *,
         faults: Sequence[Fault] | None = None,
@@ -716,7 +705,7 @@ class Jepsen:
 
     @contextlib.asynccontextmanager
     async def _connect(self, node: str, timeout: float | None = None) -> AsyncIterator[AsyncClient]:
-        conn = AsyncClient(*self._address(node))
+        conn = AsyncClient(*self._address(node), password=self.cluster.password)
         try:
             with trio.fail_after(timeout or self.options.op_timeout):
                 await conn.connect()
@@ -753,7 +742,7 @@ class Jepsen:
                         await conn.aclose()
                     node = wanted or rng.choice(self._nodes())
                     try:
-                        conn = AsyncClient(*self._address(node))
+                        conn = AsyncClient(*self._address(node), password=self.cluster.password)
                         with trio.fail_after(1.0):
                             await conn.connect()
                     except (ClientError, trio.TooSlowError):

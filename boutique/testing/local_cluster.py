@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from boutique.client import Client, ClientError
+from boutique.client import ClientError
+
+from .cluster_access import NodeAccess
 
 
 def free_ports(count: int) -> list[int]:
@@ -65,7 +67,7 @@ class LocalNode:
         return self.process is not None and self.process.poll() is None
 
 
-class LocalCluster:
+class LocalCluster(NodeAccess):
     """A cluster of real processes. Use as a context manager."""
 
     def __init__(
@@ -290,61 +292,6 @@ class LocalCluster:
                 self.kill(name)
 
     # --- Clients and inspection -----------------------------------------------------------
-
-    def client(self, name: str, timeout: float = 10.0) -> Client:
-        node = self.nodes[name]
-        return Client(node.host, node.client_port, timeout=timeout)
-
-    def running(self) -> list[str]:
-        return [name for name, node in self.nodes.items() if node.running and not node.paused]
-
-    def status(self, name: str) -> list[str]:
-        with self.client(name, timeout=5.0) as client:
-            return client.status()
-
-    def leader_of(self, group_prefix: str) -> str | None:
-        """The node that reports itself leader of a group whose id starts with
-        ``group_prefix`` (e.g. ``"b/shopping/"`` or ``"meta"``)."""
-        for name in self.running():
-            with contextlib.suppress(Exception):  # a node dying mid-query
-                for line in self.status(name):
-                    parts = line.split()
-                    if (
-                        len(parts) > 3
-                        and parts[0] == "group"
-                        and parts[1].startswith(group_prefix)
-                        and parts[3] == "leader"
-                    ):
-                        return name
-        return None
-
-    def command(self, name: str, line: str, timeout: float = 5.0) -> str:
-        """Send one raw request line; return its one-line reply (for FAULT)."""
-        node = self.nodes[name]
-        with socket.create_connection((node.host, node.client_port), timeout=timeout) as sock:
-            sock.sendall(line.encode() + b"\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-        return reply.decode(errors="replace").strip()
-
-    def partition(self, *groups: set[str] | list[str]) -> None:
-        """Cut every link between nodes of different groups, both ways (in each node's
-        transport, as a firewall would). Nodes in no group keep all their links."""
-        members = [set(g) for g in groups]
-        for group in members:
-            others = set().union(*(g for g in members if g is not group))
-            for name in group:
-                if self.nodes[name].running and others:
-                    self.command(name, "FAULT BLOCK " + " ".join(sorted(others)))
-
-    def heal(self) -> None:
-        for name in self.running():
-            with contextlib.suppress(OSError):
-                self.command(name, "FAULT HEAL")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.nodes[name].log_path

@@ -120,7 +120,7 @@ def setup_lines(cluster: LocalCluster, options: JepsenOptions, args: argparse.Na
     return "\n".join(lines)
 
 
-async def _progress(jepsen: Jepsen, every: float) -> None:
+async def report_progress(jepsen: Jepsen, every: float) -> None:
     while True:
         await trio.sleep(every)
         ops = jepsen.history.operations()
@@ -133,7 +133,7 @@ async def _progress(jepsen: Jepsen, every: float) -> None:
         )
 
 
-async def _run(jepsen: Jepsen, progress: float) -> JepsenResult | None:
+async def run_reporting(jepsen: Jepsen, progress: float) -> JepsenResult | None:
     """The run, with the first SIGINT/SIGTERM as "stop and check" and the second as
     "abort" (None)."""
     stop = trio.Event()
@@ -156,7 +156,7 @@ async def _run(jepsen: Jepsen, progress: float) -> JepsenResult | None:
 
         nursery.start_soon(signals)
         if progress > 0:
-            nursery.start_soon(_progress, jepsen, progress)
+            nursery.start_soon(report_progress, jepsen, progress)
         nursery.start_soon(work)
     return result
 
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(setup_lines(cluster, options, args), flush=True)
             log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
             jepsen = Jepsen(cluster, options, log=log)
-            result = trio.run(_run, jepsen, args.progress)
+            result = trio.run(run_reporting, jepsen, args.progress)
     except KeyboardInterrupt:  # before the run began, or while it was setting up
         result = None
     if result is None:
