@@ -8,6 +8,7 @@ releases them, so nothing here depends on timing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -19,8 +20,9 @@ import trio
 import trio.testing
 
 from boutique.machine import CommandFailed
+from boutique.runtime import join
 from boutique.runtime.router import CommandRejected, OutcomeUnknown, Unavailable
-from boutique.wire import parse_value, render_value
+from boutique.wire import parse_value, render_value, request_line
 from boutique_server.protocol import HELP_TEXT, Text, render
 
 if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand these out
@@ -585,3 +587,20 @@ async def test_reset_while_replies_are_being_written_on_a_real_node(
     other = await served.connect()
     await ask(other, b"GET b k\n", b"v\r\nOK\r\n")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_join_authenticates_with_a_password_that_needs_quoting(
+    start_server: StartServer,
+) -> None:
+    # --join builds its AUTH line with the shared quoting: a password with a quote and a
+    # backslash in it must log in, not be refused forever.
+    password = 'pa"ss\\word x'
+    served = await start_server(password=password)
+    seed = dataclasses.replace(served.config.nodes[0], client_port=served.port)
+    newcomer = dataclasses.replace(seed, name="newcomer", id=7, client_port=1, peer_port=2)
+    config = dataclasses.replace(served.config, nodes=(seed, newcomer))
+    with trio.fail_after(10):
+        await join.register(config, newcomer)
+    conn = await served.connect()
+    await conn.send(request_line(b"AUTH", password.encode()))
+    await conn.expect(b"OK\r\n")
