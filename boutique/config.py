@@ -125,6 +125,19 @@ class ClusterConfig:
     idle_timeout: float = 300.0
     password: str | None = field(default=None, repr=False)
     request_timeout: float = 5.0
+    auth_timeout: float = 10.0
+    """With a password: seconds a client connection has to authenticate."""
+    max_unauthenticated: int = 64
+    """With a password: client connections not yet authenticated, at once (they do
+    not count against ``max_connections``)."""
+    max_unauthenticated_per_address: int = 8
+    """With a password: the share of ``max_unauthenticated`` one address may hold."""
+    max_reply_bytes: int = 16 * 1024 * 1024
+    """Reply bytes one client connection may have waiting to be written."""
+    max_total_reply_bytes: int = 256 * 1024 * 1024
+    """Reply bytes all client connections together may have waiting to be written."""
+    scan_limit: int = 1000
+    """Rows a SCAN or KEYS returns when the request names no smaller limit."""
     fault_injection: bool = False
     """Accept the FAULT command (cut links to peers) for distributed tests. Never on
     in production: anyone who can connect could partition the node."""
@@ -179,7 +192,20 @@ _TOP_KEYS = frozenset(
 )
 _RAFT_KEYS = frozenset({"tick_interval", "election_ticks", "heartbeat_ticks", "snapshot_entries"})
 _SERVER_KEYS = frozenset(
-    {"listen_host", "max_line", "max_connections", "idle_timeout", "password", "request_timeout"}
+    {
+        "listen_host",
+        "max_line",
+        "max_connections",
+        "idle_timeout",
+        "password",
+        "request_timeout",
+        "auth_timeout",
+        "max_unauthenticated",
+        "max_unauthenticated_per_address",
+        "max_reply_bytes",
+        "max_total_reply_bytes",
+        "scan_limit",
+    }
 )
 _TESTING_KEYS = frozenset({"fault_injection", "unsafe_local_reads"})
 _NODE_KEYS = frozenset({"name", "id", "host", "client_port", "peer_port", "data_dir"})
@@ -390,6 +416,22 @@ class _Loader:
             )
 
         password = server.string("password", None)
+        max_unauthenticated = server.integer("max_unauthenticated", 1, None, 64)
+        per_address = server.integer("max_unauthenticated_per_address", 1, None, 8)
+        if per_address > max_unauthenticated:
+            raise server.error(
+                "max_unauthenticated_per_address",
+                f"must be at most server.max_unauthenticated ({max_unauthenticated}), "
+                f"got {per_address}",
+            )
+        max_line = server.integer("max_line", 64, None, 65_536)
+        max_reply_bytes = server.integer("max_reply_bytes", 4 * max_line, None, 16 << 20)
+        max_total = server.integer("max_total_reply_bytes", 1, None, 256 << 20)
+        if max_total < max_reply_bytes:
+            raise server.error(
+                "max_total_reply_bytes",
+                f"must be at least server.max_reply_bytes ({max_reply_bytes}), got {max_total}",
+            )
         return ClusterConfig(
             cluster_name=top.string("cluster_name", "boutique"),
             secret=self.secret(top, len(nodes)),
@@ -404,11 +446,17 @@ class _Loader:
             heartbeat_ticks=heartbeat_ticks,
             snapshot_entries=raft.integer("snapshot_entries", 1, None, 10_000),
             listen_host=server.string("listen_host", "127.0.0.1"),
-            max_line=server.integer("max_line", 64, None, 65_536),
+            max_line=max_line,
             max_connections=server.integer("max_connections", 1, None, 1024),
             idle_timeout=server.seconds("idle_timeout", 300.0, zero_ok=True),
             password=password,
             request_timeout=server.seconds("request_timeout", 5.0),
+            auth_timeout=server.seconds("auth_timeout", 10.0),
+            max_unauthenticated=max_unauthenticated,
+            max_unauthenticated_per_address=per_address,
+            max_reply_bytes=max_reply_bytes,
+            max_total_reply_bytes=max_total,
+            scan_limit=server.integer("scan_limit", 1, None, 1000),
             fault_injection=testing.boolean("fault_injection", False),
             unsafe_local_reads=testing.boolean("unsafe_local_reads", False),
             source=self.source,

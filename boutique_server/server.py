@@ -32,6 +32,7 @@ is not destroyed by a TCP reset.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
@@ -42,6 +43,7 @@ from typing import Any
 
 import trio
 
+from boutique.admission import Admission, ThrottledLog
 from boutique.config import ClusterConfig, NodeConfig
 from boutique.machine import CommandFailed
 from boutique.runtime.admin import Admin, AdminError
@@ -83,6 +85,12 @@ SEND_TIMEOUT = 30.0
 LINGER_TIMEOUT = 2.0
 """Seconds spent draining a client's input after the last reply, before closing."""
 READ_CHUNK = 65536
+AUTH_FAILURE_LIMIT = 5
+"""Wrong passwords one connection may try; the last one's reply closes it."""
+AUTH_FAILURE_DELAY = 0.25
+"""Seconds the first wrong password's reply waits; each further one waits twice as long
+(up to ``AUTH_FAILURE_DELAY_MAX``). The reader waits too, so guesses cannot pile up."""
+AUTH_FAILURE_DELAY_MAX = 2.0
 STATUS_GROUP_LIMIT = 50
 
 
@@ -192,11 +200,40 @@ class LineServer:
         self.live: set[_Connection] = set()
         self.served = 0
         self.refused = 0
+        self.clients = 0
+        """Authenticated connections (all of them, without a password): at most
+        ``max_connections``."""
+        self.unauthenticated = Admission(
+            config.max_unauthenticated, config.max_unauthenticated_per_address
+        )
+        """With a password: connections that have not authenticated yet, which have
+        their own small caps so that silent sockets cannot lock real clients out."""
+        self.auth_failures = 0
+        self.auth_timeouts = 0
+        self.refusals = ThrottledLog(log)
 
     @property
     def connections(self) -> int:
         """How many clients are being served now."""
         return len(self.live)
+
+    def check_password(self, given: bytes) -> bool:
+        """True if ``given`` is the password. Both sides are hashed first, so the
+        comparison takes the same time whatever the guess, its length included."""
+        password = self.config.password
+        if password is None:
+            return True
+        want = hashlib.sha256(password.encode()).digest()
+        return hmac.compare_digest(hashlib.sha256(given).digest(), want)
+
+    def promote(self) -> bool:
+        """An unauthenticated connection proved the password: it takes a client slot
+        (False: none is free)."""
+        if self.clients >= self.config.max_connections:
+            self.refused += 1
+            return False
+        self.clients += 1
+        return True
 
     async def serve(
         self,
@@ -220,30 +257,40 @@ class LineServer:
         checks them all a few times per timeout, instead of a cancel scope around every
         read and every write (which costs more than the request itself)."""
         idle = self.config.idle_timeout or math.inf
-        period = min(1.0, idle / 8, self.send_timeout / 8)
+        auth = self.config.auth_timeout if self.config.password is not None else math.inf
+        period = min(1.0, idle / 8, self.send_timeout / 8, auth / 8)
         while True:
             await trio.sleep(period)
             now = trio.current_time()
             for connection in list(self.live):
-                connection.check_timeouts(now, idle, self.send_timeout)
+                connection.check_timeouts(now, idle, self.send_timeout, auth)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         # trio.serve_listeners lets a handler's exception crash the whole server, so
         # nothing may escape from here but cancellation.
         gentle = False
+        source = _source(stream)
         try:
-            if len(self.live) >= self.config.max_connections:
+            refusal = self._admit(source)
+            if refusal is not None:
                 self.refused += 1
+                self.refusals.warning(
+                    trio.current_time(), "refused a client from %s: %s", source, refusal
+                )
                 gentle = True
                 with trio.move_on_after(self.send_timeout):
-                    await stream.send_all(render(Error(ErrorCode.BUSY, "too many connections")))
+                    await stream.send_all(render(Error(ErrorCode.BUSY, refusal)))
                 return
-            connection = _Connection(self, stream)
+            connection = _Connection(self, stream, source)
             self.live.add(connection)
             try:
                 await connection.run()
             finally:
                 self.live.discard(connection)
+                if connection.authed:
+                    self.clients -= 1
+                else:
+                    self.unauthenticated.release(source)
             gentle = connection.quit
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             gentle = False
@@ -254,6 +301,18 @@ class LineServer:
             if gentle:
                 await _close_gently(stream)
             await trio.aclose_forcefully(stream)
+
+    def _admit(self, source: str) -> str | None:
+        """Take a slot for a new connection from ``source``: a client slot without a
+        password, an unauthenticated one with. The reason for refusing, or None."""
+        if self.config.password is None:
+            if self.clients >= self.config.max_connections:
+                return "too many connections"
+            self.clients += 1
+            return None
+        if not self.unauthenticated.admit(source):
+            return "too many connections waiting to authenticate"
+        return None
 
     # --- Executing commands ---------------------------------------------------------------
 
@@ -333,7 +392,12 @@ class LineServer:
         config = self.config
         names = {n.id: n.name for n in config.nodes}
         lines = [f"node {status['node']} id {status['id']} cluster {config.cluster_name}"]
-        lines.append(f"clients {len(self.live)} of {config.max_connections}")
+        lines.append(f"clients {self.clients} of {config.max_connections}")
+        lines.append(
+            f"edge unauthenticated {self.unauthenticated.count} of {config.max_unauthenticated}"
+            f" refused {self.refused} auth-failures {self.auth_failures}"
+            f" auth-timeouts {self.auth_timeouts}"
+        )
         counters = " ".join(f"{k.replace('_', '-')} {v}" for k, v in status["counters"].items())
         lines.append(f"loop {counters}")
         for peer, up in sorted(status["peers"].items()):
@@ -357,11 +421,15 @@ class LineServer:
 class _Connection:
     """One client connection: a reader, command tasks, and an ordered writer."""
 
-    def __init__(self, server: LineServer, stream: trio.SocketStream) -> None:
+    def __init__(self, server: LineServer, stream: trio.SocketStream, source: str) -> None:
         self.server = server
         self.stream = stream
+        self.source = source
+        """The client's address, as the per-address limits count it."""
         self.parser = LineParser(server.config.max_line)
         self.authed = server.config.password is None
+        self.auth_failures = 0
+        self.opened = trio.current_time()
         limit = server.max_in_flight
         # Every event takes a slot, so the queue bounds the replies held in memory;
         # the semaphore bounds the command tasks among them.
@@ -417,8 +485,19 @@ class _Connection:
         assert self._cancel is not None
         self._cancel.cancel()
 
-    def check_timeouts(self, now: float, idle: float, send_timeout: float) -> None:
+    def check_timeouts(
+        self, now: float, idle: float, send_timeout: float, auth_timeout: float
+    ) -> None:
         """Called now and then by the server's watchdog."""
+        if not self.authed and now - self.opened >= auth_timeout:
+            # A connection that never authenticates holds a slot for nothing: it gets
+            # a few seconds, not the idle timeout.
+            self.server.auth_timeouts += 1
+            self.server.refusals.warning(
+                now, "closing a client from %s that did not authenticate", self.source
+            )
+            self._abandon()
+            return
         if self.receiving and now - self.last_received >= idle:
             log.info("closing an idle connection")
             self._reading.cancel()
@@ -464,7 +543,7 @@ class _Connection:
             slot.close_after = True
             self._finish(slot, render(Ok()))
         elif isinstance(event, cmd.Auth):
-            self._finish(slot, render(self._auth(event)))
+            await self._auth(event, slot)
         elif not self.authed and not isinstance(event, cmd.Ping | cmd.Help):
             self._finish(slot, render(Error(ErrorCode.AUTH, "authenticate first: AUTH password")))
         else:
@@ -507,14 +586,40 @@ class _Connection:
         slot.done.set()
         self._flush()
 
-    def _auth(self, event: cmd.Auth) -> Reply:
-        password = self.server.config.password
-        if password is None:
-            return Ok()
-        if hmac.compare_digest(event.password, password.encode()):
-            self.authed = True
-            return Ok()
-        return Error(ErrorCode.AUTH, "wrong password")
+    async def _auth(self, event: cmd.Auth, slot: _Slot) -> None:
+        server = self.server
+        if server.check_password(event.password):
+            if not self.authed:
+                if not server.promote():
+                    await self._close_with(slot, Error(ErrorCode.BUSY, "too many connections"))
+                    return
+                self.authed = True
+                server.unauthenticated.release(self.source)
+            self._finish(slot, _OK_LINE)
+            return
+        # A guess costs time, and only a few are allowed: the reader waits here, so
+        # guesses sent ahead are not even read until this one is answered.
+        server.auth_failures += 1
+        self.auth_failures += 1
+        delay = AUTH_FAILURE_DELAY * 2 ** (self.auth_failures - 1)
+        await trio.sleep(min(delay, AUTH_FAILURE_DELAY_MAX))
+        if self.auth_failures >= AUTH_FAILURE_LIMIT:
+            server.refusals.warning(
+                trio.current_time(),
+                "closing a client from %s after %d wrong passwords",
+                self.source,
+                self.auth_failures,
+            )
+            await self._close_with(slot, Error(ErrorCode.AUTH, "wrong password; closing"))
+            return
+        self._finish(slot, render(Error(ErrorCode.AUTH, "wrong password")))
+
+    async def _close_with(self, slot: _Slot, reply: Reply) -> None:
+        """Answer ``slot`` with ``reply`` after every earlier reply, then close."""
+        self.closing = True
+        await self._wait_all()
+        slot.close_after = True
+        self._finish(slot, render(reply))
 
     def _dependencies(self, command: cmd.Command, done: _Done) -> list[_Done]:
         """What this command must wait for (see the module docstring)."""
@@ -631,6 +736,14 @@ class _Connection:
                 return
             self._writer_wanted = trio.Event()
             await self._writer_wanted.wait()
+
+
+def _source(stream: trio.SocketStream) -> str:
+    """The client's address without the port: what per-address limits count."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, IndexError, TypeError):
+        return "<unknown>"
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int | None:
