@@ -59,7 +59,7 @@ class Admission:
 
 
 class ThrottledLog:
-    """Logs the first event of a burst, then at most one summary per ``interval``.
+    """Logs the first ``burst`` events of an interval, then one summary per ``interval``.
 
     ``now`` is passed in by the caller (seconds on any monotonic clock), so this works
     under a mock clock and needs no timer task: a summary is written by the first event
@@ -67,24 +67,31 @@ class ThrottledLog:
     caller's counters still have it).
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, burst: int = 5) -> None:
         self.logger = logger
         self.interval = interval
+        self.burst = burst
         self._since: float | None = None
+        self._logged = 0
         self._suppressed = 0
 
     def warning(self, now: float, message: str, *args: object) -> None:
-        if self._since is None or now - self._since >= self.interval:
-            if self._suppressed:
-                self.logger.warning(
-                    "%d more like this in the last %.0f s (counted in STATUS); latest: " + message,
-                    self._suppressed,
-                    now - self._since if self._since is not None else 0.0,
-                    *args,
-                )
-            else:
+        if self._since is not None and now - self._since < self.interval:
+            if self._logged < self.burst:
+                self._logged += 1
                 self.logger.warning(message, *args)
-            self._since = now
-            self._suppressed = 0
+            else:
+                self._suppressed += 1
+            return
+        if self._suppressed and self._since is not None:
+            self.logger.warning(
+                "%d more like this were not logged in the last %.0f s; latest: " + message,
+                self._suppressed,
+                now - self._since,
+                *args,
+            )
         else:
-            self._suppressed += 1
+            self.logger.warning(message, *args)
+        self._since = now
+        self._logged = 1
+        self._suppressed = 0

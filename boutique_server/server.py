@@ -398,6 +398,13 @@ class LineServer:
             f" refused {self.refused} auth-failures {self.auth_failures}"
             f" auth-timeouts {self.auth_timeouts}"
         )
+        transport = self.node.transport
+        if transport is not None:
+            stats = transport.stats
+            lines.append(
+                f"peer-edge handshakes-refused {stats.handshakes_refused}"
+                f" auth-failures {stats.auth_failures}"
+            )
         counters = " ".join(f"{k.replace('_', '-')} {v}" for k, v in status["counters"].items())
         lines.append(f"loop {counters}")
         for peer, up in sorted(status["peers"].items()):

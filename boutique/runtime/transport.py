@@ -17,10 +17,18 @@ cluster secret, without ever sending it (the Erlang cookie idea, done safely)::
 ``fields`` binds the protocol, the cluster name, both node ids and both fresh 32-byte
 nonces, so a MAC cannot be replayed on another connection nor reflected back at its
 sender in the other role. A wrong secret, wrong cluster, unknown or unexpected node id,
-malformed frame or a handshake slower than ``io_timeout`` closes the connection, logs a
-warning on the ``boutique.transport`` logger naming the peer's address, and counts in
+malformed frame or a handshake slower than ``io_timeout`` (``handshake_timeout`` on the
+accepting side, shorter) closes the connection, logs a warning on the
+``boutique.transport`` logger naming the peer's address, and counts in
 ``stats.auth_failures``. The secret must be long and random: a peer that can connect
 can collect MACs to guess a weak one offline.
+
+Anyone who can reach the peer port can start handshakes, so the acceptor bounds them:
+at most ``max_pending_handshakes`` at once and ``max_handshakes_per_source`` from one
+address (more are closed at once and counted in ``stats.handshakes_refused``), each
+with a short deadline. One flooding address therefore cannot keep a real peer from
+connecting. Refusals and failed inbound handshakes are logged a few lines per interval
+with a count of the rest, never a line per attempt.
 
 Sending never blocks: ``send`` encodes the payload and appends it to the peer's bounded
 queue, or drops it (returns False) when the queue is full. Raft tolerates lost messages,
@@ -52,6 +60,7 @@ from typing import Any
 
 import trio
 
+from boutique.admission import Admission, ThrottledLog
 from boutique.runtime.framing import (
     DEFAULT_MAX_FRAME,
     KEEPALIVE,
@@ -71,7 +80,6 @@ _NONCE_BYTES = 32
 _MAC_BYTES = hashlib.sha256().digest_size
 _MAX_NODE_ID = 2**64 - 1
 _HANDSHAKE_MAX_FRAME = 4096
-_MAX_PENDING_HANDSHAKES = 64
 _MAX_BATCH_BYTES = 1 << 20
 _RECEIVE_BYTES = 1 << 18
 
@@ -96,6 +104,9 @@ class TransportStats:
     keepalives_sent: int = 0
     auth_failures: int = 0
     """Handshakes that failed, on either side, for any reason."""
+    handshakes_refused: int = 0
+    """Inbound connections closed before a handshake because too many were pending, in
+    total or from their address (not counted in ``auth_failures``)."""
     dial_failures: int = 0
     """Outbound connection attempts that found nobody listening (or timed out)."""
     connections_out: int = 0
@@ -253,6 +264,9 @@ class PeerTransport:
         max_queue_age: float = 2.0,
         on_suspect: Callable[[int], None] | None = None,
         io_timeout: float = 2.0,
+        handshake_timeout: float = 1.0,
+        max_pending_handshakes: int = 64,
+        max_handshakes_per_source: int = 8,
         reconnect_min: float = 0.05,
         reconnect_max: float = 2.0,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -270,6 +284,8 @@ class PeerTransport:
             raise ValueError("max_frame must fit a 4-byte length")
         if not 0 < reconnect_min <= reconnect_max or io_timeout <= 0:
             raise ValueError("need 0 < reconnect_min <= reconnect_max and io_timeout > 0")
+        if handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
         self.node_id = node_id
         self.cluster = cluster
         self.stats = TransportStats()
@@ -298,7 +314,11 @@ class PeerTransport:
         self._last_received: dict[int, float] = {}
         """When each peer's inbound stream last delivered bytes (keepalives count)."""
         self._reachable: set[int] = set()
-        self._pending_handshakes = 0
+        # A real peer answers within a round trip; the deadline only has to outlast a
+        # busy node, so it is short whatever io_timeout allows for writes.
+        self._handshake_timeout = min(handshake_timeout, io_timeout)
+        self._pending = Admission(max_pending_handshakes, max_handshakes_per_source)
+        self._inbound_log = ThrottledLog(logger)
         self._nursery: trio.Nursery | None = None
         self.set_peers(peers)
 
@@ -630,26 +650,27 @@ class PeerTransport:
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
         where = _remote(stream)
+        source = where.rpartition(":")[0] or where
         try:
-            if self._pending_handshakes >= _MAX_PENDING_HANDSHAKES:
-                self.stats.auth_failures += 1
-                logger.warning(
+            if not self._pending.admit(source):
+                self.stats.handshakes_refused += 1
+                self._inbound_log.warning(
+                    trio.current_time(),
                     "node %d: refused connection from %s: too many handshakes in progress",
                     self.node_id,
                     where,
                 )
                 return
-            self._pending_handshakes += 1
             try:
                 _set_nodelay(stream)
                 decoder = FrameDecoder(max_frame=_HANDSHAKE_MAX_FRAME)
-                with trio.fail_after(self._io_timeout):
+                with trio.fail_after(self._handshake_timeout):
                     peer = await self._accept_handshake(stream, decoder)
             except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-                self._auth_failed(f"refused connection from {where}", exc)
+                self._auth_failed(f"refused connection from {where}", exc, self._inbound_log)
                 return
             finally:
-                self._pending_handshakes -= 1
+                self._pending.release(source)
             decoder.max_frame = self._max_frame
             await self._receive(stream, peer, decoder, where)
         finally:
@@ -752,12 +773,17 @@ class PeerTransport:
                     "node %d: on_frame failed for a frame from peer %d", self.node_id, peer
                 )
 
-    def _auth_failed(self, what: str, exc: BaseException) -> None:
+    def _auth_failed(
+        self, what: str, exc: BaseException, throttle: ThrottledLog | None = None
+    ) -> None:
         self.stats.auth_failures += 1
         reason = (
             "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc) or repr(exc)
         )
-        logger.warning("node %d: %s: %s", self.node_id, what, reason)
+        if throttle is None:
+            logger.warning("node %d: %s: %s", self.node_id, what, reason)
+        else:
+            throttle.warning(trio.current_time(), "node %d: %s: %s", self.node_id, what, reason)
 
     # --- Liveness -------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ Intervals are shrunk so every test finishes well inside two seconds of real time
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -475,3 +476,49 @@ def test_bad_arguments_are_refused() -> None:
         PeerTransport(1, b"", "c", {}, lambda p, f: None)
     with pytest.raises(ValueError):
         PeerTransport(1, SECRET, "c", {}, lambda p, f: None, heartbeat_interval=1, suspect_after=1)
+
+
+async def test_a_handshake_flood_from_one_address_does_not_keep_a_peer_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The attack: connect, send nothing, reconnect when dropped, on more
+    # connections than there are handshake slots. Before the fix a restarted peer could
+    # not connect for 20 s and every attempt logged a warning.
+    caplog.set_level(logging.WARNING, logger="boutique.transport")
+    a = Node(1, io_timeout=2.0)  # production handshake deadlines, not the shrunk ones
+    b = Node(2, reconnect_max=0.5)
+    attempts = 0
+    attacking = trio.Event()
+
+    async def hold_a_slot() -> None:
+        nonlocal attempts
+        while True:
+            sock = trio.socket.socket()
+            try:
+                await sock.bind(("127.0.0.2", 0))  # another machine, as far as a can tell
+                await sock.connect((HOST, a.port))
+                attempts += 1
+                if attempts >= 200:
+                    attacking.set()
+                with contextlib.suppress(OSError):
+                    await sock.recv(1)  # until a drops us
+            except OSError:
+                pass
+            finally:
+                sock.close()
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        for _ in range(70):  # more than the 64 slots
+            nursery.start_soon(hold_a_slot)
+        await attacking.wait()
+        await b.start(nursery)
+        mesh(a, b)
+        b.transport.send(1, "let me in")
+        await wait_until(lambda: "let me in" in a.frames_from(2), timeout=5)
+        refused = a.transport.stats.handshakes_refused
+        assert refused > 0
+        nursery.cancel_scope.cancel()
+    # One summary now and then, not a line per attempt.
+    assert len(warnings_text(caplog).splitlines()) <= 10, attempts

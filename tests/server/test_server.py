@@ -156,6 +156,9 @@ async def test_ping_help_status(served: Served) -> None:
     lines = [line.decode() for line in reply.items]
     assert lines[0] == "node local id 1 cluster boutique"
     assert "clients 1 of 1024" in lines
+    # What the edges refused (issue 16): counts, not a log line per attempt.
+    assert "edge unauthenticated 0 of 64 refused 0 auth-failures 0 auth-timeouts 0" in lines
+    assert "peer-edge handshakes-refused 0 auth-failures 0" in lines
     assert [line for line in lines if line.startswith("range ")] == [
         "range a-g replicas local",
         "range h-n replicas local",
