@@ -39,7 +39,8 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -56,7 +57,7 @@ from boutique.runtime.router import (
     Router,
     Unavailable,
 )
-from boutique.wire import ErrorCode
+from boutique.wire import ErrorCode, request_line
 
 from . import commands as cmd
 from .protocol import (
@@ -131,6 +132,8 @@ class _Slot:
 
 
 _OK_LINE = render(Ok())
+_LARGE_REPLIES = (cmd.Scan, cmd.Keys, cmd.Buckets, cmd.Status, cmd.Help)
+"""Commands whose reply may be large: they wait for reply room before they run."""
 
 
 def _settled_reply(command: cmd.Command, outcome: Outcome) -> bytes | None:
@@ -211,6 +214,19 @@ class LineServer:
         self.auth_failures = 0
         self.auth_timeouts = 0
         self.refusals = ThrottledLog(log)
+        self.reply_bytes = 0
+        """Reply bytes ready and not yet written, over every connection."""
+        self.short_of_bytes: set[_Connection] = set()
+        """Connections waiting for the server-wide reply budget to have room."""
+
+    def account(self, change: int) -> None:
+        """Reply bytes became ready (positive) or were written or dropped (negative)."""
+        self.reply_bytes += change
+        if change < 0 and self.short_of_bytes:
+            if self.reply_bytes < self.config.max_total_reply_bytes:
+                waiting, self.short_of_bytes = self.short_of_bytes, set()
+                for connection in waiting:
+                    connection.bytes_freed()
 
     @property
     def connections(self) -> int:
@@ -335,10 +351,24 @@ class LineServer:
                 case cmd.Drop(bucket):
                     await router.drop(bucket)
                     return Ok()
-                case cmd.Keys(bucket, prefix):
-                    return Values(await router.keys(bucket, prefix, None))
+                case cmd.Keys(bucket, prefix, limit, start):
+                    want = self._rows_wanted(limit)
+                    if start:
+                        keys = await router.keys(bucket, prefix, want, start)
+                    else:
+                        keys = await router.keys(bucket, prefix, want)
+                    keys, rest = self._page(keys, limit, len)
+                    if rest is None:
+                        return Values(keys)
+                    args = [bucket.encode(), prefix or b"", keys[-1] + b"\0"]
+                    return Values(keys, _continue(b"KEYS", args, rest, len(keys)))
                 case cmd.Scan(bucket, start, end, limit):
-                    return Pairs(await router.scan(bucket, start, end, limit))
+                    pairs = await router.scan(bucket, start, end, self._rows_wanted(limit))
+                    pairs, rest = self._page(pairs, limit, lambda p: len(p[0]) + len(p[1]))
+                    if rest is None:
+                        return Pairs(pairs)
+                    args = [bucket.encode(), pairs[-1][0] + b"\0", end or b""]
+                    return Pairs(pairs, _continue(b"SCAN", args, rest, len(pairs)))
                 case cmd.Buckets():
                     return Values(await router.buckets())
                 case cmd.Ping():
@@ -368,6 +398,35 @@ class LineServer:
             log.exception("internal error running %r", command)
             return _internal_error(command)
         raise AssertionError(f"unhandled command {command!r}")
+
+    def _rows_wanted(self, limit: int | None) -> int:
+        """How many rows to read for a SCAN or KEYS asking for ``limit``: the limit
+        if the server allows that many, else one more than it allows (to tell whether
+        the reply has to be cut)."""
+        cap = self.config.scan_limit
+        return limit if limit is not None and limit <= cap else cap + 1
+
+    def _page(
+        self, rows: list[_Row], limit: int | None, size: Callable[[_Row], int]
+    ) -> tuple[list[_Row], int | None]:
+        """``rows`` cut to the server's row limit and byte budget. The second item is
+        None when nothing was cut, else the rows the request still wanted after these
+        (0: as many as there are)."""
+        cap = self.config.scan_limit
+        cut = len(rows) > cap and (limit is None or limit > cap)
+        rows = rows[:cap] if cut else rows
+        # Raw bytes, not rendered ones: quoting at most quadruples a row, so a page
+        # of a quarter of the connection's budget renders within the budget.
+        budget = self.config.max_reply_bytes // 4
+        total = 0
+        for i, row in enumerate(rows):
+            total += size(row) + 4
+            if total > budget and i > 0:
+                rows, cut = rows[:i], True
+                break
+        if not cut:
+            return rows, None
+        return rows, 0 if limit is None else limit - len(rows)
 
     def fault(self, action: str, nodes: tuple[str, ...]) -> Reply:
         """Cut or heal this node's links to peers (distributed tests only)."""
@@ -437,6 +496,9 @@ class _Connection:
         self.authed = server.config.password is None
         self.auth_failures = 0
         self.opened = trio.current_time()
+        self.reply_bytes = 0
+        """Bytes of this connection's replies that are ready and not yet written."""
+        self._bytes_room = trio.Event()
         limit = server.max_in_flight
         # Every event takes a slot, so the queue bounds the replies held in memory;
         # the semaphore bounds the command tasks among them.
@@ -486,6 +548,42 @@ class _Connection:
                 self._writer_wanted.set()
         finally:
             self.finished = True
+            self.server.account(-self.reply_bytes)
+            self.reply_bytes = 0
+
+    def _account(self, change: int) -> None:
+        self.reply_bytes += change
+        self.server.account(change)
+        if change < 0:
+            self.bytes_freed()
+
+    def bytes_freed(self) -> None:
+        """Replies were written: whoever waits for reply room may look again."""
+        self._room.set()
+        self._bytes_room.set()
+
+    def _has_byte_room(self) -> bool:
+        """Whether another reply may be produced now. A connection with nothing
+        waiting to be written always may (one reply at a time cannot be refused);
+        otherwise it must be under its own budget and the server under the total."""
+        if self.reply_bytes == 0:
+            return True
+        config = self.server.config
+        if self.reply_bytes >= config.max_reply_bytes:
+            return False
+        if self.server.reply_bytes >= config.max_total_reply_bytes:
+            self.server.short_of_bytes.add(self)
+            return False
+        return True
+
+    async def _wait_for_byte_room(self) -> None:
+        """Before a command whose reply may be large: wait until the replies already
+        made have been written down to the budgets. Only this client waits; a client
+        that does not read holds at most its budget (plus this one reply)."""
+        while not self._has_byte_room():
+            if self._bytes_room.is_set():
+                self._bytes_room = trio.Event()
+            await self._bytes_room.wait()
 
     def _abandon(self) -> None:
         """Nobody can receive replies any more: cancel the commands and the writer."""
@@ -536,7 +634,8 @@ class _Connection:
 
     async def _dispatch(self, event: cmd.Command | ProtocolError, nursery: trio.Nursery) -> None:
         slot = _Slot()
-        while len(self.replies) >= self.limit:
+        # A bound on replies by count and by bytes: past either, stop reading.
+        while len(self.replies) >= self.limit or not self._has_byte_room():
             self._room = trio.Event()
             await self._room.wait()
         self.replies.append(slot)
@@ -590,6 +689,7 @@ class _Connection:
 
     def _finish(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
+        self._account(len(data))
         slot.done.set()
         self._flush()
 
@@ -654,6 +754,8 @@ class _Connection:
         try:
             for dep in deps:
                 await dep.wait()
+            if isinstance(command, _LARGE_REPLIES):
+                await self._wait_for_byte_room()
             try:
                 slot.data = render(await self.server.execute(command))
             except Exception:
@@ -667,6 +769,7 @@ class _Connection:
     def _command_done(self, slot: _Slot) -> None:
         """A command has its reply in ``slot``: the writer may send it, and the command
         no longer counts against ``max_in_flight``."""
+        self._account(len(slot.data))
         slot.done.set()
         self.in_flight.release()
         self.server.served += 1
@@ -705,6 +808,7 @@ class _Connection:
             except OSError:
                 self._abandon()  # reset by the client: no one left to answer
                 return
+            self._account(-sent)
             data = data[sent:]
             if not data and close:
                 self._quit_done()
@@ -734,6 +838,7 @@ class _Connection:
                     return
                 finally:
                     self.sending_since = None
+                self._account(-len(data))
                 if close:
                     self._quit_done()
                     return
@@ -743,6 +848,17 @@ class _Connection:
                 return
             self._writer_wanted = trio.Event()
             await self._writer_wanted.wait()
+
+
+_Row = TypeVar("_Row")
+
+
+def _continue(name: bytes, args: list[bytes], rest: int, rows: int) -> str:
+    """The ``ERR MORE`` message of a cut reply: the request that reads on from it."""
+    if rest:
+        args = [*args, str(rest).encode()]
+    line = request_line(name, *args).rstrip().decode("utf-8", "backslashreplace")
+    return f"reply cut after {rows} rows; continue with: {line}"
 
 
 def _source(stream: trio.SocketStream) -> str:
