@@ -38,8 +38,8 @@ import logging
 import math
 import os
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
@@ -222,11 +222,14 @@ class LineServer:
     def account(self, change: int) -> None:
         """Reply bytes became ready (positive) or were written or dropped (negative)."""
         self.reply_bytes += change
-        if change < 0 and self.short_of_bytes:
-            if self.reply_bytes < self.config.max_total_reply_bytes:
-                waiting, self.short_of_bytes = self.short_of_bytes, set()
-                for connection in waiting:
-                    connection.bytes_freed()
+        if (
+            change < 0
+            and self.short_of_bytes
+            and self.reply_bytes < self.config.max_total_reply_bytes
+        ):
+            waiting, self.short_of_bytes = self.short_of_bytes, set()
+            for connection in waiting:
+                connection.bytes_freed()
 
     @property
     def connections(self) -> int:
