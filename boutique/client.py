@@ -23,6 +23,11 @@ Pipelining: ``with c.pipeline() as p: p.put(...); p.get(...)`` sends every queue
 in one write when the block ends (or at ``p.execute()``) and reads the replies in order;
 ``p.results`` holds one result or exception per request.
 
+Paging: the server caps every ``SCAN`` and ``KEYS`` reply (rows and bytes). ``scan`` and
+``keys`` on a client ask for pages of ``PAGE_ROWS`` and go on from the last key + ``\\x00``
+until the range is read, so they return every row. In a pipeline they are one request:
+a reply the server cut raises ``ServerError`` with code ``MORE``.
+
 This module never imports ``boutique_server`` (the server depends on the core, not the
 other way round), and never holds a connection in an unknown state: after a lost
 connection, a timeout or an unreadable reply the connection is closed.
@@ -67,6 +72,8 @@ Decoded: TypeAlias = str | bytes
 T = TypeVar("T")
 
 _CHUNK = 65536
+PAGE_ROWS = 1000
+"""Rows a client's ``scan`` or ``keys`` asks for per request (the server may give fewer)."""
 
 
 # --- errors --------------------------------------------------------------------------
@@ -237,6 +244,16 @@ def decode_pairs(raw: RawReply) -> list[tuple[bytes, bytes]]:
     return [_read(parse_pair, line) for line in raw.items]
 
 
+def decode_page(raw: RawReply, parse: Callable[[bytes], T]) -> tuple[list[T], bool]:
+    """A SCAN or KEYS reply that may have been cut: its rows, and True if the server
+    cut it (``ERR MORE``: more rows may follow the last one)."""
+    if raw.end != OK:
+        error = _error_for(raw.end)
+        if not (isinstance(error, ServerError) and error.code == ErrorCode.MORE):
+            raise error
+    return [_read(parse, line) for line in raw.items], raw.end != OK
+
+
 def decode_text(raw: RawReply) -> list[str]:
     """A HELP or STATUS reply: its lines."""
     _expect(raw, OK, items=None)
@@ -249,6 +266,61 @@ def _optional_text(value: bytes | None) -> Decoded | None:
 
 def _request(decode: Callable[[RawReply], T], name: bytes, *args: bytes) -> Request[T]:
     return Request(request_line(name, *args), decode)
+
+
+Row = TypeVar("Row")
+
+
+class _Pager(Generic[Row]):
+    """Reads a SCAN or KEYS range page by page: ``request`` is the next page's request,
+    ``take`` its result (True once the range, or ``limit`` rows, have been read)."""
+
+    def __init__(
+        self,
+        make: Callable[[bytes, int], Request[tuple[list[Row], bool]]],
+        key_of: Callable[[Row], bytes],
+        start: bytes,
+        limit: int | None,
+    ) -> None:
+        self._make = make
+        self._key_of = key_of
+        self._start = start
+        self._left = limit
+        self._asked = 0
+        self.rows: list[Row] = []
+
+    def request(self) -> Request[tuple[list[Row], bool]]:
+        self._asked = PAGE_ROWS if self._left is None else min(PAGE_ROWS, self._left)
+        return self._make(self._start, self._asked)
+
+    def take(self, page: tuple[list[Row], bool]) -> bool:
+        rows, cut = page
+        self.rows.extend(rows)
+        if self._left is not None:
+            self._left -= len(rows)
+        if not rows or self._left == 0 or (not cut and len(rows) < self._asked):
+            return True
+        # The smallest key after the last one: the next page starts exactly there.
+        self._start = self._key_of(rows[-1]) + b"\0"
+        return False
+
+
+def _scan_pager(
+    bucket: str, start: Data, end: Data | None, limit: int | None
+) -> _Pager[tuple[bytes, bytes]]:
+    def make(at: bytes, count: int) -> Request[tuple[list[tuple[bytes, bytes]], bool]]:
+        args = [_b(bucket), at, b"" if end is None else _b(end), str(count).encode()]
+        return _request(lambda r: decode_page(r, parse_pair), b"SCAN", *args)
+
+    return _Pager(make, lambda pair: pair[0], _b(start), limit)
+
+
+def _keys_pager(bucket: str, prefix: Data | None) -> _Pager[bytes]:
+    def make(at: bytes, count: int) -> Request[tuple[list[bytes], bool]]:
+        args = [_b(bucket), b"" if prefix is None else _b(prefix), at, str(count).encode()]
+        return _request(lambda r: decode_page(r, parse_value), b"KEYS", *args)
+
+    return _Pager(make, lambda key: key, b"", None)
 
 
 class _Requests:
@@ -596,14 +668,22 @@ class Client:
         return self._run(_R.buckets())
 
     def keys(self, bucket: str, prefix: Data | None = None) -> list[Decoded]:
-        """The bucket's keys (those starting with ``prefix``, if given), in order."""
-        return self._run(_R.keys(bucket, prefix))
+        """The bucket's keys (those starting with ``prefix``, if given), in order,
+        read in pages (see the module docstring)."""
+        pager = _keys_pager(bucket, prefix)
+        while not pager.take(self._run(pager.request())):
+            pass
+        return [_text(k) for k in pager.rows]
 
     def scan(
         self, bucket: str, start: Data = b"", end: Data | None = None, limit: int | None = None
     ) -> list[tuple[Decoded, Decoded]]:
-        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order."""
-        return self._run(_R.scan(bucket, start, end, limit))
+        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order,
+        at most ``limit`` of them, read in pages (see the module docstring)."""
+        pager = _scan_pager(bucket, start, end, limit)
+        while not pager.take(self._run(pager.request())):
+            pass
+        return [(_text(k), _text(v)) for k, v in pager.rows]
 
     def ping(self) -> None:
         """Check the server answers."""
@@ -791,14 +871,22 @@ class AsyncClient:
         return await self._run(_R.buckets())
 
     async def keys(self, bucket: str, prefix: Data | None = None) -> list[Decoded]:
-        """The bucket's keys (those starting with ``prefix``, if given), in order."""
-        return await self._run(_R.keys(bucket, prefix))
+        """The bucket's keys (those starting with ``prefix``, if given), in order,
+        read in pages (see the module docstring)."""
+        pager = _keys_pager(bucket, prefix)
+        while not pager.take(await self._run(pager.request())):
+            pass
+        return [_text(k) for k in pager.rows]
 
     async def scan(
         self, bucket: str, start: Data = b"", end: Data | None = None, limit: int | None = None
     ) -> list[tuple[Decoded, Decoded]]:
-        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order."""
-        return await self._run(_R.scan(bucket, start, end, limit))
+        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order,
+        at most ``limit`` of them, read in pages (see the module docstring)."""
+        pager = _scan_pager(bucket, start, end, limit)
+        while not pager.take(await self._run(pager.request())):
+            pass
+        return [(_text(k), _text(v)) for k, v in pager.rows]
 
     async def ping(self) -> None:
         """Check the server answers."""

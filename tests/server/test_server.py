@@ -19,6 +19,8 @@ import pytest
 import trio
 import trio.testing
 
+import boutique.client as client_module
+from boutique.client import AsyncClient, Client
 from boutique.machine import CommandFailed
 from boutique.runtime import join
 from boutique.runtime.router import CommandRejected, OutcomeUnknown, Unavailable
@@ -130,6 +132,78 @@ async def test_keys_in_order_with_and_without_prefix(served: Served) -> None:
     await ask(conn, b"KEYS b ap\n", b"ap\r\napple\r\napricot\r\nOK\r\n")
     await ask(conn, b"KEYS b app\n", b"apple\r\nOK\r\n")
     await ask(conn, b"KEYS b cherry\n", b"OK\r\n")
+
+
+async def test_long_replies_are_cut_and_continue_exactly(
+    start_memory_server: StartMemoryServer,
+) -> None:
+    # No reply is unbounded: past the server's row limit a SCAN or KEYS reply ends with
+    # ERR MORE and the request that reads on; below it, replies are as they always were.
+    served = await start_memory_server(scan_limit=3)
+    conn = await served.connect()
+    await ask(conn, b"CREATE b\n", b"OK\r\n")
+    for key, value in ((b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4"), (b"e", b"5")):
+        await ask(conn, b"PUT b " + key + b" " + value + b"\n", b"OK\r\n")
+    more = b"ERR MORE reply cut after 3 rows; continue with: "
+    await ask(conn, b'SCAN b "" ""\n', b"a 1\r\nb 2\r\nc 3\r\n" + more + b'SCAN b "c\\x00" ""\r\n')
+    await ask(conn, b'SCAN b "c\\x00" ""\n', b"d 4\r\ne 5\r\nOK\r\n")
+    await ask(conn, b"SCAN b a e 3\n", b"a 1\r\nb 2\r\nc 3\r\nOK\r\n")  # allowed: as before
+    await ask(conn, b"SCAN b a e 5\n", b"a 1\r\nb 2\r\nc 3\r\n" + more + b'SCAN b "c\\x00" e 2\r\n')
+    await ask(conn, b"KEYS b\n", b"a\r\nb\r\nc\r\n" + more + b'KEYS b "" "c\\x00"\r\n')
+    await ask(conn, b'KEYS b "" "c\\x00"\n', b"d\r\ne\r\nOK\r\n")
+    await ask(conn, b'KEYS b "" b 2\n', b"b\r\nc\r\nOK\r\n")
+
+
+async def test_a_reply_is_cut_at_its_byte_budget_too(
+    start_memory_server: StartMemoryServer,
+) -> None:
+    # A page holds at most a quarter of max_reply_bytes in raw bytes (at least one row).
+    served = await start_memory_server(max_line=64, max_reply_bytes=256)
+    conn = await served.connect()
+    await ask(conn, b"CREATE b\n", b"OK\r\n")
+    for key in (b"a", b"b", b"c"):
+        await ask(conn, b"PUT b " + key + b" " + b"v" * 40 + b"\n", b"OK\r\n")
+    row = b" " + b"v" * 40 + b"\r\n"
+    more = b"ERR MORE reply cut after 1 rows; continue with: "
+    await ask(conn, b'SCAN b "" ""\n', b"a" + row + more + b'SCAN b "a\\x00" ""\r\n')
+    await ask(conn, b'SCAN b "" "" 2\n', b"a" + row + more + b'SCAN b "a\\x00" "" 1\r\n')
+
+
+@pytest.mark.parametrize("page_rows", [1000, 2])
+async def test_clients_page_through_cut_replies(
+    start_memory_server: StartMemoryServer, monkeypatch: pytest.MonkeyPatch, page_rows: int
+) -> None:
+    # The server cuts at 3 rows (ERR MORE); with pages of 2 the client cuts first (OK).
+    monkeypatch.setattr(client_module, "PAGE_ROWS", page_rows, raising=False)
+    served = await start_memory_server(scan_limit=3)
+    keys = sorted([b"k%02d" % i for i in range(10)] + [b"k05\x00", b"k05\x00\x00", b"k\xff"])
+    pairs = [(k.decode(errors="replace"), f"v{i}") for i, k in enumerate(keys)]
+    async with AsyncClient("127.0.0.1", served.port) as client:
+        await client.create("b")
+        for key, (_, value) in zip(keys, pairs, strict=True):
+            await client.put("b", key, value)
+        got = await client.scan("b")
+        assert [(k if isinstance(k, bytes) else k.encode(), v) for k, v in got] == [
+            (k, v) for k, (_, v) in zip(keys, pairs, strict=True)
+        ]
+        assert await client.scan("b", "k02", "k06") == [
+            ("k02", "v2"),
+            ("k03", "v3"),
+            ("k04", "v4"),
+            ("k05", "v5"),
+            ("k05\x00", "v6"),
+            ("k05\x00\x00", "v7"),
+        ]
+        assert len(await client.scan("b", limit=5)) == 5
+        assert len(await client.scan("b", limit=7)) == 7
+        assert [k if isinstance(k, bytes) else k.encode() for k in await client.keys("b")] == keys
+        assert await client.keys("b", "k05") == ["k05", "k05\x00", "k05\x00\x00"]
+
+    def blocking() -> list[Any]:
+        with Client("127.0.0.1", served.port) as sync:
+            return [len(sync.scan("b")), len(sync.keys("b")), len(sync.scan("b", "k09"))]
+
+    assert await trio.to_thread.run_sync(blocking) == [len(keys), len(keys), 2]
 
 
 async def test_scan_bounds_limit_and_open_end(served: Served) -> None:
