@@ -345,6 +345,11 @@ class PeerTransport:
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
                 port: int = listeners[0].socket.getsockname()[1]
                 logger.info("node %d listening for peers on %s:%d", self.node_id, listen_host, port)
+                logger.warning(
+                    "node %d: peer traffic is authenticated only at the handshake and is not "
+                    "encrypted: the peer network must be trusted (see Security in the README)",
+                    self.node_id,
+                )
                 task_status.started(port)
         finally:
             self._nursery = None
