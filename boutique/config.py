@@ -141,10 +141,21 @@ class ClusterConfig:
     fault_injection: bool = False
     """Accept the FAULT command (cut links to peers) for distributed tests. Never on
     in production: anyone who can connect could partition the node."""
+    tls_files: tuple[str, str, str] | None = None
+    """``[tls]``: the CA, certificate and key paths for mutual TLS between nodes, each
+    relative to the config file's directory; ``{name}`` in the certificate and key
+    stands for the node's name. None: no TLS (the peer network must be trusted)."""
     unsafe_local_reads: bool = False
     """A deliberately planted bug for the distributed test harness: serve bucket reads
     from a replica's local state without ReadIndex. Never on in production."""
     source: str = "<config>"
+
+    def peer_tls_files(self, name: str) -> tuple[Path, Path, Path] | None:
+        """The CA, certificate and key files of the node called ``name`` (None: no TLS)."""
+        if self.tls_files is None:
+            return None
+        ca, cert, key = self.tls_files
+        return Path(ca), Path(cert.replace("{name}", name)), Path(key.replace("{name}", name))
 
     @property
     def range_map(self) -> RangeMap:
@@ -187,9 +198,11 @@ _TOP_KEYS = frozenset(
         "raft",
         "server",
         "testing",
+        "tls",
         "node",
     }
 )
+_TLS_KEYS = frozenset({"ca", "cert", "key"})
 _RAFT_KEYS = frozenset({"tick_interval", "election_ticks", "heartbeat_ticks", "snapshot_entries"})
 _SERVER_KEYS = frozenset(
     {
@@ -393,6 +406,7 @@ class _Loader:
         raft = top.subtable("raft", _RAFT_KEYS)
         server = top.subtable("server", _SERVER_KEYS)
         testing = top.subtable("testing", _TESTING_KEYS)
+        tls = top.subtable("tls", _TLS_KEYS)
         base_dir = Path(top.string("data_dir", "data"))
         nodes = self.nodes(top, base_dir)
         node_ids = [node.id for node in nodes]
@@ -459,6 +473,7 @@ class _Loader:
             scan_limit=server.integer("scan_limit", 1, None, 1000),
             fault_injection=testing.boolean("fault_injection", False),
             unsafe_local_reads=testing.boolean("unsafe_local_reads", False),
+            tls_files=self.tls_files(tls),
             source=self.source,
         )
 
@@ -579,6 +594,19 @@ class _Loader:
                 f"the secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}",
             )
         return secret
+
+    def tls_files(self, tls: _Table) -> tuple[str, str, str] | None:
+        given = {key: tls.string(key, None) for key in ("ca", "cert", "key")}
+        if all(value is None for value in given.values()):
+            return None
+        for key, value in given.items():
+            if value is None:
+                raise tls.error(key, "missing: TLS needs all of ca, cert and key")
+        return (
+            str(self.base_dir / given["ca"]),
+            str(self.base_dir / given["cert"]),
+            str(self.base_dir / given["key"]),
+        )
 
     def read_secret_file(self, top: _Table, value: str) -> bytes:
         path = self.base_dir / value

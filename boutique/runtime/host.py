@@ -50,6 +50,7 @@ from boutique.raft.messages import ConfChange, ConfState, Entry, HardState, Snap
 
 from .codec import CodecError, decode_batch, encode_batch
 from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
+from .peertls import PeerTLS
 from .transport import PeerTransport
 
 log = logging.getLogger("boutique.host")
@@ -184,8 +185,11 @@ class RaftHost:
         machine_for: Callable[[str], StateMachine[Any, Any, Any, Any, Any]],
         settings: HostSettings = HostSettings(),
         seed: int | None = None,
+        peer_tls: PeerTLS | None = None,
     ) -> None:
         self.id = node_id
+        self.peer_tls = peer_tls
+        """Mutual TLS between nodes (None: plaintext, on a trusted network)."""
         self.secret = secret
         self.cluster_name = cluster_name
         self.peers = dict(peers)
@@ -231,6 +235,7 @@ class RaftHost:
                 self.peers,
                 self._on_frame,
                 on_suspect=self._on_suspect,
+                tls=self.peer_tls,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -40,6 +40,11 @@ and sends a ``KEEPALIVE`` frame when it has had nothing to send for
 
 All of it runs inside ``run``; cancelling ``run`` closes every socket. Frames already in
 a connection that breaks are lost; frames still queued wait for the next connection.
+With ``tls`` (``PeerTLS``: the cluster CA, this node's certificate and key) every
+connection is mutual TLS first, and the HMAC handshake and all frames run inside it, so
+frames after the handshake are authenticated and encrypted too. Without it they are
+neither, and the peer network must be trusted (the transport says so when it starts).
+
 This module never uses pickle, and never delivers a frame from an unauthenticated peer.
 """
 
@@ -68,6 +73,7 @@ from boutique.runtime.framing import (
     FrameError,
     encode_frame,
 )
+from boutique.runtime.peertls import PeerTLS
 
 __all__ = ["PeerTransport", "TransportStats"]
 
@@ -170,7 +176,7 @@ _CHALLENGE = {"protocol": str, "cluster": str, "node": int, "nonce": bytes, "mac
 _PROOF = {"mac": bytes}
 
 
-async def _next_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> object:
+async def _next_frame(stream: trio.abc.Stream, decoder: FrameDecoder) -> object:
     """The next handshake frame; leaves anything after it in ``decoder``."""
     data = b""
     while True:
@@ -180,7 +186,7 @@ async def _next_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> objec
             raise _HandshakeError(str(exc)) from None
         if frames:
             return frames[0]
-        data = await stream.receive_some(_HANDSHAKE_MAX_FRAME)
+        data = bytes(await stream.receive_some(_HANDSHAKE_MAX_FRAME))
         if not data:
             raise _HandshakeError("connection closed during handshake")
 
@@ -271,6 +277,7 @@ class PeerTransport:
         reconnect_max: float = 2.0,
         max_frame: int = DEFAULT_MAX_FRAME,
         rng: random.Random | None = None,
+        tls: PeerTLS | None = None,
     ) -> None:
         if not 0 < node_id <= _MAX_NODE_ID:
             raise ValueError(f"node_id must be a positive 64-bit int, got {node_id}")
@@ -318,6 +325,7 @@ class PeerTransport:
         # busy node, so it is short whatever io_timeout allows for writes.
         self._handshake_timeout = min(handshake_timeout, io_timeout)
         self._pending = Admission(max_pending_handshakes, max_handshakes_per_source)
+        self._tls = tls
         self._inbound_log = ThrottledLog(logger)
         self._nursery: trio.Nursery | None = None
         self.set_peers(peers)
@@ -345,11 +353,15 @@ class PeerTransport:
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
                 port: int = listeners[0].socket.getsockname()[1]
                 logger.info("node %d listening for peers on %s:%d", self.node_id, listen_host, port)
-                logger.warning(
-                    "node %d: peer traffic is authenticated only at the handshake and is not "
-                    "encrypted: the peer network must be trusted (see Security in the README)",
-                    self.node_id,
-                )
+                if self._tls is None:
+                    logger.warning(
+                        "node %d: no TLS between nodes: peer traffic is authenticated only at "
+                        "the handshake and is not encrypted, so the peer network must be "
+                        "trusted (see Security in the README)",
+                        self.node_id,
+                    )
+                else:
+                    logger.info("node %d: peer traffic uses mutual TLS", self.node_id)
                 task_status.started(port)
         finally:
             self._nursery = None
@@ -511,7 +523,8 @@ class PeerTransport:
             _set_nodelay(stream)
             decoder = FrameDecoder(max_frame=_HANDSHAKE_MAX_FRAME)
             with trio.fail_after(self._io_timeout):
-                await self._dial_handshake(stream, out.peer, decoder)
+                channel = await self._secure(stream, out.address[0])
+                await self._dial_handshake(channel, out.peer, decoder)
         except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             self._auth_failed(f"handshake with peer {out.peer} at {where} failed", exc)
             return False
@@ -519,22 +532,25 @@ class PeerTransport:
         logger.info("node %d: connected to peer %d at %s", self.node_id, out.peer, where)
         out.connected = True
         try:
-            await self._send_session(stream, out, where)
+            await self._send_session(stream, channel, out, where)
         finally:
             out.connected = False
         logger.info("node %d: connection to peer %d at %s is over", self.node_id, out.peer, where)
         return True
 
-    async def _send_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
+    async def _send_session(
+        self, stream: trio.SocketStream, channel: trio.abc.Stream, out: _Outbound, where: str
+    ) -> None:
         try:
-            out.fd = stream.socket.fileno()
-            await self._run_session(stream, out, where)
+            # Direct writes go to the socket itself, so only without TLS.
+            out.fd = stream.socket.fileno() if channel is stream else None
+            await self._run_session(channel, out, where)
         finally:
             # A frame cut short by a direct write is worthless on the next connection.
             out.fd = None
             out.unsent = b""
 
-    async def _run_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
+    async def _run_session(self, stream: trio.abc.Stream, out: _Outbound, where: str) -> None:
         async with trio.open_nursery() as nursery:
             out.session = nursery.cancel_scope
             out.last_sent = trio.current_time()
@@ -552,8 +568,22 @@ class PeerTransport:
                 )
                 nursery.cancel_scope.cancel()
 
+    async def _secure(
+        self, stream: trio.SocketStream, host: str | None = None
+    ) -> trio.abc.Stream:
+        """``stream`` itself without TLS; else the TLS stream over it, handshake done
+        (dialing when ``host`` is given: the acceptor's certificate must name it)."""
+        if self._tls is None:
+            return stream
+        if host is None:
+            secure = trio.SSLStream(stream, self._tls.server, server_side=True)
+        else:
+            secure = trio.SSLStream(stream, self._tls.client, server_hostname=host)
+        await secure.do_handshake()
+        return secure
+
     async def _dial_handshake(
-        self, stream: trio.SocketStream, peer: int, decoder: FrameDecoder
+        self, stream: trio.abc.Stream, peer: int, decoder: FrameDecoder
     ) -> None:
         nonce_a = secrets.token_bytes(_NONCE_BYTES)
         hello = {
@@ -587,7 +617,7 @@ class PeerTransport:
         proof = _mac(self._secret, b"dialer", self.cluster, self.node_id, peer, nonce_a, nonce_b)
         await stream.send_all(encode_frame({"type": "proof", "mac": proof}))
 
-    async def _drain(self, stream: trio.SocketStream, out: _Outbound) -> None:
+    async def _drain(self, stream: trio.abc.Stream, out: _Outbound) -> None:
         # No cancel scope per write or per wait (they cost more than the write): the
         # liveness watchdog wakes us when a keepalive is due, and ends the session if a
         # write hangs for io_timeout.
@@ -613,7 +643,7 @@ class PeerTransport:
                 await self._write(stream, out, KEEPALIVE)
                 self.stats.keepalives_sent += 1
 
-    async def _write(self, stream: trio.SocketStream, out: _Outbound, data: bytes) -> None:
+    async def _write(self, stream: trio.abc.Stream, out: _Outbound, data: bytes) -> None:
         out.sending_since = trio.current_time()
         try:
             await stream.send_all(data)
@@ -644,7 +674,7 @@ class PeerTransport:
         return b"".join(parts), len(parts)
 
     @staticmethod
-    async def _watch_for_close(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _watch_for_close(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         # The acceptor never writes after the handshake, so any read result means the
         # connection is over: notice at once instead of at the next failed write.
         with contextlib.suppress(trio.BrokenResourceError, OSError):
@@ -670,18 +700,19 @@ class PeerTransport:
                 _set_nodelay(stream)
                 decoder = FrameDecoder(max_frame=_HANDSHAKE_MAX_FRAME)
                 with trio.fail_after(self._handshake_timeout):
-                    peer = await self._accept_handshake(stream, decoder)
+                    channel = await self._secure(stream)
+                    peer = await self._accept_handshake(channel, decoder)
             except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
                 self._auth_failed(f"refused connection from {where}", exc, self._inbound_log)
                 return
             finally:
                 self._pending.release(source)
             decoder.max_frame = self._max_frame
-            await self._receive(stream, peer, decoder, where)
+            await self._receive(channel, peer, decoder, where)
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _accept_handshake(self, stream: trio.SocketStream, decoder: FrameDecoder) -> int:
+    async def _accept_handshake(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> int:
         hello = _expect(await _next_frame(stream, decoder), "hello", _HELLO)
         if hello["cluster"] != self.cluster:
             raise _HandshakeError(f"wrong cluster {hello['cluster'][:80]!r}")
@@ -713,7 +744,7 @@ class PeerTransport:
         return dialer
 
     async def _receive(
-        self, stream: trio.SocketStream, peer: int, decoder: FrameDecoder, where: str
+        self, stream: trio.abc.Stream, peer: int, decoder: FrameDecoder, where: str
     ) -> None:
         # One inbound stream per peer: a newer one means the old one is stale (the peer
         # restarted, or its side of the old connection died without us noticing).
@@ -747,7 +778,9 @@ class PeerTransport:
                     self._last_received[peer] = trio.current_time()
                     self.stats.bytes_received += len(data)
                     self._heard(peer)
-                    self._deliver(peer, decoder.feed(data))
+                    # A socket gives bytes; a TLS stream may give a bytearray.
+                    chunk = data if isinstance(data, bytes) else bytes(data)
+                    self._deliver(peer, decoder.feed(chunk))
         except FrameError as exc:
             logger.warning(
                 "node %d: bad frame from peer %d at %s (%s); closing",
