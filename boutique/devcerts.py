@@ -28,7 +28,7 @@ TLS_MARKER = "# [tls] added by boutique-devcerts"
 def make_certs(config_path: Path, out_dir: Path | None = None) -> Path:
     """Write the CA, the node certificates and the TLS config; the new config's path."""
     try:
-        import trustme
+        import trustme  # noqa: F401 - only checked here; write_certs uses it
     except ImportError:
         raise SystemExit("boutique-devcerts needs trustme: pip install 'boutique[dev]'") from None
     config = load_config(config_path)
@@ -39,25 +39,33 @@ def make_certs(config_path: Path, out_dir: Path | None = None) -> Path:
     target = config_path.with_name(f"{config_path.stem}-tls.toml")
     if target.exists() and TLS_MARKER not in target.read_text():
         raise SystemExit(f"boutique-devcerts: {target} exists and was not written by it")
+    table = write_certs(out_dir, [(node.name, node.host) for node in config.nodes])
+    target.write_text(f"{text.rstrip()}\n\n{TLS_MARKER}\n{table}")
+    load_config(target)  # the new file must load, or it is of no use
+    return target
+
+
+def write_certs(out_dir: Path, nodes: list[tuple[str, str]]) -> str:
+    """A new CA and a certificate for each (name, host) in ``out_dir``; the ``[tls]``
+    table (absolute paths) that uses them."""
+    import trustme
+
     out_dir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="boutique development CA")
     ca.cert_pem.write_to_path(str(out_dir / "ca.pem"))
-    for node in config.nodes:
-        cert = ca.issue_cert(node.host, organization_name=f"boutique node {node.name}")
-        cert.private_key_and_cert_chain_pem.write_to_path(str(out_dir / f"{node.name}.pem"))
-        key = out_dir / f"{node.name}.key"
+    for name, host in nodes:
+        cert = ca.issue_cert(host, organization_name=f"boutique node {name}")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(out_dir / f"{name}.pem"))
+        key = out_dir / f"{name}.key"
         key.touch(mode=0o600)
         cert.private_key_pem.write_to_path(str(key))
-    # Paths in [tls] are relative to the config file's directory.
-    where = Path(out_dir).resolve()
-    target.write_text(
-        f"{text.rstrip()}\n\n{TLS_MARKER}\n[tls]\n"
+    where = out_dir.resolve()
+    return (
+        "[tls]\n"
         f"ca = {_toml(where / 'ca.pem')}\n"
         f"cert = {_toml(where / '{name}.pem')}\n"
         f"key = {_toml(where / '{name}.key')}\n"
     )
-    load_config(target)  # the new file must load, or it is of no use
-    return target
 
 
 def _toml(path: Path) -> str:

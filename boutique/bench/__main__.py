@@ -152,6 +152,9 @@ def _cluster_args(parser: argparse.ArgumentParser, nodes: int) -> None:
         help="where the scratch data directory is made (default: current directory)",
     )
     group.add_argument("--keep", action="store_true", help="keep the data directory and node logs")
+    group.add_argument(
+        "--tls", action="store_true", help="mutual TLS between the nodes (needs trustme)"
+    )
 
 
 def _load_args(parser: argparse.ArgumentParser, *, durations: bool = True) -> None:
@@ -289,6 +292,7 @@ def cluster_spec(args: argparse.Namespace, nodes: int | None = None) -> ClusterS
         election_ticks=args.election_ticks,
         workdir_parent=args.dir,
         keep=args.keep,
+        tls=args.tls,
     )
 
 

@@ -34,6 +34,7 @@ from types import TracebackType
 
 from boutique.client import Client, ClientError
 from boutique.config import ClusterConfig
+from boutique.devcerts import write_certs
 from boutique.storage.bench import cpu_model, filesystem
 from boutique.testing.local_cluster import LocalCluster
 from boutique.wire import is_terminator
@@ -226,6 +227,8 @@ class ClusterSpec:
     election_ticks: int = DEFAULT_ELECTION_TICKS
     workdir_parent: Path = Path(".")
     keep: bool = False
+    tls: bool = False
+    """Mutual TLS between the nodes (development certificates made for the run)."""
 
 
 class BenchCluster:
@@ -274,6 +277,10 @@ class BenchCluster:
         parent = spec.workdir_parent.resolve()
         parent.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix=".boutique-bench-", dir=parent))
+        extra = ""
+        if spec.tls:
+            names = [(f"n{i}", "127.0.0.1") for i in range(1, spec.nodes + 1)]
+            extra = write_certs(self.workdir / "certs", names)
         self.local = LocalCluster(
             self.workdir,
             nodes=spec.nodes,
@@ -282,6 +289,7 @@ class BenchCluster:
             tick_interval=spec.tick_interval,
             election_ticks=spec.election_ticks,
             fault_injection=False,
+            extra=extra,
         )
         self.addresses = {
             name: ("127.0.0.1", node.client_port) for name, node in self.local.nodes.items()

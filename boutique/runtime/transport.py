@@ -568,9 +568,7 @@ class PeerTransport:
                 )
                 nursery.cancel_scope.cancel()
 
-    async def _secure(
-        self, stream: trio.SocketStream, host: str | None = None
-    ) -> trio.abc.Stream:
+    async def _secure(self, stream: trio.SocketStream, host: str | None = None) -> trio.abc.Stream:
         """``stream`` itself without TLS; else the TLS stream over it, handshake done
         (dialing when ``host`` is given: the acceptor's certificate must name it)."""
         if self._tls is None:
