@@ -23,6 +23,10 @@ Pipelining: ``with c.pipeline() as p: p.put(...); p.get(...)`` sends every queue
 in one write when the block ends (or at ``p.execute()``) and reads the replies in order;
 ``p.results`` holds one result or exception per request.
 
+TLS: give ``ssl_context`` (e.g. ``ssl.create_default_context(cafile="ca.pem")``) to talk
+to a server with ``[server] tls_cert`` and ``tls_key``; the server's certificate must name
+the host connected to.
+
 Paging: the server caps every ``SCAN`` and ``KEYS`` reply (rows and bytes). ``scan`` and
 ``keys`` on a client ask for pages of ``PAGE_ROWS`` and go on from the last key + ``\\x00``
 until the range is read, so they return every row. In a pipeline they are one request:
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -72,6 +77,8 @@ Decoded: TypeAlias = str | bytes
 T = TypeVar("T")
 
 _CHUNK = 65536
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+"""A non-blocking socket (plain or TLS) that cannot send or receive right now."""
 PAGE_ROWS = 1000
 """Rows a client's ``scan`` or ``keys`` asks for per request (the server may give fewer)."""
 
@@ -540,6 +547,7 @@ class Client:
         password: Data | None = None,
         sock: socket.socket | None = None,
         max_reply_line: int = DEFAULT_MAX_REPLY_LINE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
         if sock is None:
@@ -548,6 +556,16 @@ class Client:
             except OSError as exc:
                 raise ConnectionLost(
                     f"cannot connect to {host}:{port}: {exc}", maybe_applied=False
+                ) from exc
+        if ssl_context is not None:
+            try:
+                # The handshake blocks (within the timeout), before the socket is made
+                # non-blocking for the exchanges.
+                sock = ssl_context.wrap_socket(sock, server_hostname=host)
+            except OSError as exc:
+                sock.close()
+                raise ConnectionLost(
+                    f"TLS with {host}:{port} failed: {exc}", maybe_applied=False
                 ) from exc
         sock.setblocking(False)
         self._sock: socket.socket | None = sock
@@ -612,17 +630,21 @@ class Client:
                     if writing and sent == len(payload):
                         selector.modify(sock, selectors.EVENT_READ)
                         writing = False
-                    ready = selector.select(self.timeout)
-                    if not ready:
-                        raise ConnectionLost(f"no reply within {self.timeout} s")
-                    _, mask = ready[0]
+                    # TLS may hold decrypted bytes the socket no longer signals.
+                    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                        mask = selectors.EVENT_READ
+                    else:
+                        ready = selector.select(self.timeout)
+                        if not ready:
+                            raise ConnectionLost(f"no reply within {self.timeout} s")
+                        _, mask = ready[0]
                     if mask & selectors.EVENT_WRITE and sent < len(payload):
-                        with contextlib.suppress(BlockingIOError):
+                        with contextlib.suppress(*_WOULD_BLOCK):
                             sent += sock.send(payload[sent : sent + _CHUNK])
                     if mask & selectors.EVENT_READ:
                         try:
                             data = sock.recv(_CHUNK)
-                        except BlockingIOError:
+                        except _WOULD_BLOCK:
                             continue
                         if not data:
                             raise ConnectionLost(
@@ -730,8 +752,10 @@ class AsyncClient:
         password: Data | None = None,
         stream: trio.abc.Stream | None = None,
         max_reply_line: int = DEFAULT_MAX_REPLY_LINE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self._ssl_context = ssl_context
         self.port = port
         self._password = password
         self._stream = stream
@@ -743,7 +767,20 @@ class AsyncClient:
         """Open the connection (if not given a stream) and log in if a password is set."""
         if self._stream is None and not self._closed:
             try:
-                self._stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await trio.open_tcp_stream(self.host, self.port)
+                if self._ssl_context is None:
+                    self._stream = stream
+                else:
+                    secure = trio.SSLStream(stream, self._ssl_context, server_hostname=self.host)
+                    try:
+                        await secure.do_handshake()
+                    except trio.BrokenResourceError as exc:
+                        await trio.aclose_forcefully(stream)
+                        raise ConnectionLost(
+                            f"TLS with {self.host}:{self.port} failed: {exc.__cause__ or exc}",
+                            maybe_applied=False,
+                        ) from exc
+                    self._stream = secure
             except OSError as exc:
                 raise ConnectionLost(
                     f"cannot connect to {self.host}:{self.port}: {exc}", maybe_applied=False

@@ -138,6 +138,9 @@ class ClusterConfig:
     """Reply bytes all client connections together may have waiting to be written."""
     scan_limit: int = 1000
     """Rows a SCAN or KEYS returns when the request names no smaller limit."""
+    client_tls: tuple[str, str] | None = None
+    """``[server] tls_cert`` and ``tls_key`` (relative to the config file's directory,
+    ``{name}`` for the node's name): clients connect over TLS. None: plaintext."""
     fault_injection: bool = False
     """Accept the FAULT command (cut links to peers) for distributed tests. Never on
     in production: anyone who can connect could partition the node."""
@@ -149,6 +152,13 @@ class ClusterConfig:
     """A deliberately planted bug for the distributed test harness: serve bucket reads
     from a replica's local state without ReadIndex. Never on in production."""
     source: str = "<config>"
+
+    def client_tls_files(self, name: str) -> tuple[Path, Path] | None:
+        """The certificate and key the node called ``name`` shows clients (None: no TLS)."""
+        if self.client_tls is None:
+            return None
+        cert, key = self.client_tls
+        return Path(cert.replace("{name}", name)), Path(key.replace("{name}", name))
 
     def peer_tls_files(self, name: str) -> tuple[Path, Path, Path] | None:
         """The CA, certificate and key files of the node called ``name`` (None: no TLS)."""
@@ -218,6 +228,8 @@ _SERVER_KEYS = frozenset(
         "max_reply_bytes",
         "max_total_reply_bytes",
         "scan_limit",
+        "tls_cert",
+        "tls_key",
     }
 )
 _TESTING_KEYS = frozenset({"fault_injection", "unsafe_local_reads"})
@@ -471,6 +483,7 @@ class _Loader:
             max_reply_bytes=max_reply_bytes,
             max_total_reply_bytes=max_total,
             scan_limit=server.integer("scan_limit", 1, None, 1000),
+            client_tls=self.client_tls(server),
             fault_injection=testing.boolean("fault_injection", False),
             unsafe_local_reads=testing.boolean("unsafe_local_reads", False),
             tls_files=self.tls_files(tls),
@@ -594,6 +607,15 @@ class _Loader:
                 f"the secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}",
             )
         return secret
+
+    def client_tls(self, server: _Table) -> tuple[str, str] | None:
+        cert, key = server.string("tls_cert", None), server.string("tls_key", None)
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            missing = "tls_cert" if cert is None else "tls_key"
+            raise server.error(missing, "missing: TLS for clients needs tls_cert and tls_key")
+        return str(self.base_dir / cert), str(self.base_dir / key)
 
     def tls_files(self, tls: _Table) -> tuple[str, str, str] | None:
         given = {key: tls.string(key, None) for key in ("ca", "cert", "key")}

@@ -50,6 +50,7 @@ from boutique.machine import CommandFailed
 from boutique.runtime.admin import Admin, AdminError
 from boutique.runtime.group import Applied, Outcome, Unknown
 from boutique.runtime.node import Node
+from boutique.runtime.peertls import client_port_context
 from boutique.runtime.router import (
     CommandRejected,
     NotFound,
@@ -160,10 +161,13 @@ def _internal_error(command: cmd.Command) -> Error:
     return Error(ErrorCode.UNAVAILABLE, "internal error")
 
 
-async def _close_gently(stream: trio.abc.HalfCloseableStream) -> None:
+async def _close_gently(stream: trio.abc.Stream) -> None:
     """Shut our side, then read (and drop) what the client still sends until it closes
     or ``LINGER_TIMEOUT`` passes. Closing a socket with unread input makes the kernel
-    send a reset, and a reset can destroy replies the client has not read yet."""
+    send a reset, and a reset can destroy replies the client has not read yet. (TLS
+    has no half close: there the close is the TLS close.)"""
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return
     with trio.move_on_after(LINGER_TIMEOUT):
         try:
             await stream.send_eof()
@@ -264,11 +268,19 @@ class LineServer:
         port; 0 lets the OS choose) until cancelled. ``task_status.started`` gets the
         port actually bound."""
         listen_port = self.me.client_port if port is None else port
+        tls_files = self.config.client_tls_files(self.me.name)
+        context = None if tls_files is None else client_port_context(*tls_files)
         listeners = await trio.open_tcp_listeners(listen_port, host=self.config.listen_host)
         actual: int = listeners[0].socket.getsockname()[1]
+        served: list[trio.abc.Listener[Any]] = list(listeners)
+        if context is not None:
+            # The TLS handshake happens in the connection's first read, so a client
+            # that never finishes it is bound by the same timeouts as a silent one.
+            served = [trio.SSLListener(listener, context) for listener in listeners]
+            log.info("clients connect with TLS on port %d", actual)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_connections)
-            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            await nursery.start(trio.serve_listeners, self._handle, served)
             task_status.started(actual)
 
     async def _watch_connections(self) -> None:
@@ -284,7 +296,7 @@ class LineServer:
             for connection in list(self.live):
                 connection.check_timeouts(now, idle, self.send_timeout, auth)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         # trio.serve_listeners lets a handler's exception crash the whole server, so
         # nothing may escape from here but cancellation.
         gentle = False
@@ -490,7 +502,7 @@ class LineServer:
 class _Connection:
     """One client connection: a reader, command tasks, and an ordered writer."""
 
-    def __init__(self, server: LineServer, stream: trio.SocketStream, source: str) -> None:
+    def __init__(self, server: LineServer, stream: trio.abc.Stream, source: str) -> None:
         self.server = server
         self.stream = stream
         self.source = source
@@ -864,11 +876,13 @@ def _continue(name: bytes, args: list[bytes], rest: int, rows: int) -> str:
     return f"reply cut after {rows} rows; continue with: {line}"
 
 
-def _source(stream: trio.SocketStream) -> str:
+def _source(stream: trio.abc.Stream) -> str:
     """The client's address without the port: what per-address limits count."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     try:
-        return str(stream.socket.getpeername()[0])
-    except (OSError, IndexError, TypeError):
+        return str(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError, TypeError):
         return "<unknown>"
 
 

@@ -364,6 +364,13 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ),
     ("scan limit zero", BASE + "[server]\nscan_limit = 0\n", "server.scan_limit", ">= 1"),
     (
+        "client tls without a key",
+        BASE + '[server]\ntls_cert = "node.pem"\n',
+        "server.tls_key",
+        "missing: TLS for clients needs tls_cert and tls_key",
+    ),
+    ("tls without ca", BASE + '[tls]\ncert = "a.pem"\nkey = "a.key"\n', "tls.ca", "missing"),
+    (
         "password number",
         BASE + "[server]\npassword = 1234\n",
         "server.password",

@@ -6,6 +6,8 @@ certificate against the CA and the peer's configured host. Inside TLS the transp
 HMAC handshake still runs, so a certificate alone does not make a node a member: it
 must also hold the cluster secret.
 
+``client_port_context`` is the one-sided context of a client port with TLS.
+
 This module only builds contexts from files; it never opens a socket and never
 generates keys (``boutique.devcerts`` makes development certificates).
 """
@@ -35,6 +37,18 @@ class PeerTLS:
             _context(ssl.Purpose.CLIENT_AUTH, ca, cert, key),
             _context(ssl.Purpose.SERVER_AUTH, ca, cert, key),
         )
+
+
+def client_port_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The context of a client port with TLS: the node shows ``cert``; clients show
+    nothing (they prove themselves with AUTH, if the server wants a password)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise PeerTLSError(f"cannot use certificate {cert} with key {key}: {exc}") from None
+    return context
 
 
 def _context(purpose: ssl.Purpose, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:

@@ -12,15 +12,18 @@ import dataclasses
 import logging
 import os
 import socket
+import ssl
 import struct
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 import boutique.client as client_module
-from boutique.client import AsyncClient, Client
+from boutique.client import AsyncClient, Client, ConnectionLost
 from boutique.machine import CommandFailed
 from boutique.runtime import join
 from boutique.runtime.router import CommandRejected, OutcomeUnknown, Unavailable
@@ -681,3 +684,38 @@ async def test_join_authenticates_with_a_password_that_needs_quoting(
     conn = await served.connect()
     await conn.send(request_line(b"AUTH", password.encode()))
     await conn.expect(b"OK\r\n")
+
+
+async def test_clients_over_tls(start_server: StartServer, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "node.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "node.key"))
+    served = await start_server(
+        client_tls=(str(tmp_path / "node.pem"), str(tmp_path / "node.key")), password="s3cret"
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with AsyncClient("127.0.0.1", served.port, ssl_context=context, password="s3cret") as c:
+        await c.create("b")
+        await c.put("b", "k", "tls" * 15_000)  # bigger than one TLS record
+        assert await c.get("b", "k") == "tls" * 15_000
+        assert len(await c.scan("b")) == 1
+
+    def blocking() -> Any:
+        with Client("127.0.0.1", served.port, ssl_context=context, password="s3cret") as sync:
+            with sync.pipeline() as pipeline:
+                for i in range(200):
+                    pipeline.put("b", f"k{i}", "v" * 1000)
+            return sync.get("b", "k199"), len(sync.keys("b"))
+
+    assert await trio.to_thread.run_sync(blocking) == ("v" * 1000, 201)
+    # A plaintext client gets no reply in clear text: it is not speaking TLS.
+    plain = await served.connect()
+    await plain.send(b"PING\n")
+    assert b"PONG" not in await plain.closed()
+    # A client that does not trust the CA refuses the server.
+    with pytest.raises(ConnectionLost, match="TLS"):
+        await AsyncClient(
+            "127.0.0.1", served.port, ssl_context=ssl.create_default_context()
+        ).connect()
