@@ -567,6 +567,8 @@ class _Connection:
             self.reply_bytes = 0
 
     def _account(self, change: int) -> None:
+        if self.finished:
+            return  # a late reply (from the host loop) for a connection that is gone
         self.reply_bytes += change
         self.server.account(change)
         if change < 0:

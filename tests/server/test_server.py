@@ -26,6 +26,7 @@ import boutique.client as client_module
 from boutique.client import AsyncClient, Client, ConnectionLost
 from boutique.machine import CommandFailed
 from boutique.runtime import join
+from boutique.runtime.group import Applied
 from boutique.runtime.router import CommandRejected, OutcomeUnknown, Unavailable
 from boutique.wire import parse_value, render_value, request_line
 from boutique_server.protocol import HELP_TEXT, Text, render
@@ -719,3 +720,35 @@ async def test_clients_over_tls(start_server: StartServer, tmp_path: Path) -> No
         await AsyncClient(
             "127.0.0.1", served.port, ssl_context=ssl.create_default_context()
         ).connect()
+
+
+async def test_a_reply_that_comes_after_its_connection_is_gone_is_not_counted(
+    start_memory_server: StartMemoryServer, memory_router: MemoryRouter
+) -> None:
+    # A PUT on the task-free path is answered from the host loop, maybe after its
+    # client reset the connection: those bytes are never written, so they must not
+    # stay counted against the server-wide reply budget.
+    await memory_router.create("b")
+    waiting: list[Any] = []
+
+    class Late:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(memory_router, name)
+
+        def start(self, bucket: str, command: Any, then: Any) -> bool:
+            waiting.append(then)
+            return True
+
+    served = await start_memory_server(Late())
+    conn = await served.connect()
+    await conn.send(b"PUT b k v\n")
+    with trio.fail_after(5):
+        while not waiting:
+            await trio.sleep(0.001)
+    reset(conn)
+    await conn.aclose()
+    with trio.fail_after(5):
+        while served.server.connections:
+            await trio.sleep(0.001)
+    waiting[0](Applied(None))
+    assert served.server.reply_bytes == 0
