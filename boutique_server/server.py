@@ -20,7 +20,18 @@ plus one batch of at most as many being written (the reader stops reading beyond
 so a client that sends ahead without reading costs a bounded number of replies); a reply that cannot be written within
 ``send_timeout`` closes the connection (a client that never reads);
 ``max_connections`` clients at once (the next gets ``ERR BUSY`` and is closed); an
-idle connection is closed after ``idle_timeout``.
+idle connection is closed after ``idle_timeout``. Replies are bounded in bytes too: a
+connection stops reading, and a SCAN, KEYS, BUCKETS, STATUS or HELP waits before it
+runs, while its unwritten replies exceed ``max_reply_bytes`` (or all connections'
+exceed ``max_total_reply_bytes``), so a client that does not read stalls only itself;
+SCAN and KEYS replies are cut to ``scan_limit`` rows and a quarter of the byte budget
+and end with ``ERR MORE`` and the request that continues them.
+
+Before authentication (with a password): a connection holds one of
+``max_unauthenticated`` slots (at most ``max_unauthenticated_per_address`` per
+address), not a client slot, and is closed after ``auth_timeout``; each wrong password
+is answered more slowly, and the fifth closes the connection. Refusals and failures are
+counted for STATUS and logged a few lines at a time (``boutique.admission``).
 
 A connection never takes the server down: a command that raises is answered with an
 error line (``ERR TIMEOUT`` for a write, whose outcome is then unknown), a client that
