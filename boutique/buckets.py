@@ -11,6 +11,7 @@ Commands (the runtime proposes them; replies go back to the proposer):
 Queries (answered on one replica's state, after a ReadIndex for linearizability):
     ("get", key)                     the value, or None
     ("keys", prefix, limit)          keys starting with prefix (None: all), in order
+    ("keys", prefix, limit, start)   the same, from the first key >= start
     ("scan", start, end, limit)      [key, value] pairs with start <= key < end (end
                                      None: to the last key), in order
     ("count",)                       the number of keys
@@ -60,6 +61,7 @@ BucketReply: TypeAlias = bool | None
 BucketQuery: TypeAlias = (
     tuple[Literal["get"], bytes]
     | tuple[Literal["keys"], bytes | None, int | None]
+    | tuple[Literal["keys"], bytes | None, int | None, bytes]
     | tuple[Literal["scan"], bytes, bytes | None, int | None]
     | tuple[Literal["count"]]
     | tuple[Literal["stats"]]
@@ -139,13 +141,20 @@ class BucketMachine:
                 _check_bytes("key", key)
                 found: bytes | None = items.get(key)
                 return found
-            case ("keys", prefix, limit):
+            case ("keys", prefix, limit, *rest):
                 if prefix is not None:
                     _check_bytes("prefix", prefix)
                 _check_limit(limit)
+                start = rest[0] if len(rest) == 1 else b""
+                _check_bytes("start", start)
+                if len(rest) > 1:
+                    raise ValueError(f"not a bucket query: {_short(query)}")
                 keys: Iterator[bytes]
+                low = max(prefix or b"", start)
                 if prefix:
-                    keys = items.irange(prefix, prefix_end(prefix), inclusive=(True, False))
+                    keys = items.irange(low, prefix_end(prefix), inclusive=(True, False))
+                elif start:
+                    keys = items.irange(low, None, inclusive=(True, False))
                 else:
                     keys = iter(items)
                 return list(islice(keys, limit))

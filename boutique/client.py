@@ -23,6 +23,15 @@ Pipelining: ``with c.pipeline() as p: p.put(...); p.get(...)`` sends every queue
 in one write when the block ends (or at ``p.execute()``) and reads the replies in order;
 ``p.results`` holds one result or exception per request.
 
+TLS: give ``ssl_context`` (e.g. ``ssl.create_default_context(cafile="ca.pem")``) to talk
+to a server with ``[server] tls_cert`` and ``tls_key``; the server's certificate must name
+the host connected to.
+
+Paging: the server caps every ``SCAN`` and ``KEYS`` reply (rows and bytes). ``scan`` and
+``keys`` on a client ask for pages of ``PAGE_ROWS`` and go on from the last key + ``\\x00``
+until the range is read, so they return every row. In a pipeline they are one request:
+a reply the server cut raises ``ServerError`` with code ``MORE``.
+
 This module never imports ``boutique_server`` (the server depends on the core, not the
 other way round), and never holds a connection in an unknown state: after a lost
 connection, a timeout or an unreadable reply the connection is closed.
@@ -33,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -68,6 +78,10 @@ Decoded: TypeAlias = str | bytes
 T = TypeVar("T")
 
 _CHUNK = 65536
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+"""A non-blocking socket (plain or TLS) that cannot send or receive right now."""
+PAGE_ROWS = 1000
+"""Rows a client's ``scan`` or ``keys`` asks for per request (the server may give fewer)."""
 
 
 # --- errors --------------------------------------------------------------------------
@@ -245,6 +259,16 @@ def decode_pairs(raw: RawReply) -> list[tuple[bytes, bytes]]:
     return [_read(parse_pair, line) for line in raw.items]
 
 
+def decode_page(raw: RawReply, parse: Callable[[bytes], T]) -> tuple[list[T], bool]:
+    """A SCAN or KEYS reply that may have been cut: its rows, and True if the server
+    cut it (``ERR MORE``: more rows may follow the last one)."""
+    if raw.end != OK:
+        error = _error_for(raw.end)
+        if not (isinstance(error, ServerError) and error.code == ErrorCode.MORE):
+            raise error
+    return [_read(parse, line) for line in raw.items], raw.end != OK
+
+
 def decode_text(raw: RawReply) -> list[str]:
     """A HELP or STATUS reply: its lines."""
     _expect(raw, OK, items=None)
@@ -274,6 +298,61 @@ def _request(decode: Callable[[RawReply], T], name: bytes, *args: bytes) -> Requ
 
 _READ_ONLY = frozenset({b"GET", b"KEYS", b"SCAN", b"BUCKETS", b"PING", b"HELP", b"STATUS", b"AUTH"})
 """Commands that change nothing: after a lost connection they are asked again elsewhere."""
+
+
+Row = TypeVar("Row")
+
+
+class _Pager(Generic[Row]):
+    """Reads a SCAN or KEYS range page by page: ``request`` is the next page's request,
+    ``take`` its result (True once the range, or ``limit`` rows, have been read)."""
+
+    def __init__(
+        self,
+        make: Callable[[bytes, int], Request[tuple[list[Row], bool]]],
+        key_of: Callable[[Row], bytes],
+        start: bytes,
+        limit: int | None,
+    ) -> None:
+        self._make = make
+        self._key_of = key_of
+        self._start = start
+        self._left = limit
+        self._asked = 0
+        self.rows: list[Row] = []
+
+    def request(self) -> Request[tuple[list[Row], bool]]:
+        self._asked = PAGE_ROWS if self._left is None else min(PAGE_ROWS, self._left)
+        return self._make(self._start, self._asked)
+
+    def take(self, page: tuple[list[Row], bool]) -> bool:
+        rows, cut = page
+        self.rows.extend(rows)
+        if self._left is not None:
+            self._left -= len(rows)
+        if not rows or self._left == 0 or (not cut and len(rows) < self._asked):
+            return True
+        # The smallest key after the last one: the next page starts exactly there.
+        self._start = self._key_of(rows[-1]) + b"\0"
+        return False
+
+
+def _scan_pager(
+    bucket: str, start: Data, end: Data | None, limit: int | None
+) -> _Pager[tuple[bytes, bytes]]:
+    def make(at: bytes, count: int) -> Request[tuple[list[tuple[bytes, bytes]], bool]]:
+        args = [_b(bucket), at, b"" if end is None else _b(end), str(count).encode()]
+        return _request(lambda r: decode_page(r, parse_pair), b"SCAN", *args)
+
+    return _Pager(make, lambda pair: pair[0], _b(start), limit)
+
+
+def _keys_pager(bucket: str, prefix: Data | None) -> _Pager[bytes]:
+    def make(at: bytes, count: int) -> Request[tuple[list[bytes], bool]]:
+        args = [_b(bucket), b"" if prefix is None else _b(prefix), at, str(count).encode()]
+        return _request(lambda r: decode_page(r, parse_value), b"KEYS", *args)
+
+    return _Pager(make, lambda key: key, b"", None)
 
 
 class _Requests:
@@ -507,6 +586,7 @@ class Client:
         password: Data | None = None,
         sock: socket.socket | None = None,
         max_reply_line: int = DEFAULT_MAX_REPLY_LINE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
         self.addresses = list(addresses) if addresses else [(host, port)]
@@ -517,11 +597,13 @@ class Client:
         self._max_reply_line = max_reply_line
         self._can_reconnect = sock is None
         self._closed_by_caller = False
+        self._ssl_context = ssl_context
         self._sock: socket.socket | None = None
         self._parser = ReplyParser(max_reply_line)
         if sock is None:
             self._connect()
         else:
+            sock = self._secure(sock, host, port)
             sock.setblocking(False)
             self._sock = sock
             self._log_in()
@@ -537,12 +619,30 @@ class Client:
             except OSError as exc:
                 failures.append(f"cannot connect to {host}:{port}: {exc}")
                 continue
+            try:
+                sock = self._secure(sock, host, port)
+            except ConnectionLost as exc:
+                failures.append(str(exc))
+                continue
             sock.setblocking(False)
             self._sock, self.address = sock, (host, port)
             self._parser = ReplyParser(self._max_reply_line)
             self._log_in()
             return
         raise ConnectionLost("; ".join(failures), maybe_applied=False)
+
+    def _secure(self, sock: socket.socket, host: str, port: int) -> socket.socket:
+        """Wrap ``sock`` in TLS when the client has a context. The handshake blocks
+        (within the timeout), before the socket is made non-blocking for exchanges."""
+        if self._ssl_context is None:
+            return sock
+        try:
+            return self._ssl_context.wrap_socket(sock, server_hostname=host)
+        except OSError as exc:
+            sock.close()
+            raise ConnectionLost(
+                f"TLS with {host}:{port} failed: {exc}", maybe_applied=False
+            ) from exc
 
     def _log_in(self) -> None:
         if self._password is not None:
@@ -626,17 +726,21 @@ class Client:
                     if writing and sent == len(payload):
                         selector.modify(sock, selectors.EVENT_READ)
                         writing = False
-                    ready = selector.select(self.timeout)
-                    if not ready:
-                        raise ConnectionLost(f"no reply within {self.timeout} s")
-                    _, mask = ready[0]
+                    # TLS may hold decrypted bytes the socket no longer signals.
+                    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                        mask = selectors.EVENT_READ
+                    else:
+                        ready = selector.select(self.timeout)
+                        if not ready:
+                            raise ConnectionLost(f"no reply within {self.timeout} s")
+                        _, mask = ready[0]
                     if mask & selectors.EVENT_WRITE and sent < len(payload):
-                        with contextlib.suppress(BlockingIOError):
+                        with contextlib.suppress(*_WOULD_BLOCK):
                             sent += sock.send(payload[sent : sent + _CHUNK])
                     if mask & selectors.EVENT_READ:
                         try:
                             data = sock.recv(_CHUNK)
-                        except BlockingIOError:
+                        except _WOULD_BLOCK:
                             continue
                         if not data:
                             raise ConnectionLost(
@@ -682,14 +786,22 @@ class Client:
         return self._run(_R.buckets())
 
     def keys(self, bucket: str, prefix: Data | None = None) -> list[Decoded]:
-        """The bucket's keys (those starting with ``prefix``, if given), in order."""
-        return self._run(_R.keys(bucket, prefix))
+        """The bucket's keys (those starting with ``prefix``, if given), in order,
+        read in pages (see the module docstring)."""
+        pager = _keys_pager(bucket, prefix)
+        while not pager.take(self._run(pager.request())):
+            pass
+        return [_text(k) for k in pager.rows]
 
     def scan(
         self, bucket: str, start: Data = b"", end: Data | None = None, limit: int | None = None
     ) -> list[tuple[Decoded, Decoded]]:
-        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order."""
-        return self._run(_R.scan(bucket, start, end, limit))
+        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order,
+        at most ``limit`` of them, read in pages (see the module docstring)."""
+        pager = _scan_pager(bucket, start, end, limit)
+        while not pager.take(self._run(pager.request())):
+            pass
+        return [(_text(k), _text(v)) for k, v in pager.rows]
 
     def ping(self) -> None:
         """Check the server answers."""
@@ -783,8 +895,10 @@ class AsyncClient:
         password: Data | None = None,
         stream: trio.abc.Stream | None = None,
         max_reply_line: int = DEFAULT_MAX_REPLY_LINE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self._ssl_context = ssl_context
         self.port = port
         self._password = password
         self._stream = stream
@@ -796,7 +910,20 @@ class AsyncClient:
         """Open the connection (if not given a stream) and log in if a password is set."""
         if self._stream is None and not self._closed:
             try:
-                self._stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await trio.open_tcp_stream(self.host, self.port)
+                if self._ssl_context is None:
+                    self._stream = stream
+                else:
+                    secure = trio.SSLStream(stream, self._ssl_context, server_hostname=self.host)
+                    try:
+                        await secure.do_handshake()
+                    except trio.BrokenResourceError as exc:
+                        await trio.aclose_forcefully(stream)
+                        raise ConnectionLost(
+                            f"TLS with {self.host}:{self.port} failed: {exc.__cause__ or exc}",
+                            maybe_applied=False,
+                        ) from exc
+                    self._stream = secure
             except OSError as exc:
                 raise ConnectionLost(
                     f"cannot connect to {self.host}:{self.port}: {exc}", maybe_applied=False
@@ -924,14 +1051,22 @@ class AsyncClient:
         return await self._run(_R.buckets())
 
     async def keys(self, bucket: str, prefix: Data | None = None) -> list[Decoded]:
-        """The bucket's keys (those starting with ``prefix``, if given), in order."""
-        return await self._run(_R.keys(bucket, prefix))
+        """The bucket's keys (those starting with ``prefix``, if given), in order,
+        read in pages (see the module docstring)."""
+        pager = _keys_pager(bucket, prefix)
+        while not pager.take(await self._run(pager.request())):
+            pass
+        return [_text(k) for k in pager.rows]
 
     async def scan(
         self, bucket: str, start: Data = b"", end: Data | None = None, limit: int | None = None
     ) -> list[tuple[Decoded, Decoded]]:
-        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order."""
-        return await self._run(_R.scan(bucket, start, end, limit))
+        """(key, value) pairs with ``start <= key < end`` (no end: to the last), in order,
+        at most ``limit`` of them, read in pages (see the module docstring)."""
+        pager = _scan_pager(bucket, start, end, limit)
+        while not pager.take(await self._run(pager.request())):
+            pass
+        return [(_text(k), _text(v)) for k, v in pager.rows]
 
     async def ping(self) -> None:
         """Check the server answers."""

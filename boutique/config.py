@@ -125,13 +125,47 @@ class ClusterConfig:
     idle_timeout: float = 300.0
     password: str | None = field(default=None, repr=False)
     request_timeout: float = 5.0
+    auth_timeout: float = 10.0
+    """With a password: seconds a client connection has to authenticate."""
+    max_unauthenticated: int = 64
+    """With a password: client connections not yet authenticated, at once (they do
+    not count against ``max_connections``)."""
+    max_unauthenticated_per_address: int = 8
+    """With a password: the share of ``max_unauthenticated`` one address may hold."""
+    max_reply_bytes: int = 16 * 1024 * 1024
+    """Reply bytes one client connection may have waiting to be written."""
+    max_total_reply_bytes: int = 256 * 1024 * 1024
+    """Reply bytes all client connections together may have waiting to be written."""
+    scan_limit: int = 1000
+    """Rows a SCAN or KEYS returns when the request names no smaller limit."""
+    client_tls: tuple[str, str] | None = None
+    """``[server] tls_cert`` and ``tls_key`` (relative to the config file's directory,
+    ``{name}`` for the node's name): clients connect over TLS. None: plaintext."""
     fault_injection: bool = False
     """Accept the FAULT command (cut links to peers) for distributed tests. Never on
     in production: anyone who can connect could partition the node."""
+    tls_files: tuple[str, str, str] | None = None
+    """``[tls]``: the CA, certificate and key paths for mutual TLS between nodes, each
+    relative to the config file's directory; ``{name}`` in the certificate and key
+    stands for the node's name. None: no TLS (the peer network must be trusted)."""
     unsafe_local_reads: bool = False
     """A deliberately planted bug for the distributed test harness: serve bucket reads
     from a replica's local state without ReadIndex. Never on in production."""
     source: str = "<config>"
+
+    def client_tls_files(self, name: str) -> tuple[Path, Path] | None:
+        """The certificate and key the node called ``name`` shows clients (None: no TLS)."""
+        if self.client_tls is None:
+            return None
+        cert, key = self.client_tls
+        return Path(cert.replace("{name}", name)), Path(key.replace("{name}", name))
+
+    def peer_tls_files(self, name: str) -> tuple[Path, Path, Path] | None:
+        """The CA, certificate and key files of the node called ``name`` (None: no TLS)."""
+        if self.tls_files is None:
+            return None
+        ca, cert, key = self.tls_files
+        return Path(ca), Path(cert.replace("{name}", name)), Path(key.replace("{name}", name))
 
     @property
     def range_map(self) -> RangeMap:
@@ -174,12 +208,29 @@ _TOP_KEYS = frozenset(
         "raft",
         "server",
         "testing",
+        "tls",
         "node",
     }
 )
+_TLS_KEYS = frozenset({"ca", "cert", "key"})
 _RAFT_KEYS = frozenset({"tick_interval", "election_ticks", "heartbeat_ticks", "snapshot_entries"})
 _SERVER_KEYS = frozenset(
-    {"listen_host", "max_line", "max_connections", "idle_timeout", "password", "request_timeout"}
+    {
+        "listen_host",
+        "max_line",
+        "max_connections",
+        "idle_timeout",
+        "password",
+        "request_timeout",
+        "auth_timeout",
+        "max_unauthenticated",
+        "max_unauthenticated_per_address",
+        "max_reply_bytes",
+        "max_total_reply_bytes",
+        "scan_limit",
+        "tls_cert",
+        "tls_key",
+    }
 )
 _TESTING_KEYS = frozenset({"fault_injection", "unsafe_local_reads"})
 _NODE_KEYS = frozenset({"name", "id", "host", "client_port", "peer_port", "data_dir"})
@@ -367,6 +418,7 @@ class _Loader:
         raft = top.subtable("raft", _RAFT_KEYS)
         server = top.subtable("server", _SERVER_KEYS)
         testing = top.subtable("testing", _TESTING_KEYS)
+        tls = top.subtable("tls", _TLS_KEYS)
         base_dir = Path(top.string("data_dir", "data"))
         nodes = self.nodes(top, base_dir)
         node_ids = [node.id for node in nodes]
@@ -390,6 +442,22 @@ class _Loader:
             )
 
         password = server.string("password", None)
+        max_unauthenticated = server.integer("max_unauthenticated", 1, None, 64)
+        per_address = server.integer("max_unauthenticated_per_address", 1, None, 8)
+        if per_address > max_unauthenticated:
+            raise server.error(
+                "max_unauthenticated_per_address",
+                f"must be at most server.max_unauthenticated ({max_unauthenticated}), "
+                f"got {per_address}",
+            )
+        max_line = server.integer("max_line", 64, None, 65_536)
+        max_reply_bytes = server.integer("max_reply_bytes", 4 * max_line, None, 16 << 20)
+        max_total = server.integer("max_total_reply_bytes", 1, None, 256 << 20)
+        if max_total < max_reply_bytes:
+            raise server.error(
+                "max_total_reply_bytes",
+                f"must be at least server.max_reply_bytes ({max_reply_bytes}), got {max_total}",
+            )
         return ClusterConfig(
             cluster_name=top.string("cluster_name", "boutique"),
             secret=self.secret(top, len(nodes)),
@@ -404,13 +472,21 @@ class _Loader:
             heartbeat_ticks=heartbeat_ticks,
             snapshot_entries=raft.integer("snapshot_entries", 1, None, 10_000),
             listen_host=server.string("listen_host", "127.0.0.1"),
-            max_line=server.integer("max_line", 64, None, 65_536),
+            max_line=max_line,
             max_connections=server.integer("max_connections", 1, None, 1024),
             idle_timeout=server.seconds("idle_timeout", 300.0, zero_ok=True),
             password=password,
             request_timeout=server.seconds("request_timeout", 5.0),
+            auth_timeout=server.seconds("auth_timeout", 10.0),
+            max_unauthenticated=max_unauthenticated,
+            max_unauthenticated_per_address=per_address,
+            max_reply_bytes=max_reply_bytes,
+            max_total_reply_bytes=max_total,
+            scan_limit=server.integer("scan_limit", 1, None, 1000),
+            client_tls=self.client_tls(server),
             fault_injection=testing.boolean("fault_injection", False),
             unsafe_local_reads=testing.boolean("unsafe_local_reads", False),
+            tls_files=self.tls_files(tls),
             source=self.source,
         )
 
@@ -531,6 +607,28 @@ class _Loader:
                 f"the secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}",
             )
         return secret
+
+    def client_tls(self, server: _Table) -> tuple[str, str] | None:
+        cert, key = server.string("tls_cert", None), server.string("tls_key", None)
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            missing = "tls_cert" if cert is None else "tls_key"
+            raise server.error(missing, "missing: TLS for clients needs tls_cert and tls_key")
+        return str(self.base_dir / cert), str(self.base_dir / key)
+
+    def tls_files(self, tls: _Table) -> tuple[str, str, str] | None:
+        given = {key: tls.string(key, None) for key in ("ca", "cert", "key")}
+        if all(value is None for value in given.values()):
+            return None
+        for key, value in given.items():
+            if value is None:
+                raise tls.error(key, "missing: TLS needs all of ca, cert and key")
+        return (
+            str(self.base_dir / given["ca"]),
+            str(self.base_dir / given["cert"]),
+            str(self.base_dir / given["key"]),
+        )
 
     def read_secret_file(self, top: _Table, value: str) -> bytes:
         path = self.base_dir / value

@@ -82,6 +82,10 @@ class ErrorCode(enum.StrEnum):
     """A password is required, or the one given is wrong."""
     BUSY = "BUSY"
     """Too many connections or requests; the command had no effect."""
+    MORE = "MORE"
+    """Ends a SCAN or KEYS reply that the server cut at its row or byte limit: the
+    lines before it are correct, and the message says how to continue (the next
+    request starts at the last key + ``\\x00``)."""
     TIMEOUT = "TIMEOUT"
     """The command was sent to its group but no answer came in time: it may have been
     applied, or may still be."""

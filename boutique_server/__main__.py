@@ -21,6 +21,7 @@ import trio
 from boutique.config import ClusterConfig, ConfigError, NodeConfig, load_config, single_node_config
 from boutique.runtime.join import register
 from boutique.runtime.node import Node
+from boutique.runtime.peertls import PeerTLSError
 from boutique.runtime.router import Router
 from boutique.storage.errors import DataFileError
 
@@ -190,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             raise _sole_cause(group) from None
     except ConfigError as exc:
         print(f"boutique-server: {exc}", file=sys.stderr)
+        return 2
+    except PeerTLSError as exc:
+        print(f"boutique-server: tls: {exc}", file=sys.stderr)
         return 2
     except DataFileError as exc:
         print(f"boutique-server: {exc}", file=sys.stderr)

@@ -76,6 +76,14 @@ def check_key(raw: bytes, what: str = "key") -> bytes:
     return raw
 
 
+def check_start(raw: bytes) -> bytes:
+    """A SCAN or KEYS start: a key, or one byte longer (the last key of a reply plus
+    ``\\x00``, where the next page starts)."""
+    if len(raw) > MAX_KEY_BYTES + 1:
+        raise ArgumentError("TOOLONG", f"start longer than {MAX_KEY_BYTES + 1} bytes")
+    return raw
+
+
 def check_limit(raw: bytes) -> int:
     """A positive decimal count, or ``ArgumentError`` (SYNTAX)."""
     if raw.isdigit() and len(raw) <= MAX_SCAN_LIMIT_DIGITS and int(raw) > 0:
@@ -129,10 +137,14 @@ class Buckets:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """``KEYS bucket [prefix]``: one key per line, in order, then ``OK``."""
+    """``KEYS bucket [prefix [start [limit]]]``: the keys starting with ``prefix`` (an
+    empty prefix: every key) from the first one ``>= start``, at most ``limit`` of
+    them, one per line in order, then ``OK``."""
 
     bucket: str
     prefix: bytes | None = None
+    limit: int | None = None
+    start: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

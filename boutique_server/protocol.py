@@ -78,6 +78,7 @@ from boutique_server.commands import (
     check_bucket_name,
     check_key,
     check_limit,
+    check_start,
 )
 
 DEFAULT_MAX_LINE = 64 * 1024
@@ -100,16 +101,20 @@ class Value:
 
 @dataclass(frozen=True, slots=True)
 class Values:
-    """BUCKETS or KEYS: one item per line in value form, then ``OK``."""
+    """BUCKETS or KEYS: one item per line in value form, then ``OK`` (or, when the
+    server cut the reply at its limit, ``ERR MORE`` and the ``more`` message)."""
 
     items: Sequence[bytes | str]
+    more: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Pairs:
-    """SCAN: one ``key value`` line per pair, then ``OK``."""
+    """SCAN: one ``key value`` line per pair, then ``OK`` (or ``ERR MORE`` and the
+    ``more`` message, like ``Values``)."""
 
     items: Sequence[tuple[bytes | str, bytes | str]]
+    more: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +187,13 @@ def render(reply: Reply) -> bytes:
             if value is None:
                 return CRLF + _OK_LINE
             return render_value(_as_bytes(value)) + CRLF + _OK_LINE
-        case Values(items=items):
-            return b"".join(render_value(_as_bytes(item)) + CRLF for item in items) + _OK_LINE
-        case Pairs(items=pairs):
+        case Values(items=items, more=more):
+            end = _OK_LINE if more is None else render(Error(ErrorCode.MORE, more))
+            return b"".join(render_value(_as_bytes(item)) + CRLF for item in items) + end
+        case Pairs(items=pairs, more=more):
+            end = _OK_LINE if more is None else render(Error(ErrorCode.MORE, more))
             lines = (render_pair(_as_bytes(k), _as_bytes(v)) + CRLF for k, v in pairs)
-            return b"".join(lines) + _OK_LINE
+            return b"".join(lines) + end
         case NotFound():
             return NOT_FOUND + CRLF
         case NotImplemented_():
@@ -261,9 +268,17 @@ def _fault(args: list[bytes]) -> Fault:
 
 
 def _scan(args: list[bytes]) -> Scan:
-    bucket, start, end = check_bucket_name(args[0]), check_key(args[1]), check_key(args[2])
+    bucket, start, end = check_bucket_name(args[0]), check_start(args[1]), check_key(args[2])
     limit = check_limit(args[3]) if len(args) == 4 else None
     return Scan(bucket, start, end or None, limit)
+
+
+def _keys(args: list[bytes]) -> Keys:
+    bucket = check_bucket_name(args[0])
+    prefix = check_key(args[1], "prefix") if len(args) > 1 else None
+    start = check_start(args[2]) if len(args) > 2 else b""
+    limit = check_limit(args[3]) if len(args) > 3 else None
+    return Keys(bucket, prefix, limit, start)
 
 
 _COMMANDS: dict[bytes, _Spec] = {
@@ -273,11 +288,7 @@ _COMMANDS: dict[bytes, _Spec] = {
     b"GET": _Spec(2, 2, lambda a: Get(check_bucket_name(a[0]), check_key(a[1]))),
     b"DELETE": _Spec(2, 2, lambda a: Delete(check_bucket_name(a[0]), check_key(a[1]))),
     b"BUCKETS": _Spec(0, 0, lambda a: Buckets()),
-    b"KEYS": _Spec(
-        1,
-        2,
-        lambda a: Keys(check_bucket_name(a[0]), check_key(a[1], "prefix") if a[1:] else None),
-    ),
+    b"KEYS": _Spec(1, 4, _keys),
     b"SCAN": _Spec(3, 4, _scan),
     b"PING": _Spec(0, 0, lambda a: Ping()),
     b"HELP": _Spec(0, 0, lambda a: Help()),
@@ -297,8 +308,9 @@ HELP_TEXT: tuple[str, ...] = (
     "  GET bucket key                 the value, then OK (an empty line: no such key)",
     "  DELETE bucket key              remove a key (OK if it is absent)",
     "  BUCKETS                        one bucket name per line, then OK",
-    "  KEYS bucket [prefix]           one key per line, in order, then OK",
+    "  KEYS bucket [prefix [start [limit]]]   one key per line, in order, then OK",
     '  SCAN bucket start end [limit]  "key value" lines, start <= key < end ("" end: to the last)',
+    "  (a long KEYS or SCAN reply ends with ERR MORE and the request that continues it)",
     "  PING                           PONG",
     "  STATUS                         nodes, ranges, leaders, terms, commit indexes",
     "  AUTH password                  log in, if the server wants a password",

@@ -20,7 +20,18 @@ plus one batch of at most as many being written (the reader stops reading beyond
 so a client that sends ahead without reading costs a bounded number of replies); a reply that cannot be written within
 ``send_timeout`` closes the connection (a client that never reads);
 ``max_connections`` clients at once (the next gets ``ERR BUSY`` and is closed); an
-idle connection is closed after ``idle_timeout``.
+idle connection is closed after ``idle_timeout``. Replies are bounded in bytes too: a
+connection stops reading, and a SCAN, KEYS, BUCKETS, STATUS or HELP waits before it
+runs, while its unwritten replies exceed ``max_reply_bytes`` (or all connections'
+exceed ``max_total_reply_bytes``), so a client that does not read stalls only itself;
+SCAN and KEYS replies are cut to ``scan_limit`` rows and a quarter of the byte budget
+and end with ``ERR MORE`` and the request that continues them.
+
+Before authentication (with a password): a connection holds one of
+``max_unauthenticated`` slots (at most ``max_unauthenticated_per_address`` per
+address), not a client slot, and is closed after ``auth_timeout``; each wrong password
+is answered more slowly, and the fifth closes the connection. Refusals and failures are
+counted for STATUS and logged a few lines at a time (``boutique.admission``).
 
 A connection never takes the server down: a command that raises is answered with an
 error line (``ERR TIMEOUT`` for a write, whose outcome is then unknown), a client that
@@ -32,21 +43,25 @@ is not destroyed by a TCP reset.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
+from boutique.admission import Admission, ThrottledLog
 from boutique.config import ClusterConfig, NodeConfig
 from boutique.machine import CommandFailed
 from boutique.runtime.admin import Admin, AdminError
 from boutique.runtime.group import Applied, Outcome, Unknown
 from boutique.runtime.node import Node
+from boutique.runtime.peertls import client_port_context
 from boutique.runtime.router import (
     CommandRejected,
     NotFound,
@@ -54,7 +69,7 @@ from boutique.runtime.router import (
     Router,
     Unavailable,
 )
-from boutique.wire import ErrorCode
+from boutique.wire import ErrorCode, request_line
 
 from . import commands as cmd
 from .protocol import (
@@ -83,6 +98,12 @@ SEND_TIMEOUT = 30.0
 LINGER_TIMEOUT = 2.0
 """Seconds spent draining a client's input after the last reply, before closing."""
 READ_CHUNK = 65536
+AUTH_FAILURE_LIMIT = 5
+"""Wrong passwords one connection may try; the last one's reply closes it."""
+AUTH_FAILURE_DELAY = 0.25
+"""Seconds the first wrong password's reply waits; each further one waits twice as long
+(up to ``AUTH_FAILURE_DELAY_MAX``). The reader waits too, so guesses cannot pile up."""
+AUTH_FAILURE_DELAY_MAX = 2.0
 STATUS_GROUP_LIMIT = 50
 
 
@@ -123,6 +144,8 @@ class _Slot:
 
 
 _OK_LINE = render(Ok())
+_LARGE_REPLIES = (cmd.Scan, cmd.Keys, cmd.Buckets, cmd.Status, cmd.Help)
+"""Commands whose reply may be large: they wait for reply room before they run."""
 
 
 def _settled_reply(command: cmd.Command, outcome: Outcome) -> bytes | None:
@@ -149,10 +172,13 @@ def _internal_error(command: cmd.Command) -> Error:
     return Error(ErrorCode.UNAVAILABLE, "internal error")
 
 
-async def _close_gently(stream: trio.abc.HalfCloseableStream) -> None:
+async def _close_gently(stream: trio.abc.Stream) -> None:
     """Shut our side, then read (and drop) what the client still sends until it closes
     or ``LINGER_TIMEOUT`` passes. Closing a socket with unread input makes the kernel
-    send a reset, and a reset can destroy replies the client has not read yet."""
+    send a reset, and a reset can destroy replies the client has not read yet. (TLS
+    has no half close: there the close is the TLS close.)"""
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return
     with trio.move_on_after(LINGER_TIMEOUT):
         try:
             await stream.send_eof()
@@ -192,11 +218,56 @@ class LineServer:
         self.live: set[_Connection] = set()
         self.served = 0
         self.refused = 0
+        self.clients = 0
+        """Authenticated connections (all of them, without a password): at most
+        ``max_connections``."""
+        self.unauthenticated = Admission(
+            config.max_unauthenticated, config.max_unauthenticated_per_address
+        )
+        """With a password: connections that have not authenticated yet, which have
+        their own small caps so that silent sockets cannot lock real clients out."""
+        self.auth_failures = 0
+        self.auth_timeouts = 0
+        self.refusals = ThrottledLog(log)
+        self.reply_bytes = 0
+        """Reply bytes ready and not yet written, over every connection."""
+        self.short_of_bytes: set[_Connection] = set()
+        """Connections waiting for the server-wide reply budget to have room."""
+
+    def account(self, change: int) -> None:
+        """Reply bytes became ready (positive) or were written or dropped (negative)."""
+        self.reply_bytes += change
+        if (
+            change < 0
+            and self.short_of_bytes
+            and self.reply_bytes < self.config.max_total_reply_bytes
+        ):
+            waiting, self.short_of_bytes = self.short_of_bytes, set()
+            for connection in waiting:
+                connection.bytes_freed()
 
     @property
     def connections(self) -> int:
         """How many clients are being served now."""
         return len(self.live)
+
+    def check_password(self, given: bytes) -> bool:
+        """True if ``given`` is the password. Both sides are hashed first, so the
+        comparison takes the same time whatever the guess, its length included."""
+        password = self.config.password
+        if password is None:
+            return True
+        want = hashlib.sha256(password.encode()).digest()
+        return hmac.compare_digest(hashlib.sha256(given).digest(), want)
+
+    def promote(self) -> bool:
+        """An unauthenticated connection proved the password: it takes a client slot
+        (False: none is free)."""
+        if self.clients >= self.config.max_connections:
+            self.refused += 1
+            return False
+        self.clients += 1
+        return True
 
     async def serve(
         self,
@@ -208,11 +279,19 @@ class LineServer:
         port; 0 lets the OS choose) until cancelled. ``task_status.started`` gets the
         port actually bound."""
         listen_port = self.me.client_port if port is None else port
+        tls_files = self.config.client_tls_files(self.me.name)
+        context = None if tls_files is None else client_port_context(*tls_files)
         listeners = await trio.open_tcp_listeners(listen_port, host=self.config.listen_host)
         actual: int = listeners[0].socket.getsockname()[1]
+        served: list[trio.abc.Listener[Any]] = list(listeners)
+        if context is not None:
+            # The TLS handshake happens in the connection's first read, so a client
+            # that never finishes it is bound by the same timeouts as a silent one.
+            served = [trio.SSLListener(listener, context) for listener in listeners]
+            log.info("clients connect with TLS on port %d", actual)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_connections)
-            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            await nursery.start(trio.serve_listeners, self._handle, served)
             task_status.started(actual)
 
     async def _watch_connections(self) -> None:
@@ -220,30 +299,40 @@ class LineServer:
         checks them all a few times per timeout, instead of a cancel scope around every
         read and every write (which costs more than the request itself)."""
         idle = self.config.idle_timeout or math.inf
-        period = min(1.0, idle / 8, self.send_timeout / 8)
+        auth = self.config.auth_timeout if self.config.password is not None else math.inf
+        period = min(1.0, idle / 8, self.send_timeout / 8, auth / 8)
         while True:
             await trio.sleep(period)
             now = trio.current_time()
             for connection in list(self.live):
-                connection.check_timeouts(now, idle, self.send_timeout)
+                connection.check_timeouts(now, idle, self.send_timeout, auth)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         # trio.serve_listeners lets a handler's exception crash the whole server, so
         # nothing may escape from here but cancellation.
         gentle = False
+        source = _source(stream)
         try:
-            if len(self.live) >= self.config.max_connections:
+            refusal = self._admit(source)
+            if refusal is not None:
                 self.refused += 1
+                self.refusals.warning(
+                    trio.current_time(), "refused a client from %s: %s", source, refusal
+                )
                 gentle = True
                 with trio.move_on_after(self.send_timeout):
-                    await stream.send_all(render(Error(ErrorCode.BUSY, "too many connections")))
+                    await stream.send_all(render(Error(ErrorCode.BUSY, refusal)))
                 return
-            connection = _Connection(self, stream)
+            connection = _Connection(self, stream, source)
             self.live.add(connection)
             try:
                 await connection.run()
             finally:
                 self.live.discard(connection)
+                if connection.authed:
+                    self.clients -= 1
+                else:
+                    self.unauthenticated.release(source)
             gentle = connection.quit
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             gentle = False
@@ -254,6 +343,18 @@ class LineServer:
             if gentle:
                 await _close_gently(stream)
             await trio.aclose_forcefully(stream)
+
+    def _admit(self, source: str) -> str | None:
+        """Take a slot for a new connection from ``source``: a client slot without a
+        password, an unauthenticated one with. The reason for refusing, or None."""
+        if self.config.password is None:
+            if self.clients >= self.config.max_connections:
+                return "too many connections"
+            self.clients += 1
+            return None
+        if not self.unauthenticated.admit(source):
+            return "too many connections waiting to authenticate"
+        return None
 
     # --- Executing commands ---------------------------------------------------------------
 
@@ -276,10 +377,24 @@ class LineServer:
                 case cmd.Drop(bucket):
                     await router.drop(bucket)
                     return Ok()
-                case cmd.Keys(bucket, prefix):
-                    return Values(await router.keys(bucket, prefix, None))
+                case cmd.Keys(bucket, prefix, limit, start):
+                    want = self._rows_wanted(limit)
+                    if start:
+                        keys = await router.keys(bucket, prefix, want, start)
+                    else:
+                        keys = await router.keys(bucket, prefix, want)
+                    keys, rest = self._page(keys, limit, len)
+                    if rest is None:
+                        return Values(keys)
+                    args = [bucket.encode(), prefix or b"", keys[-1] + b"\0"]
+                    return Values(keys, _continue(b"KEYS", args, rest, len(keys)))
                 case cmd.Scan(bucket, start, end, limit):
-                    return Pairs(await router.scan(bucket, start, end, limit))
+                    pairs = await router.scan(bucket, start, end, self._rows_wanted(limit))
+                    pairs, rest = self._page(pairs, limit, lambda p: len(p[0]) + len(p[1]))
+                    if rest is None:
+                        return Pairs(pairs)
+                    args = [bucket.encode(), pairs[-1][0] + b"\0", end or b""]
+                    return Pairs(pairs, _continue(b"SCAN", args, rest, len(pairs)))
                 case cmd.Buckets():
                     return Values(await router.buckets())
                 case cmd.Ping():
@@ -310,6 +425,35 @@ class LineServer:
             return _internal_error(command)
         raise AssertionError(f"unhandled command {command!r}")
 
+    def _rows_wanted(self, limit: int | None) -> int:
+        """How many rows to read for a SCAN or KEYS asking for ``limit``: the limit
+        if the server allows that many, else one more than it allows (to tell whether
+        the reply has to be cut)."""
+        cap = self.config.scan_limit
+        return limit if limit is not None and limit <= cap else cap + 1
+
+    def _page(
+        self, rows: list[_Row], limit: int | None, size: Callable[[_Row], int]
+    ) -> tuple[list[_Row], int | None]:
+        """``rows`` cut to the server's row limit and byte budget. The second item is
+        None when nothing was cut, else the rows the request still wanted after these
+        (0: as many as there are)."""
+        cap = self.config.scan_limit
+        cut = len(rows) > cap and (limit is None or limit > cap)
+        rows = rows[:cap] if cut else rows
+        # Raw bytes, not rendered ones: quoting at most quadruples a row, so a page
+        # of a quarter of the connection's budget renders within the budget.
+        budget = self.config.max_reply_bytes // 4
+        total = 0
+        for i, row in enumerate(rows):
+            total += size(row) + 4
+            if total > budget and i > 0:
+                rows, cut = rows[:i], True
+                break
+        if not cut:
+            return rows, None
+        return rows, 0 if limit is None else limit - len(rows)
+
     def fault(self, action: str, nodes: tuple[str, ...]) -> Reply:
         """Cut or heal this node's links to peers (distributed tests only)."""
         if not self.config.fault_injection:
@@ -333,7 +477,19 @@ class LineServer:
         config = self.config
         names = {n.id: n.name for n in config.nodes}
         lines = [f"node {status['node']} id {status['id']} cluster {config.cluster_name}"]
-        lines.append(f"clients {len(self.live)} of {config.max_connections}")
+        lines.append(f"clients {self.clients} of {config.max_connections}")
+        lines.append(
+            f"edge unauthenticated {self.unauthenticated.count} of {config.max_unauthenticated}"
+            f" refused {self.refused} auth-failures {self.auth_failures}"
+            f" auth-timeouts {self.auth_timeouts}"
+        )
+        transport = self.node.transport
+        if transport is not None:
+            stats = transport.stats
+            lines.append(
+                f"peer-edge handshakes-refused {stats.handshakes_refused}"
+                f" auth-failures {stats.auth_failures}"
+            )
         counters = " ".join(f"{k.replace('_', '-')} {v}" for k, v in status["counters"].items())
         lines.append(f"loop {counters}")
         for peer, up in sorted(status["peers"].items()):
@@ -357,11 +513,18 @@ class LineServer:
 class _Connection:
     """One client connection: a reader, command tasks, and an ordered writer."""
 
-    def __init__(self, server: LineServer, stream: trio.SocketStream) -> None:
+    def __init__(self, server: LineServer, stream: trio.abc.Stream, source: str) -> None:
         self.server = server
         self.stream = stream
+        self.source = source
+        """The client's address, as the per-address limits count it."""
         self.parser = LineParser(server.config.max_line)
         self.authed = server.config.password is None
+        self.auth_failures = 0
+        self.opened = trio.current_time()
+        self.reply_bytes = 0
+        """Bytes of this connection's replies that are ready and not yet written."""
+        self._bytes_room = trio.Event()
         limit = server.max_in_flight
         # Every event takes a slot, so the queue bounds the replies held in memory;
         # the semaphore bounds the command tasks among them.
@@ -411,14 +574,63 @@ class _Connection:
                 self._writer_wanted.set()
         finally:
             self.finished = True
+            self.server.account(-self.reply_bytes)
+            self.reply_bytes = 0
+
+    def _account(self, change: int) -> None:
+        if self.finished:
+            return  # a late reply (from the host loop) for a connection that is gone
+        self.reply_bytes += change
+        self.server.account(change)
+        if change < 0:
+            self.bytes_freed()
+
+    def bytes_freed(self) -> None:
+        """Replies were written: whoever waits for reply room may look again."""
+        self._room.set()
+        self._bytes_room.set()
+
+    def _has_byte_room(self) -> bool:
+        """Whether another reply may be produced now. A connection with nothing
+        waiting to be written always may (one reply at a time cannot be refused);
+        otherwise it must be under its own budget and the server under the total."""
+        if self.reply_bytes == 0:
+            return True
+        config = self.server.config
+        if self.reply_bytes >= config.max_reply_bytes:
+            return False
+        if self.server.reply_bytes >= config.max_total_reply_bytes:
+            self.server.short_of_bytes.add(self)
+            return False
+        return True
+
+    async def _wait_for_byte_room(self) -> None:
+        """Before a command whose reply may be large: wait until the replies already
+        made have been written down to the budgets. Only this client waits; a client
+        that does not read holds at most its budget (plus this one reply)."""
+        while not self._has_byte_room():
+            if self._bytes_room.is_set():
+                self._bytes_room = trio.Event()
+            await self._bytes_room.wait()
 
     def _abandon(self) -> None:
         """Nobody can receive replies any more: cancel the commands and the writer."""
         assert self._cancel is not None
         self._cancel.cancel()
 
-    def check_timeouts(self, now: float, idle: float, send_timeout: float) -> None:
+    def check_timeouts(
+        self, now: float, idle: float, send_timeout: float, auth_timeout: float
+    ) -> None:
         """Called now and then by the server's watchdog."""
+        if not self.authed and now - self.opened >= auth_timeout:
+            # A connection that never authenticates holds a slot for nothing: it gets
+            # a few seconds, not the idle timeout.
+            self.server.auth_timeouts += 1
+            self.server.refusals.warning(
+                now, "closing a client from %s that did not authenticate", self.source
+            )
+            self._abandon()
+            return
         if self.receiving and now - self.last_received >= idle:
             log.info("closing an idle connection")
             self._reading.cancel()
@@ -450,7 +662,8 @@ class _Connection:
 
     async def _dispatch(self, event: cmd.Command | ProtocolError, nursery: trio.Nursery) -> None:
         slot = _Slot()
-        while len(self.replies) >= self.limit:
+        # A bound on replies by count and by bytes: past either, stop reading.
+        while len(self.replies) >= self.limit or not self._has_byte_room():
             self._room = trio.Event()
             await self._room.wait()
         self.replies.append(slot)
@@ -464,7 +677,7 @@ class _Connection:
             slot.close_after = True
             self._finish(slot, render(Ok()))
         elif isinstance(event, cmd.Auth):
-            self._finish(slot, render(self._auth(event)))
+            await self._auth(event, slot)
         elif not self.authed and not isinstance(event, cmd.Ping | cmd.Help):
             self._finish(slot, render(Error(ErrorCode.AUTH, "authenticate first: AUTH password")))
         else:
@@ -504,17 +717,44 @@ class _Connection:
 
     def _finish(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
+        self._account(len(data))
         slot.done.set()
         self._flush()
 
-    def _auth(self, event: cmd.Auth) -> Reply:
-        password = self.server.config.password
-        if password is None:
-            return Ok()
-        if hmac.compare_digest(event.password, password.encode()):
-            self.authed = True
-            return Ok()
-        return Error(ErrorCode.AUTH, "wrong password")
+    async def _auth(self, event: cmd.Auth, slot: _Slot) -> None:
+        server = self.server
+        if server.check_password(event.password):
+            if not self.authed:
+                if not server.promote():
+                    await self._close_with(slot, Error(ErrorCode.BUSY, "too many connections"))
+                    return
+                self.authed = True
+                server.unauthenticated.release(self.source)
+            self._finish(slot, _OK_LINE)
+            return
+        # A guess costs time, and only a few are allowed: the reader waits here, so
+        # guesses sent ahead are not even read until this one is answered.
+        server.auth_failures += 1
+        self.auth_failures += 1
+        delay = AUTH_FAILURE_DELAY * 2 ** (self.auth_failures - 1)
+        await trio.sleep(min(delay, AUTH_FAILURE_DELAY_MAX))
+        if self.auth_failures >= AUTH_FAILURE_LIMIT:
+            server.refusals.warning(
+                trio.current_time(),
+                "closing a client from %s after %d wrong passwords",
+                self.source,
+                self.auth_failures,
+            )
+            await self._close_with(slot, Error(ErrorCode.AUTH, "wrong password; closing"))
+            return
+        self._finish(slot, render(Error(ErrorCode.AUTH, "wrong password")))
+
+    async def _close_with(self, slot: _Slot, reply: Reply) -> None:
+        """Answer ``slot`` with ``reply`` after every earlier reply, then close."""
+        self.closing = True
+        await self._wait_all()
+        slot.close_after = True
+        self._finish(slot, render(reply))
 
     def _dependencies(self, command: cmd.Command, done: _Done) -> list[_Done]:
         """What this command must wait for (see the module docstring)."""
@@ -542,6 +782,8 @@ class _Connection:
         try:
             for dep in deps:
                 await dep.wait()
+            if isinstance(command, _LARGE_REPLIES):
+                await self._wait_for_byte_room()
             try:
                 slot.data = render(await self.server.execute(command))
             except Exception:
@@ -555,6 +797,7 @@ class _Connection:
     def _command_done(self, slot: _Slot) -> None:
         """A command has its reply in ``slot``: the writer may send it, and the command
         no longer counts against ``max_in_flight``."""
+        self._account(len(slot.data))
         slot.done.set()
         self.in_flight.release()
         self.server.served += 1
@@ -593,6 +836,7 @@ class _Connection:
             except OSError:
                 self._abandon()  # reset by the client: no one left to answer
                 return
+            self._account(-sent)
             data = data[sent:]
             if not data and close:
                 self._quit_done()
@@ -622,6 +866,7 @@ class _Connection:
                     return
                 finally:
                     self.sending_since = None
+                self._account(-len(data))
                 if close:
                     self._quit_done()
                     return
@@ -631,6 +876,27 @@ class _Connection:
                 return
             self._writer_wanted = trio.Event()
             await self._writer_wanted.wait()
+
+
+_Row = TypeVar("_Row")
+
+
+def _continue(name: bytes, args: list[bytes], rest: int, rows: int) -> str:
+    """The ``ERR MORE`` message of a cut reply: the request that reads on from it."""
+    if rest:
+        args = [*args, str(rest).encode()]
+    line = request_line(name, *args).rstrip().decode("utf-8", "backslashreplace")
+    return f"reply cut after {rows} rows; continue with: {line}"
+
+
+def _source(stream: trio.abc.Stream) -> str:
+    """The client's address without the port: what per-address limits count."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    try:
+        return str(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError, TypeError):
+        return "<unknown>"
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int | None:

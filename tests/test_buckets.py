@@ -96,6 +96,12 @@ def test_keys_prefix_bounds() -> None:
     assert host.query(("keys", b"", None)) == sorted(stored)
     assert host.query(("keys", None, 3)) == [b"", b"a", b"ab"]
     assert host.query(("keys", b"z", None)) == []
+    # A start: where the next page of a KEYS reply begins (last key + \x00).
+    assert host.query(("keys", b"a", None, b"abc\x00")) == [b"ac", b"a\xff", b"a\xff\xff"]
+    assert host.query(("keys", b"a", 2, b"a\xff")) == [b"a\xff", b"a\xff\xff"]
+    assert host.query(("keys", None, 2, b"b")) == [b"b", b"b\x00"]
+    assert host.query(("keys", b"ab", None, b"")) == [b"ab", b"abc"]
+    assert host.query(("keys", b"b", None, b"a")) == [b"b", b"b\x00"]  # start before prefix
 
 
 @pytest.mark.parametrize(

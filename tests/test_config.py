@@ -343,6 +343,33 @@ BROKEN: list[tuple[str, str, str, str]] = [
         "> 0",
     ),
     ("password empty", BASE + '[server]\npassword = ""\n', "server.password", "empty"),
+    ("auth timeout zero", BASE + "[server]\nauth_timeout = 0\n", "server.auth_timeout", "> 0"),
+    (
+        "per-address share above the total",
+        BASE + "[server]\nmax_unauthenticated = 4\nmax_unauthenticated_per_address = 5\n",
+        "server.max_unauthenticated_per_address",
+        "at most server.max_unauthenticated (4), got 5",
+    ),
+    (
+        "reply budget below four lines",
+        BASE + "[server]\nmax_line = 1024\nmax_reply_bytes = 4095\n",
+        "server.max_reply_bytes",
+        ">= 4096",
+    ),
+    (
+        "server reply budget below one connection's",
+        BASE + "[server]\nmax_reply_bytes = 300000\nmax_total_reply_bytes = 299999\n",
+        "server.max_total_reply_bytes",
+        "at least server.max_reply_bytes (300000)",
+    ),
+    ("scan limit zero", BASE + "[server]\nscan_limit = 0\n", "server.scan_limit", ">= 1"),
+    (
+        "client tls without a key",
+        BASE + '[server]\ntls_cert = "node.pem"\n',
+        "server.tls_key",
+        "missing: TLS for clients needs tls_cert and tls_key",
+    ),
+    ("tls without ca", BASE + '[tls]\ncert = "a.pem"\nkey = "a.key"\n', "tls.ca", "missing"),
     (
         "password number",
         BASE + "[server]\npassword = 1234\n",

@@ -166,6 +166,9 @@ def _cluster_args(parser: argparse.ArgumentParser, nodes: int) -> None:
         action="store_true",
         help="each node on a host of its own: a network namespace on a private bridge (root)",
     )
+    group.add_argument(
+        "--tls", action="store_true", help="mutual TLS between the nodes (needs trustme)"
+    )
 
 
 def _load_args(parser: argparse.ArgumentParser, *, durations: bool = True) -> None:
@@ -325,6 +328,7 @@ def cluster_spec(args: argparse.Namespace, nodes: int | None = None) -> ClusterS
         workdir_parent=args.dir,
         keep=args.keep,
         netns=args.netns,
+        tls=args.tls,
     )
 
 

@@ -34,6 +34,7 @@ from types import TracebackType
 
 from boutique.client import Client, ClientError
 from boutique.config import ClusterConfig
+from boutique.devcerts import write_certs
 from boutique.storage.bench import cpu_model, filesystem
 from boutique.testing.local_cluster import LocalCluster
 from boutique.testing.netns_cluster import NetnsCluster
@@ -229,6 +230,8 @@ class ClusterSpec:
     keep: bool = False
     netns: bool = False
     """Each node on a host of its own (``boutique.testing.netns_cluster``; needs root)."""
+    tls: bool = False
+    """Mutual TLS between the nodes (development certificates made for the run)."""
 
 
 class BenchCluster:
@@ -277,6 +280,12 @@ class BenchCluster:
         parent = spec.workdir_parent.resolve()
         parent.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix=".boutique-bench-", dir=parent))
+        if spec.tls and spec.netns:
+            raise ValueError("--tls with --netns is not supported: the certificates name 127.0.0.1")
+        extra = ""
+        if spec.tls:
+            names = [(f"n{i}", "127.0.0.1") for i in range(1, spec.nodes + 1)]
+            extra = write_certs(self.workdir / "certs", names)
         kind = NetnsCluster if spec.netns else LocalCluster
         self.local = kind(
             self.workdir,
@@ -286,6 +295,7 @@ class BenchCluster:
             tick_interval=spec.tick_interval,
             election_ticks=spec.election_ticks,
             fault_injection=False,
+            extra=extra,
         )
         self.addresses = {
             name: (node.host, node.client_port) for name, node in self.local.nodes.items()

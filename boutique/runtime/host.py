@@ -59,6 +59,7 @@ from boutique.raft.messages import (
 from .codec import CodecError, decode_batch, encode_batch
 from .framing import DEFAULT_MAX_FRAME
 from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
+from .peertls import PeerTLS
 from .transport import PeerTransport
 
 log = logging.getLogger("boutique.host")
@@ -207,8 +208,11 @@ class RaftHost:
         machine_for: Callable[[str], StateMachine[Any, Any, Any, Any, Any]],
         settings: HostSettings = HostSettings(),
         seed: int | None = None,
+        peer_tls: PeerTLS | None = None,
     ) -> None:
         self.id = node_id
+        self.peer_tls = peer_tls
+        """Mutual TLS between nodes (None: plaintext, on a trusted network)."""
         self.secret = secret
         self.cluster_name = cluster_name
         self.peers = dict(peers)
@@ -273,6 +277,7 @@ class RaftHost:
             self._on_frame,
             on_suspect=self._on_suspect,
             max_frame=self.settings.max_frame,
+            tls=self.peer_tls,
         )
 
     def load_groups(self) -> None:

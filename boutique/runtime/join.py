@@ -15,6 +15,7 @@ import logging
 import trio
 
 from boutique.config import ClusterConfig, NodeConfig
+from boutique.wire import request_line
 
 log = logging.getLogger("boutique.join")
 
@@ -42,7 +43,9 @@ async def _ask(seed: NodeConfig, line: str, password: str | None) -> str:
             stream = await trio.open_tcp_stream(seed.host, seed.client_port)
             async with stream:
                 if password is not None:
-                    await stream.send_all(b'AUTH "' + password.encode() + b'"\n')
+                    # The shared quoting: a password with a quote or a backslash in it
+                    # must reach the server as it is, or the node retries forever.
+                    await stream.send_all(request_line(b"AUTH", password.encode()))
                     if (await _line(stream)) != "OK":
                         return "AUTH refused"
                 await stream.send_all(line.encode())

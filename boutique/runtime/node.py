@@ -27,6 +27,7 @@ from boutique.storage.sqlite import SqliteStorage
 
 from .group import GroupRuntime
 from .host import HostSettings, RaftHost
+from .peertls import PeerTLS
 
 log = logging.getLogger("boutique.node")
 
@@ -56,6 +57,7 @@ class Node(RaftHost):
                 request_timeout=config.request_timeout,
             ),
             seed=seed,
+            peer_tls=_peer_tls(config, me),
         )
 
     def _open_storage(self) -> SqliteStorage:
@@ -277,3 +279,8 @@ class Node(RaftHost):
             "groups": self.group_status(),
             "counters": dataclasses.asdict(self.counters),
         }
+
+
+def _peer_tls(config: ClusterConfig, me: NodeConfig) -> PeerTLS | None:
+    files = config.peer_tls_files(me.name)
+    return None if files is None else PeerTLS.load(*files)

@@ -99,11 +99,13 @@ class Router:
         value = await self._read(info.group, info.replicas, ("get", key), bucket=bucket)
         return value if value is None else bytes(value)
 
-    async def keys(self, bucket: str, prefix: bytes | None, limit: int | None) -> list[bytes]:
+    async def keys(
+        self, bucket: str, prefix: bytes | None, limit: int | None, start: bytes = b""
+    ) -> list[bytes]:
         info = await self.lookup(bucket)
-        return list(
-            await self._read(info.group, info.replicas, ("keys", prefix, limit), bucket=bucket)
-        )
+        # The three-part query when there is no start: what every node understands.
+        query = ("keys", prefix, limit, start) if start else ("keys", prefix, limit)
+        return list(await self._read(info.group, info.replicas, query, bucket=bucket))
 
     async def scan(
         self, bucket: str, start: bytes, end: bytes | None, limit: int | None

@@ -17,10 +17,18 @@ cluster secret, without ever sending it (the Erlang cookie idea, done safely)::
 ``fields`` binds the protocol, the cluster name, both node ids and both fresh 32-byte
 nonces, so a MAC cannot be replayed on another connection nor reflected back at its
 sender in the other role. A wrong secret, wrong cluster, unknown or unexpected node id,
-malformed frame or a handshake slower than ``io_timeout`` closes the connection, logs a
-warning on the ``boutique.transport`` logger naming the peer's address, and counts in
+malformed frame or a handshake slower than ``io_timeout`` (``handshake_timeout`` on the
+accepting side, shorter) closes the connection, logs a warning on the
+``boutique.transport`` logger naming the peer's address, and counts in
 ``stats.auth_failures``. The secret must be long and random: a peer that can connect
 can collect MACs to guess a weak one offline.
+
+Anyone who can reach the peer port can start handshakes, so the acceptor bounds them:
+at most ``max_pending_handshakes`` at once and ``max_handshakes_per_source`` from one
+address (more are closed at once and counted in ``stats.handshakes_refused``), each
+with a short deadline. One flooding address therefore cannot keep a real peer from
+connecting. Refusals and failed inbound handshakes are logged a few lines per interval
+with a count of the rest, never a line per attempt.
 
 Sending never blocks: ``send`` encodes the payload and appends it to the peer's bounded
 queue, or drops it (returns False) when the queue is full. Raft tolerates lost messages,
@@ -32,6 +40,11 @@ and sends a ``KEEPALIVE`` frame when it has had nothing to send for
 
 All of it runs inside ``run``; cancelling ``run`` closes every socket. Frames already in
 a connection that breaks are lost; frames still queued wait for the next connection.
+With ``tls`` (``PeerTLS``: the cluster CA, this node's certificate and key) every
+connection is mutual TLS first, and the HMAC handshake and all frames run inside it, so
+frames after the handshake are authenticated and encrypted too. Without it they are
+neither, and the peer network must be trusted (the transport says so when it starts).
+
 This module never uses pickle, and never delivers a frame from an unauthenticated peer.
 """
 
@@ -52,6 +65,7 @@ from typing import Any
 
 import trio
 
+from boutique.admission import Admission, ThrottledLog
 from boutique.runtime.framing import (
     DEFAULT_MAX_FRAME,
     KEEPALIVE,
@@ -59,6 +73,7 @@ from boutique.runtime.framing import (
     FrameError,
     encode_frame,
 )
+from boutique.runtime.peertls import PeerTLS
 
 __all__ = ["PeerTransport", "TransportStats"]
 
@@ -71,7 +86,6 @@ _NONCE_BYTES = 32
 _MAC_BYTES = hashlib.sha256().digest_size
 _MAX_NODE_ID = 2**64 - 1
 _HANDSHAKE_MAX_FRAME = 4096
-_MAX_PENDING_HANDSHAKES = 64
 _MAX_BATCH_BYTES = 1 << 20
 _RECEIVE_BYTES = 1 << 18
 
@@ -96,6 +110,9 @@ class TransportStats:
     keepalives_sent: int = 0
     auth_failures: int = 0
     """Handshakes that failed, on either side, for any reason."""
+    handshakes_refused: int = 0
+    """Inbound connections closed before a handshake because too many were pending, in
+    total or from their address (not counted in ``auth_failures``)."""
     dial_failures: int = 0
     """Outbound connection attempts that found nobody listening (or timed out)."""
     connections_out: int = 0
@@ -159,7 +176,7 @@ _CHALLENGE = {"protocol": str, "cluster": str, "node": int, "nonce": bytes, "mac
 _PROOF = {"mac": bytes}
 
 
-async def _next_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> object:
+async def _next_frame(stream: trio.abc.Stream, decoder: FrameDecoder) -> object:
     """The next handshake frame; leaves anything after it in ``decoder``."""
     data = b""
     while True:
@@ -169,7 +186,7 @@ async def _next_frame(stream: trio.SocketStream, decoder: FrameDecoder) -> objec
             raise _HandshakeError(str(exc)) from None
         if frames:
             return frames[0]
-        data = await stream.receive_some(_HANDSHAKE_MAX_FRAME)
+        data = bytes(await stream.receive_some(_HANDSHAKE_MAX_FRAME))
         if not data:
             raise _HandshakeError("connection closed during handshake")
 
@@ -253,10 +270,14 @@ class PeerTransport:
         max_queue_age: float = 2.0,
         on_suspect: Callable[[int], None] | None = None,
         io_timeout: float = 2.0,
+        handshake_timeout: float = 1.0,
+        max_pending_handshakes: int = 64,
+        max_handshakes_per_source: int = 8,
         reconnect_min: float = 0.05,
         reconnect_max: float = 2.0,
         max_frame: int = DEFAULT_MAX_FRAME,
         rng: random.Random | None = None,
+        tls: PeerTLS | None = None,
     ) -> None:
         if not 0 < node_id <= _MAX_NODE_ID:
             raise ValueError(f"node_id must be a positive 64-bit int, got {node_id}")
@@ -270,6 +291,8 @@ class PeerTransport:
             raise ValueError("max_frame must fit a 4-byte length")
         if not 0 < reconnect_min <= reconnect_max or io_timeout <= 0:
             raise ValueError("need 0 < reconnect_min <= reconnect_max and io_timeout > 0")
+        if handshake_timeout <= 0:
+            raise ValueError("handshake_timeout must be positive")
         self.node_id = node_id
         self.cluster = cluster
         self.stats = TransportStats()
@@ -298,7 +321,12 @@ class PeerTransport:
         self._last_received: dict[int, float] = {}
         """When each peer's inbound stream last delivered bytes (keepalives count)."""
         self._reachable: set[int] = set()
-        self._pending_handshakes = 0
+        # A real peer answers within a round trip; the deadline only has to outlast a
+        # busy node, so it is short whatever io_timeout allows for writes.
+        self._handshake_timeout = min(handshake_timeout, io_timeout)
+        self._pending = Admission(max_pending_handshakes, max_handshakes_per_source)
+        self._tls = tls
+        self._inbound_log = ThrottledLog(logger)
         self._nursery: trio.Nursery | None = None
         self.set_peers(peers)
 
@@ -325,6 +353,15 @@ class PeerTransport:
                 await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
                 port: int = listeners[0].socket.getsockname()[1]
                 logger.info("node %d listening for peers on %s:%d", self.node_id, listen_host, port)
+                if self._tls is None:
+                    logger.warning(
+                        "node %d: no TLS between nodes: peer traffic is authenticated only at "
+                        "the handshake and is not encrypted, so the peer network must be "
+                        "trusted (see Security in the README)",
+                        self.node_id,
+                    )
+                else:
+                    logger.info("node %d: peer traffic uses mutual TLS", self.node_id)
                 task_status.started(port)
         finally:
             self._nursery = None
@@ -486,7 +523,8 @@ class PeerTransport:
             _set_nodelay(stream)
             decoder = FrameDecoder(max_frame=_HANDSHAKE_MAX_FRAME)
             with trio.fail_after(self._io_timeout):
-                await self._dial_handshake(stream, out.peer, decoder)
+                channel = await self._secure(stream, out.address[0])
+                await self._dial_handshake(channel, out.peer, decoder)
         except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             self._auth_failed(f"handshake with peer {out.peer} at {where} failed", exc)
             return False
@@ -494,22 +532,25 @@ class PeerTransport:
         logger.info("node %d: connected to peer %d at %s", self.node_id, out.peer, where)
         out.connected = True
         try:
-            await self._send_session(stream, out, where)
+            await self._send_session(stream, channel, out, where)
         finally:
             out.connected = False
         logger.info("node %d: connection to peer %d at %s is over", self.node_id, out.peer, where)
         return True
 
-    async def _send_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
+    async def _send_session(
+        self, stream: trio.SocketStream, channel: trio.abc.Stream, out: _Outbound, where: str
+    ) -> None:
         try:
-            out.fd = stream.socket.fileno()
-            await self._run_session(stream, out, where)
+            # Direct writes go to the socket itself, so only without TLS.
+            out.fd = stream.socket.fileno() if channel is stream else None
+            await self._run_session(channel, out, where)
         finally:
             # A frame cut short by a direct write is worthless on the next connection.
             out.fd = None
             out.unsent = b""
 
-    async def _run_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
+    async def _run_session(self, stream: trio.abc.Stream, out: _Outbound, where: str) -> None:
         async with trio.open_nursery() as nursery:
             out.session = nursery.cancel_scope
             out.last_sent = trio.current_time()
@@ -527,8 +568,20 @@ class PeerTransport:
                 )
                 nursery.cancel_scope.cancel()
 
+    async def _secure(self, stream: trio.SocketStream, host: str | None = None) -> trio.abc.Stream:
+        """``stream`` itself without TLS; else the TLS stream over it, handshake done
+        (dialing when ``host`` is given: the acceptor's certificate must name it)."""
+        if self._tls is None:
+            return stream
+        if host is None:
+            secure = trio.SSLStream(stream, self._tls.server, server_side=True)
+        else:
+            secure = trio.SSLStream(stream, self._tls.client, server_hostname=host)
+        await secure.do_handshake()
+        return secure
+
     async def _dial_handshake(
-        self, stream: trio.SocketStream, peer: int, decoder: FrameDecoder
+        self, stream: trio.abc.Stream, peer: int, decoder: FrameDecoder
     ) -> None:
         nonce_a = secrets.token_bytes(_NONCE_BYTES)
         hello = {
@@ -562,7 +615,7 @@ class PeerTransport:
         proof = _mac(self._secret, b"dialer", self.cluster, self.node_id, peer, nonce_a, nonce_b)
         await stream.send_all(encode_frame({"type": "proof", "mac": proof}))
 
-    async def _drain(self, stream: trio.SocketStream, out: _Outbound) -> None:
+    async def _drain(self, stream: trio.abc.Stream, out: _Outbound) -> None:
         # No cancel scope per write or per wait (they cost more than the write): the
         # liveness watchdog wakes us when a keepalive is due, and ends the session if a
         # write hangs for io_timeout.
@@ -588,7 +641,7 @@ class PeerTransport:
                 await self._write(stream, out, KEEPALIVE)
                 self.stats.keepalives_sent += 1
 
-    async def _write(self, stream: trio.SocketStream, out: _Outbound, data: bytes) -> None:
+    async def _write(self, stream: trio.abc.Stream, out: _Outbound, data: bytes) -> None:
         out.sending_since = trio.current_time()
         try:
             await stream.send_all(data)
@@ -619,7 +672,7 @@ class PeerTransport:
         return b"".join(parts), len(parts)
 
     @staticmethod
-    async def _watch_for_close(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _watch_for_close(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         # The acceptor never writes after the handshake, so any read result means the
         # connection is over: notice at once instead of at the next failed write.
         with contextlib.suppress(trio.BrokenResourceError, OSError):
@@ -630,32 +683,34 @@ class PeerTransport:
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
         where = _remote(stream)
+        source = where.rpartition(":")[0] or where
         try:
-            if self._pending_handshakes >= _MAX_PENDING_HANDSHAKES:
-                self.stats.auth_failures += 1
-                logger.warning(
+            if not self._pending.admit(source):
+                self.stats.handshakes_refused += 1
+                self._inbound_log.warning(
+                    trio.current_time(),
                     "node %d: refused connection from %s: too many handshakes in progress",
                     self.node_id,
                     where,
                 )
                 return
-            self._pending_handshakes += 1
             try:
                 _set_nodelay(stream)
                 decoder = FrameDecoder(max_frame=_HANDSHAKE_MAX_FRAME)
-                with trio.fail_after(self._io_timeout):
-                    peer = await self._accept_handshake(stream, decoder)
+                with trio.fail_after(self._handshake_timeout):
+                    channel = await self._secure(stream)
+                    peer = await self._accept_handshake(channel, decoder)
             except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-                self._auth_failed(f"refused connection from {where}", exc)
+                self._auth_failed(f"refused connection from {where}", exc, self._inbound_log)
                 return
             finally:
-                self._pending_handshakes -= 1
+                self._pending.release(source)
             decoder.max_frame = self._max_frame
-            await self._receive(stream, peer, decoder, where)
+            await self._receive(channel, peer, decoder, where)
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _accept_handshake(self, stream: trio.SocketStream, decoder: FrameDecoder) -> int:
+    async def _accept_handshake(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> int:
         hello = _expect(await _next_frame(stream, decoder), "hello", _HELLO)
         if hello["cluster"] != self.cluster:
             raise _HandshakeError(f"wrong cluster {hello['cluster'][:80]!r}")
@@ -687,7 +742,7 @@ class PeerTransport:
         return dialer
 
     async def _receive(
-        self, stream: trio.SocketStream, peer: int, decoder: FrameDecoder, where: str
+        self, stream: trio.abc.Stream, peer: int, decoder: FrameDecoder, where: str
     ) -> None:
         # One inbound stream per peer: a newer one means the old one is stale (the peer
         # restarted, or its side of the old connection died without us noticing).
@@ -721,7 +776,9 @@ class PeerTransport:
                     self._last_received[peer] = trio.current_time()
                     self.stats.bytes_received += len(data)
                     self._heard(peer)
-                    self._deliver(peer, decoder.feed(data))
+                    # A socket gives bytes; a TLS stream may give a bytearray.
+                    chunk = data if isinstance(data, bytes) else bytes(data)
+                    self._deliver(peer, decoder.feed(chunk))
         except FrameError as exc:
             logger.warning(
                 "node %d: bad frame from peer %d at %s (%s); closing",
@@ -752,12 +809,17 @@ class PeerTransport:
                     "node %d: on_frame failed for a frame from peer %d", self.node_id, peer
                 )
 
-    def _auth_failed(self, what: str, exc: BaseException) -> None:
+    def _auth_failed(
+        self, what: str, exc: BaseException, throttle: ThrottledLog | None = None
+    ) -> None:
         self.stats.auth_failures += 1
         reason = (
             "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc) or repr(exc)
         )
-        logger.warning("node %d: %s: %s", self.node_id, what, reason)
+        if throttle is None:
+            logger.warning("node %d: %s: %s", self.node_id, what, reason)
+        else:
+            throttle.warning(trio.current_time(), "node %d: %s: %s", self.node_id, what, reason)
 
     # --- Liveness -------------------------------------------------------------------
 

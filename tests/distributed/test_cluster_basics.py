@@ -139,3 +139,27 @@ def test_partitioned_minority_cannot_write_and_heals(cluster3: LocalCluster) -> 
     cluster.heal()
     with cluster.client("n1") as client:
         assert _retry(lambda: client.get("oranges", "k")) == "during"
+
+
+def test_a_cluster_with_mutual_tls_between_its_nodes(tmp_path: Path) -> None:
+    import trustme
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(certs / "ca.pem"))
+    for name in ("n1", "n2", "n3"):
+        cert = ca.issue_cert("127.0.0.1")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(certs / f"{name}.pem"))
+        cert.private_key_pem.write_to_path(str(certs / f"{name}.key"))
+    tls = f'[tls]\nca = "{certs}/ca.pem"\ncert = "{certs}/{{name}}.pem"\nkey = "{certs}/{{name}}.key"\n'
+    with LocalCluster(tmp_path / "cluster", nodes=3, extra=tls) as cluster:
+        cluster.start()
+        with cluster.client("n1") as client:
+            for bucket in BUCKETS[:4]:  # one per range: most are led by another node
+                _retry(lambda b=bucket: client.create(b))
+                client.put(bucket, "key", f"value of {bucket}")
+        with cluster.client("n3") as client:
+            for bucket in BUCKETS[:4]:
+                assert client.get(bucket, "key") == f"value of {bucket}"
+        assert "peer traffic uses mutual TLS" in (tmp_path / "cluster" / "n2.log").read_text()

@@ -5,14 +5,19 @@ Intervals are shrunk so every test finishes well inside two seconds of real time
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trustme
 
 from boutique.runtime.framing import FrameDecoder, encode_frame
+from boutique.runtime.peertls import PeerTLS, PeerTLSError
 from boutique.runtime.transport import PROTOCOL, PeerTransport
 
 SECRET = b"correct horse battery staple 1234"
@@ -475,3 +480,178 @@ def test_bad_arguments_are_refused() -> None:
         PeerTransport(1, b"", "c", {}, lambda p, f: None)
     with pytest.raises(ValueError):
         PeerTransport(1, SECRET, "c", {}, lambda p, f: None, heartbeat_interval=1, suspect_after=1)
+
+
+async def test_a_handshake_flood_from_one_address_does_not_keep_a_peer_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The issue's attack: connect, send nothing, reconnect when dropped, on more
+    # connections than there are handshake slots. Before the fix a restarted peer could
+    # not connect for 20 s and every attempt logged a warning.
+    caplog.set_level(logging.WARNING, logger="boutique.transport")
+    a = Node(1, io_timeout=2.0)  # production handshake deadlines, not the shrunk ones
+    b = Node(2, reconnect_max=0.5)
+    attempts = 0
+    attacking = trio.Event()
+
+    async def hold_a_slot() -> None:
+        nonlocal attempts
+        while True:
+            sock = trio.socket.socket()
+            try:
+                await sock.bind(("127.0.0.2", 0))  # another machine, as far as a can tell
+                await sock.connect((HOST, a.port))
+                attempts += 1
+                if attempts >= 200:
+                    attacking.set()
+                with contextlib.suppress(OSError):
+                    await sock.recv(1)  # until a drops us
+            except OSError:
+                pass
+            finally:
+                sock.close()
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        for _ in range(70):  # more than the 64 slots
+            nursery.start_soon(hold_a_slot)
+        await attacking.wait()
+        await b.start(nursery)
+        mesh(a, b)
+        b.transport.send(1, "let me in")
+        await wait_until(lambda: "let me in" in a.frames_from(2), timeout=5)
+        refused = a.transport.stats.handshakes_refused
+        assert refused > 0
+        nursery.cancel_scope.cancel()
+    # One summary now and then, not a line per attempt.
+    assert len(warnings_text(caplog).splitlines()) <= 10, attempts
+
+
+# --- mutual TLS (issue 16, item 2) -----------------------------------------------------
+
+
+def peer_tls(ca: trustme.CA, tmp_path: Path, name: str, host: str = HOST) -> PeerTLS:
+    """A node's TLS files from ``ca``, written where ``PeerTLS.load`` reads them."""
+    cert = ca.issue_cert(host)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / f"{name}.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+    return PeerTLS.load(tmp_path / "ca.pem", tmp_path / f"{name}.pem", tmp_path / f"{name}.key")
+
+
+async def test_nodes_with_certificates_from_the_cluster_ca_talk_over_tls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="boutique.transport")
+    ca = trustme.CA()
+    a = Node(1, tls=peer_tls(ca, tmp_path, "a"))
+    b = Node(2, tls=peer_tls(ca, tmp_path, "b"))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        mesh(a, b)
+        assert b.transport.send(1, "over tls")
+        assert a.transport.send(2, {"big": b"x" * 300_000})
+        await wait_until(lambda: a.frames_from(2) == ["over tls"] and b.received != [])
+        assert b.frames_from(1) == [{"big": b"x" * 300_000}]
+        # What goes on the wire is TLS: a plaintext dialer gets no further.
+        plain = await trio.open_tcp_stream(HOST, a.port)
+        await plain.send_all(encode_frame({"type": "hello", "node": 2}))
+        assert await closed_by_remote(plain)
+        await plain.aclose()
+        nursery.cancel_scope.cancel()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "node 1: peer traffic uses mutual TLS" in messages
+    assert not any("must be trusted" in m for m in messages)
+
+
+async def test_a_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
+    ca, stranger = trustme.CA(), trustme.CA()
+    (tmp_path / "x").mkdir()
+    a = Node(1, tls=peer_tls(ca, tmp_path, "a"))
+    # It even knows the cluster secret: without the CA's certificate it gets nothing.
+    c = Node(2, tls=peer_tls(stranger, tmp_path / "x", "c"))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await c.start(nursery)
+        mesh(a, c)
+        c.transport.send(1, "let me in")
+        a.transport.send(2, "secret stuff")
+        await wait_until(
+            lambda: a.transport.stats.auth_failures >= 2 and c.transport.stats.auth_failures >= 2
+        )
+        assert a.received == c.received == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    (tmp_path / "x").mkdir()
+    a = Node(1, tls=peer_tls(ca, tmp_path, "a", host="node-a.example"))
+    b = Node(2, tls=peer_tls(ca, tmp_path / "x", "b"))
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        mesh(a, b)
+        b.transport.send(1, "to whoever listens at a's address")
+        await wait_until(lambda: b.transport.stats.auth_failures >= 2)
+        assert a.received == []
+        nursery.cancel_scope.cancel()
+
+
+def test_unusable_tls_files_are_named(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    with pytest.raises(PeerTLSError, match=r"ca\.pem as the CA"):
+        PeerTLS.load(tmp_path / "ca.pem", tmp_path / "a.pem", tmp_path / "a.key")
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    with pytest.raises(PeerTLSError, match=r"cannot use certificate .*a\.pem"):
+        PeerTLS.load(tmp_path / "ca.pem", tmp_path / "a.pem", tmp_path / "a.key")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+async def test_an_on_path_attacker_cannot_inject_frames_over_tls(tmp_path: Path, tls: bool) -> None:
+    # The issue's attack: relay the handshake untouched, then add frames of one's own.
+    # Without TLS they are delivered as the peer's (why the peer network must be
+    # trusted); with TLS the connection breaks instead and nothing forged arrives.
+    ca = trustme.CA()
+    (tmp_path / "b").mkdir()
+    a = Node(1, tls=peer_tls(ca, tmp_path, "a") if tls else None)
+    b = Node(2, tls=peer_tls(ca, tmp_path / "b", "b") if tls else None)
+    injected = trio.Event()
+
+    async def relay(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(HOST, a.port)
+        answered = trio.Event()
+
+        async def pipe(src: trio.SocketStream, dst: trio.SocketStream, forward: bool) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while data := await src.receive_some(65536):
+                    await dst.send_all(data)
+                    if not forward:
+                        answered.set()
+                    elif answered.is_set() and not injected.is_set():
+                        await dst.send_all(encode_frame("forged"))  # after the proof
+                        injected.set()
+            await dst.aclose()
+
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(pipe, client, server, True)
+            nursery.start_soon(pipe, server, client, False)
+
+    async with trio.open_nursery() as nursery:
+        await a.start(nursery)
+        await b.start(nursery)
+        [listener] = await nursery.start(functools.partial(trio.serve_tcp, relay, 0, host=HOST))
+        a.transport.set_peers({2: (HOST, b.port)})
+        b.transport.set_peers({1: (HOST, listener.socket.getsockname()[1])})
+        b.transport.send(1, "genuine")
+        with trio.fail_after(5):
+            await injected.wait()
+        # b gets through in the end (over a new connection if the first one broke).
+        await wait_until(lambda: "genuine" in a.frames_from(2), timeout=5)
+        if tls:
+            assert "forged" not in a.frames_from(2)
+        else:
+            await wait_until(lambda: "forged" in a.frames_from(2))
+        nursery.cancel_scope.cancel()

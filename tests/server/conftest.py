@@ -255,9 +255,12 @@ class MemoryRouter:
         await trio.lowlevel.checkpoint()
         return self._bucket(bucket).get(key)
 
-    async def keys(self, bucket: str, prefix: bytes | None, limit: int | None) -> list[bytes]:
+    async def keys(
+        self, bucket: str, prefix: bytes | None, limit: int | None, start: bytes = b""
+    ) -> list[bytes]:
         await trio.lowlevel.checkpoint()
-        keys = sorted(k for k in self._bucket(bucket) if k.startswith(prefix or b""))
+        data = self._bucket(bucket)
+        keys = sorted(k for k in data if k.startswith(prefix or b"") and k >= start)
         return keys[:limit]
 
     async def scan(

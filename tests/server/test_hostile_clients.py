@@ -12,15 +12,20 @@ import logging
 import random
 import socket
 import struct
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
 
+from boutique.bench.cluster import rss_bytes
+from boutique.testing.local_cluster import LocalCluster
 from boutique_server.protocol import ProtocolError, parse_line
 
 if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand these out
-    from conftest import Conn, Served, StartServer
+    from conftest import Conn, Served, StartMemoryServer, StartServer
 
 MAX_LINE = 65536
 TOOLONG = b"ERR TOOLONG line longer than 65536 bytes\r\n"
@@ -249,3 +254,135 @@ async def test_many_connections_opening_and_closing_rapidly(
     await ask(conn, b"GET rapid k5\n", b"v\r\nOK\r\n")
     await ask(conn, b"PING\n", b"PONG\r\n")
     assert not errors_logged(caplog)
+
+
+# --- attacks before authentication (issue 16) ------------------------------------------
+
+
+async def connect_from(served: Served, source: str) -> Conn:
+    """A connection from another loopback address: another machine, as far as the
+    server's per-address limits can tell."""
+    sock = trio.socket.socket()
+    try:
+        await sock.bind((source, 0))
+        await sock.connect(("127.0.0.1", served.port))
+    except BaseException:
+        sock.close()
+        raise
+    return type(await served.connect())(trio.SocketStream(sock))
+
+
+async def test_password_guessing_is_slowed_then_cut_off(
+    autojump_clock: trio.testing.MockClock, start_memory_server: StartMemoryServer
+) -> None:
+    served = await start_memory_server(password="s3cret")
+    guesser = await served.connect()
+    start = trio.current_time()
+    await guesser.send(b"AUTH wrong\n" * 5000)
+    wrong = b"ERR AUTH wrong password\r\n"
+    # Five answers, not five thousand: the rest are never read, let alone tried.
+    assert await guesser.closed(timeout=100) == wrong * 4 + b"ERR AUTH wrong password; closing\r\n"
+    # Each answer waited longer than the one before (0.25 s doubling, at most 2 s).
+    assert trio.current_time() - start >= 0.25 + 0.5 + 1 + 2 + 2
+    assert served.server.auth_failures == 5
+    honest = await served.connect()
+    await ask(honest, b"AUTH s3cret\nBUCKETS\n", b"OK\r\nOK\r\n")
+
+
+async def test_silent_connections_cannot_lock_clients_out(
+    autojump_clock: trio.testing.MockClock, start_memory_server: StartMemoryServer
+) -> None:
+    # The issue's attack: with max_connections = 4, four silent sockets used to lock
+    # every client out for the whole idle timeout.
+    served = await start_memory_server(
+        password="s3cret",
+        max_connections=4,
+        max_unauthenticated=4,
+        max_unauthenticated_per_address=2,
+        auth_timeout=5.0,
+    )
+    busy = b"ERR BUSY too many connections waiting to authenticate\r\n"
+    silent = [await connect_from(served, "127.0.0.2") for _ in range(8)]
+    start = trio.current_time()
+    refused = 0
+    for conn in silent[2:]:  # one address holds at most its share of the slots
+        assert await conn.closed() == busy
+        refused += 1
+    assert refused == 6
+    clients = []
+    for _ in range(4):  # real clients log in at once and leave the waiting room
+        conn = await served.connect()
+        await ask(conn, b"AUTH s3cret\nPING\n", b"OK\r\nPONG\r\n")
+        clients.append(conn)
+    # Authenticated clients fill max_connections; one more may connect, but not log in.
+    late = await served.connect()
+    await late.send(b"AUTH s3cret\n")
+    assert await late.closed() == b"ERR BUSY too many connections\r\n"
+    # The silent ones are closed once the authentication deadline passes, not after
+    # the idle timeout.
+    for conn in silent[:2]:
+        assert await conn.closed(timeout=100) == b""
+    assert trio.current_time() - start == pytest.approx(5.0, abs=1.5)
+    assert served.server.auth_timeouts == 2
+    for conn in clients:
+        await ask(conn, b"PING\n", b"PONG\r\n")
+
+
+def test_scans_on_a_socket_that_never_reads_keep_server_memory_bounded(tmp_path: Path) -> None:
+    # The issue's attack: forty pipelined SCANs of a 30 MB bucket on a socket that never
+    # reads took a server from 96 MiB to 1.3 GiB in 4 s. Now each reply is cut to a
+    # page, and a connection's unwritten replies are capped in bytes, so the hog stalls
+    # only itself.
+    with LocalCluster(tmp_path / "cluster", nodes=1) as cluster:
+        cluster.start()
+        pid = cluster.nodes["n1"].pid
+        assert pid is not None
+        value = "x" * 60_000
+        with cluster.client("n1") as client:
+            client.create("big")
+            for batch in range(10):
+                with client.pipeline() as pipeline:
+                    for i in range(50):
+                        pipeline.put("big", f"k{batch:02d}{i:02d}", value)
+            before = rss_bytes(pid)
+            assert before is not None
+            hog = socket.create_connection(("127.0.0.1", cluster.nodes["n1"].client_port))
+            try:
+                hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                hog.sendall(b'SCAN big "" ""\n' * 40)
+                peak = before
+                for i in range(40):  # about four seconds, as in the issue
+                    # Others are served all along: a read of 60 KB and a ping.
+                    assert client.get("big", f"k00{i % 50:02d}") == value
+                    client.ping()
+                    peak = max(peak, rss_bytes(pid) or 0)
+                    time.sleep(0.1)
+            finally:
+                hog.close()
+            assert peak - before < 256 * 1024 * 1024, f"RSS grew by {(peak - before) >> 20} MiB"
+            assert len(client.scan("big")) == 500  # the client pages through all of it
+
+
+async def test_a_hog_holds_at_most_its_reply_budget(
+    start_memory_server: StartMemoryServer,
+) -> None:
+    budget = 4 * MAX_LINE  # the smallest budget the config allows
+    served = await start_memory_server(max_reply_bytes=budget, send_timeout=60.0)
+    setup = await served.connect()
+    await ask(setup, b"CREATE big\n", b"OK\r\n")
+    for i in range(100):
+        await ask(setup, b"PUT big k%03d %s\n" % (i, b"x" * 10_000), b"OK\r\n")
+    hog = await served.connect(receive_buffer=4096)
+    with trio.fail_after(5):
+        while served.server.connections != 2:
+            await trio.sleep(0.001)
+    largest = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hog.send, b'SCAN big "" ""\n' * 200)
+        for _ in range(50):
+            await ask(setup, b"GET big k000\n", b"%s\r\nOK\r\n" % (b"x" * 10_000))
+            largest = max(largest, served.server.reply_bytes)
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    # One page (a quarter of the budget, in raw bytes) may be made past the budget.
+    assert 0 < largest <= budget + budget // 4 + 4096

@@ -155,7 +155,7 @@ def test_a_cr_inside_a_line_is_data() -> None:
         b"DROP",
         b"BUCKETS x",
         b"KEYS",
-        b"KEYS b p q",
+        b"KEYS b p q 1 2",  # the start and limit of a page are the most
         b"SCAN b a",
         b"SCAN b a z 1 2",
         b"PING x",
@@ -221,9 +221,13 @@ def test_key_length_limit() -> None:
         b"GET b " + too_long,
         b"PUT b " + too_long + b" v",
         b"KEYS b " + too_long,
-        b"SCAN b " + too_long + b" z",
+        b"SCAN b " + too_long + b"k z",
+        b"KEYS b p " + too_long + b"k",
     ):
         assert reply_bytes(one(line)).startswith(b"ERR TOOLONG ")
+    # A start may be one byte longer than a key: the last key of a page + \x00.
+    start = b"k" * MAX_KEY_BYTES + b"\0"
+    assert one(b'SCAN b "' + b"k" * MAX_KEY_BYTES + b'\\x00" ""') == Scan("b", start, None)
 
 
 @pytest.mark.parametrize(

@@ -8,19 +8,27 @@ releases them, so nothing here depends on timing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
+import ssl
 import struct
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
+import boutique.client as client_module
+from boutique.client import AsyncClient, Client, ConnectionLost
 from boutique.machine import CommandFailed
+from boutique.runtime import join
+from boutique.runtime.group import Applied
 from boutique.runtime.router import CommandRejected, OutcomeUnknown, Unavailable
-from boutique.wire import parse_value, render_value
+from boutique.wire import parse_value, render_value, request_line
 from boutique_server.protocol import HELP_TEXT, Text, render
 
 if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand these out
@@ -130,6 +138,78 @@ async def test_keys_in_order_with_and_without_prefix(served: Served) -> None:
     await ask(conn, b"KEYS b cherry\n", b"OK\r\n")
 
 
+async def test_long_replies_are_cut_and_continue_exactly(
+    start_memory_server: StartMemoryServer,
+) -> None:
+    # No reply is unbounded: past the server's row limit a SCAN or KEYS reply ends with
+    # ERR MORE and the request that reads on; below it, replies are as they always were.
+    served = await start_memory_server(scan_limit=3)
+    conn = await served.connect()
+    await ask(conn, b"CREATE b\n", b"OK\r\n")
+    for key, value in ((b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4"), (b"e", b"5")):
+        await ask(conn, b"PUT b " + key + b" " + value + b"\n", b"OK\r\n")
+    more = b"ERR MORE reply cut after 3 rows; continue with: "
+    await ask(conn, b'SCAN b "" ""\n', b"a 1\r\nb 2\r\nc 3\r\n" + more + b'SCAN b "c\\x00" ""\r\n')
+    await ask(conn, b'SCAN b "c\\x00" ""\n', b"d 4\r\ne 5\r\nOK\r\n")
+    await ask(conn, b"SCAN b a e 3\n", b"a 1\r\nb 2\r\nc 3\r\nOK\r\n")  # allowed: as before
+    await ask(conn, b"SCAN b a e 5\n", b"a 1\r\nb 2\r\nc 3\r\n" + more + b'SCAN b "c\\x00" e 2\r\n')
+    await ask(conn, b"KEYS b\n", b"a\r\nb\r\nc\r\n" + more + b'KEYS b "" "c\\x00"\r\n')
+    await ask(conn, b'KEYS b "" "c\\x00"\n', b"d\r\ne\r\nOK\r\n")
+    await ask(conn, b'KEYS b "" b 2\n', b"b\r\nc\r\nOK\r\n")
+
+
+async def test_a_reply_is_cut_at_its_byte_budget_too(
+    start_memory_server: StartMemoryServer,
+) -> None:
+    # A page holds at most a quarter of max_reply_bytes in raw bytes (at least one row).
+    served = await start_memory_server(max_line=64, max_reply_bytes=256)
+    conn = await served.connect()
+    await ask(conn, b"CREATE b\n", b"OK\r\n")
+    for key in (b"a", b"b", b"c"):
+        await ask(conn, b"PUT b " + key + b" " + b"v" * 40 + b"\n", b"OK\r\n")
+    row = b" " + b"v" * 40 + b"\r\n"
+    more = b"ERR MORE reply cut after 1 rows; continue with: "
+    await ask(conn, b'SCAN b "" ""\n', b"a" + row + more + b'SCAN b "a\\x00" ""\r\n')
+    await ask(conn, b'SCAN b "" "" 2\n', b"a" + row + more + b'SCAN b "a\\x00" "" 1\r\n')
+
+
+@pytest.mark.parametrize("page_rows", [1000, 2])
+async def test_clients_page_through_cut_replies(
+    start_memory_server: StartMemoryServer, monkeypatch: pytest.MonkeyPatch, page_rows: int
+) -> None:
+    # The server cuts at 3 rows (ERR MORE); with pages of 2 the client cuts first (OK).
+    monkeypatch.setattr(client_module, "PAGE_ROWS", page_rows, raising=False)
+    served = await start_memory_server(scan_limit=3)
+    keys = sorted([b"k%02d" % i for i in range(10)] + [b"k05\x00", b"k05\x00\x00", b"k\xff"])
+    pairs = [(k.decode(errors="replace"), f"v{i}") for i, k in enumerate(keys)]
+    async with AsyncClient("127.0.0.1", served.port) as client:
+        await client.create("b")
+        for key, (_, value) in zip(keys, pairs, strict=True):
+            await client.put("b", key, value)
+        got = await client.scan("b")
+        assert [(k if isinstance(k, bytes) else k.encode(), v) for k, v in got] == [
+            (k, v) for k, (_, v) in zip(keys, pairs, strict=True)
+        ]
+        assert await client.scan("b", "k02", "k06") == [
+            ("k02", "v2"),
+            ("k03", "v3"),
+            ("k04", "v4"),
+            ("k05", "v5"),
+            ("k05\x00", "v6"),
+            ("k05\x00\x00", "v7"),
+        ]
+        assert len(await client.scan("b", limit=5)) == 5
+        assert len(await client.scan("b", limit=7)) == 7
+        assert [k if isinstance(k, bytes) else k.encode() for k in await client.keys("b")] == keys
+        assert await client.keys("b", "k05") == ["k05", "k05\x00", "k05\x00\x00"]
+
+    def blocking() -> list[Any]:
+        with Client("127.0.0.1", served.port) as sync:
+            return [len(sync.scan("b")), len(sync.keys("b")), len(sync.scan("b", "k09"))]
+
+    assert await trio.to_thread.run_sync(blocking) == [len(keys), len(keys), 2]
+
+
 async def test_scan_bounds_limit_and_open_end(served: Served) -> None:
     conn = await served.connect()
     await ask(conn, b"CREATE b\n", b"OK\r\n")
@@ -154,6 +234,9 @@ async def test_ping_help_status(served: Served) -> None:
     lines = [line.decode() for line in reply.items]
     assert lines[0] == "node local id 1 cluster boutique"
     assert "clients 1 of 1024" in lines
+    # What the edges refused (issue 16): counts, not a log line per attempt.
+    assert "edge unauthenticated 0 of 64 refused 0 auth-failures 0 auth-timeouts 0" in lines
+    assert "peer-edge handshakes-refused 0 auth-failures 0" in lines
     assert [line for line in lines if line.startswith("range ")] == [
         "range a-g replicas local",
         "range h-n replicas local",
@@ -585,3 +668,87 @@ async def test_reset_while_replies_are_being_written_on_a_real_node(
     other = await served.connect()
     await ask(other, b"GET b k\n", b"v\r\nOK\r\n")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_join_authenticates_with_a_password_that_needs_quoting(
+    start_server: StartServer,
+) -> None:
+    # --join builds its AUTH line with the shared quoting: a password with a quote and a
+    # backslash in it must log in, not be refused forever.
+    password = 'pa"ss\\word x'
+    served = await start_server(password=password)
+    seed = dataclasses.replace(served.config.nodes[0], client_port=served.port)
+    newcomer = dataclasses.replace(seed, name="newcomer", id=7, client_port=1, peer_port=2)
+    config = dataclasses.replace(served.config, nodes=(seed, newcomer))
+    with trio.fail_after(10):
+        await join.register(config, newcomer)
+    conn = await served.connect()
+    await conn.send(request_line(b"AUTH", password.encode()))
+    await conn.expect(b"OK\r\n")
+
+
+async def test_clients_over_tls(start_server: StartServer, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "node.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "node.key"))
+    served = await start_server(
+        client_tls=(str(tmp_path / "node.pem"), str(tmp_path / "node.key")), password="s3cret"
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with AsyncClient("127.0.0.1", served.port, ssl_context=context, password="s3cret") as c:
+        await c.create("b")
+        await c.put("b", "k", "tls" * 15_000)  # bigger than one TLS record
+        assert await c.get("b", "k") == "tls" * 15_000
+        assert len(await c.scan("b")) == 1
+
+    def blocking() -> Any:
+        with Client("127.0.0.1", served.port, ssl_context=context, password="s3cret") as sync:
+            with sync.pipeline() as pipeline:
+                for i in range(200):
+                    pipeline.put("b", f"k{i}", "v" * 1000)
+            return sync.get("b", "k199"), len(sync.keys("b"))
+
+    assert await trio.to_thread.run_sync(blocking) == ("v" * 1000, 201)
+    # A plaintext client gets no reply in clear text: it is not speaking TLS.
+    plain = await served.connect()
+    await plain.send(b"PING\n")
+    assert b"PONG" not in await plain.closed()
+    # A client that does not trust the CA refuses the server.
+    with pytest.raises(ConnectionLost, match="TLS"):
+        await AsyncClient(
+            "127.0.0.1", served.port, ssl_context=ssl.create_default_context()
+        ).connect()
+
+
+async def test_a_reply_that_comes_after_its_connection_is_gone_is_not_counted(
+    start_memory_server: StartMemoryServer, memory_router: MemoryRouter
+) -> None:
+    # A PUT on the task-free path is answered from the host loop, maybe after its
+    # client reset the connection: those bytes are never written, so they must not
+    # stay counted against the server-wide reply budget.
+    await memory_router.create("b")
+    waiting: list[Any] = []
+
+    class Late:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(memory_router, name)
+
+        def start(self, bucket: str, command: Any, then: Any) -> bool:
+            waiting.append(then)
+            return True
+
+    served = await start_memory_server(Late())
+    conn = await served.connect()
+    await conn.send(b"PUT b k v\n")
+    with trio.fail_after(5):
+        while not waiting:
+            await trio.sleep(0.001)
+    reset(conn)
+    await conn.aclose()
+    with trio.fail_after(5):
+        while served.server.connections:
+            await trio.sleep(0.001)
+    waiting[0](Applied(None))
+    assert served.server.reply_bytes == 0
