@@ -47,12 +47,20 @@ from boutique.raft import (
     bootstrap,
 )
 from boutique.raft.messages import ConfChange, ConfState, Entry, HardState, Snapshot
+from boutique.raft.storage import StorageError
 
 from .codec import CodecError, decode_batch, encode_batch
 from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
 from .transport import PeerTransport
 
 log = logging.getLogger("boutique.host")
+
+GROUP_FAILURES = (RuntimeError, StorageError)
+"""What the core (or a group's own storage reads) raises when ONE group's state is
+broken: a conflict with a committed entry, compacted entries and no snapshot, a Ready
+out of order. Such a group is quarantined; the others carry on. Storage failures of the
+whole node (``boutique.storage.errors.DataFileError``: a failed commit, a closed data
+file) are not among them: they stop the node."""
 
 MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
@@ -197,6 +205,9 @@ class RaftHost:
         self.storage: NodeStorage | None = None
         self.groups: dict[str, GroupRuntime] = {}
         self.active: set[str] = set()
+        self.quarantined: dict[str, str] = {}
+        """Groups taken out of service because their core failed: id -> why. They stay
+        out until the node restarts (or the group is closed here); see ``_quarantine``."""
         self.transport: PeerTransport | None = None
         self._inbox: list[_InboxItem] = []
         self._wakeup = trio.Event()
@@ -306,6 +317,7 @@ class RaftHost:
 
     def close_group(self, group_id: str) -> None:
         """Stop hosting ``group_id`` and delete its storage."""
+        self.quarantined.pop(group_id, None)
         group = self.groups.pop(group_id, None)
         self.active.discard(group_id)
         self._carry.discard(group_id)
@@ -313,6 +325,39 @@ class RaftHost:
             group.close("group removed from this node")
         assert self.storage is not None
         self.storage.drop_group(group_id)
+
+    # --- Quarantine --------------------------------------------------------------------
+
+    def _quarantine(self, group_id: str, exc: BaseException) -> None:
+        """Take ``group_id`` out of service after its core (or its storage reads) failed:
+        whatever state it is in can no longer be trusted, so nothing more of it is
+        stepped, persisted, applied or sent. Its pending writes end ``Unknown`` (they
+        may have been replicated and committed elsewhere), its reads ``Rejected``; new
+        requests are refused with the reason. Every other group carries on."""
+        group = self.groups.pop(group_id, None)
+        if group is None:
+            return
+        reason = f"{type(exc).__name__}: {exc}"
+        self.quarantined[group_id] = reason
+        self.active.discard(group_id)
+        self._carry.discard(group_id)
+        log.error(
+            "group %s quarantined on node %d (no longer served here; other groups carry on): %s",
+            group_id,
+            self.id,
+            reason,
+            exc_info=exc,
+        )
+        group.close(self.quarantine_message(group_id))
+
+    def quarantine_message(self, group_id: str) -> str:
+        return f"group {group_id} is quarantined: {self.quarantined.get(group_id, '')}"
+
+    def _not_here(self, group_id: str) -> Rejected:
+        """Why a request for a group missing from ``groups`` is refused."""
+        if group_id in self.quarantined:
+            return Rejected(self.quarantine_message(group_id))
+        return Rejected("group not hosted here")
 
     # --- Inbox --------------------------------------------------------------------------
 
@@ -381,7 +426,11 @@ class RaftHost:
             self._expire_requests()
             for group_id in list(self.active):
                 node = self.groups[group_id].node
-                node.tick()
+                try:
+                    node.tick()
+                except GROUP_FAILURES as exc:
+                    self._quarantine(group_id, exc)
+                    continue
                 if node.quiesced:
                     # Quiet now (a lone member goes quiet without any message to
                     # send): no more ticks until a message or a request wakes it.
@@ -408,8 +457,13 @@ class RaftHost:
         readies = []
         for group_id in dirty:
             group = self.groups.get(group_id)
-            if group is not None and group.node.has_ready():
-                readies.append((group, group.node.ready()))
+            if group is None:
+                continue
+            try:
+                if group.node.has_ready():
+                    readies.append((group, group.node.ready()))
+            except GROUP_FAILURES as exc:
+                self._quarantine(group_id, exc)
         if not readies:
             return set()
         outgoing: defaultdict[int, defaultdict[str, list[Message]]] = defaultdict(
@@ -420,7 +474,12 @@ class RaftHost:
                 outgoing[msg.to][group.group_id].append(msg)
         self._send_all(outgoing)
         for group, ready in readies:
-            group.persist(ready)
+            try:
+                group.persist(ready)
+            except GROUP_FAILURES as exc:
+                self._quarantine(group.group_id, exc)
+        # A quarantined group's messages that needed its write never leave.
+        readies = [(g, r) for g, r in readies if self.groups.get(g.group_id) is g]
         assert self.storage is not None
         # A Ready that only moved the commit index needs no sync (losing it in a crash
         # only means re-learning the commit index); its write joins the next commit.
@@ -436,9 +495,13 @@ class RaftHost:
         watched = []
         more = set()
         for group, ready in readies:
-            if group.group_id not in self.groups:
-                continue  # dropped by an earlier group's on_applied
-            group.apply_and_advance(ready)
+            if self.groups.get(group.group_id) is not group:
+                continue  # dropped or quarantined meanwhile
+            try:
+                group.apply_and_advance(ready)
+            except GROUP_FAILURES as exc:
+                self._quarantine(group.group_id, exc)
+                continue
             if group.track_applied and (group.on_applied or ready.snapshot is not None):
                 watched.append((group, ready.snapshot is not None))
             if group.node.has_ready():
@@ -461,44 +524,64 @@ class RaftHost:
                     if group is None:
                         continue  # not created here yet, or dropped: the sender retries
                     self.counters.messages_in += len(messages)
-                    for msg in messages:
-                        if msg.frm != peer or msg.to != self.id:
-                            continue
-                        group.node.step(msg)
+                    try:
+                        for msg in messages:
+                            if msg.frm != peer or msg.to != self.id:
+                                continue
+                            group.node.step(msg)
+                    except GROUP_FAILURES as exc:
+                        self._quarantine(group_id, exc)
+                        continue
                     touched.add(group_id)
                     self.active.add(group_id)
                 return touched
             case _Propose(group_id, data, pending):
                 group = self.groups.get(group_id)
                 if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
+                    pending.resolve(self._not_here(group_id))
                     return set()
-                group.propose(data, pending)
+                try:
+                    group.propose(data, pending)
+                except GROUP_FAILURES as exc:
+                    # Nothing of this entry left the node, and the group never sends
+                    # again: certainly not applied.
+                    self._quarantine(group_id, exc)
+                    pending.resolve(self._not_here(group_id))
+                    return set()
                 self.counters.proposals += 1
                 self.active.add(group_id)
                 return {group_id}
             case _Read(group_id, query, pending):
                 group = self.groups.get(group_id)
                 if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
+                    pending.resolve(self._not_here(group_id))
                     return set()
-                group.read(query, pending)
+                try:
+                    group.read(query, pending)
+                except GROUP_FAILURES as exc:
+                    self._quarantine(group_id, exc)
+                    pending.resolve(self._not_here(group_id))
+                    return set()
                 self.counters.reads += 1
                 self.active.add(group_id)
                 return {group_id}
             case _Suspect(peer):
                 touched = set()
-                for group_id, group in self.groups.items():
+                for group_id, group in list(self.groups.items()):
                     raft = group.node.raft
                     if raft.lead == peer and raft.role is not Role.LEADER:
-                        group.node.suspect_leader()
+                        try:
+                            group.node.suspect_leader()
+                        except GROUP_FAILURES as exc:
+                            self._quarantine(group_id, exc)
+                            continue
                         self.active.add(group_id)
                         touched.add(group_id)
                 return touched
             case _Call(group_id, fn, pending):
                 group = self.groups.get(group_id)
                 if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
+                    pending.resolve(self._not_here(group_id))
                     return set()
                 try:
                     pending.resolve(Applied(fn(group)))
@@ -557,7 +640,7 @@ class RaftHost:
         while trio.current_time() < deadline:
             group = self.groups.get(group_id)
             if group is None:
-                return Rejected("group not hosted here")
+                return self._not_here(group_id)
             if group.leader == target:
                 return Applied(None)
             await trio.sleep(self.settings.tick_interval)
