@@ -62,6 +62,15 @@ out of order. Such a group is quarantined; the others carry on. Storage failures
 whole node (``boutique.storage.errors.DataFileError``: a failed commit, a closed data
 file) are not among them: they stop the node."""
 
+LINK_LOSS_GRACE = 0.1
+"""Seconds a forwarded request may still be answered after a stream to or from its
+peer broke (an answer already in our socket buffer is read in that time); then it is
+settled without its answer instead of waiting out the whole request timeout."""
+
+RESENDABLE_KINDS = frozenset({"r", "s"})
+"""Forwarded kinds with no effect (a read, the leader's view): a lost one is rejected,
+so the caller resends it. Any other kind may have been applied: its outcome is unknown."""
+
 MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
 ticks are always handled)."""
@@ -133,6 +142,16 @@ class _Mail:
     """Forwarded requests: ``[id, kind, group, body]``."""
     answers: list[list[Any]] = field(default_factory=list)
     """Answers to the peer's requests: ``[id, status, value, leader]``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """A request sent to a peer and not yet answered."""
+
+    pending: Pending
+    peer: int
+    kind: str
+    sent_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +232,11 @@ class RaftHost:
         self._wakeup = trio.Event()
         self._tick_due = False
         self._carry: set[str] = set()
-        self._forwards: dict[int, tuple[Pending, int]] = {}
-        """Requests sent to peers and not yet answered: id -> (pending, peer)."""
+        self._forwards: dict[int, _Forward] = {}
+        """Requests sent to peers and not yet answered, by id."""
+        self._links_lost: dict[int, float] = {}
+        """Peers a stream to or from broke, and when (latest break): their forwards sent
+        before it are settled once ``LINK_LOSS_GRACE`` has passed (``_expire_requests``)."""
         self._tracked: collections.deque[Pending] = collections.deque()
         """Requests without a waiting task, oldest first (see ``track``)."""
         self._forward_ids = itertools.count(1)
@@ -242,6 +264,7 @@ class RaftHost:
                 self.peers,
                 self._on_frame,
                 on_suspect=self._on_suspect,
+                on_link_lost=self._on_link_lost,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -387,6 +410,12 @@ class RaftHost:
 
     def _on_suspect(self, peer: int) -> None:
         self._post(_Suspect(peer))
+
+    def _on_link_lost(self, peer: int) -> None:
+        # A request in a stream that broke will never be answered: the peer may not have
+        # read it, or its answer was in the stream. The peer reconnects at once and is
+        # "reachable" again, so without this the request would wait out its timeout.
+        self._links_lost[peer] = trio.current_time()
 
     async def _ticker(self) -> None:
         while True:
@@ -670,8 +699,8 @@ class RaftHost:
 
     def _expire_requests(self) -> None:
         """Called every tick: end tracked requests past their deadline, and forwarded
-        requests whose peer went silent (a dead node will not answer, and waiting out
-        the whole timeout helps nobody)."""
+        requests whose peer went silent or whose stream broke (a dead node or a broken
+        stream will not answer, and waiting out the whole timeout helps nobody)."""
         now = trio.current_time()
         tracked = self._tracked
         while tracked and (tracked[0].outcome is not None or tracked[0].deadline <= now):
@@ -679,23 +708,55 @@ class RaftHost:
             if pending.outcome is None:
                 pending.abandoned = True
                 pending.resolve(Unknown("timed out waiting for the group"))
-        if not self._forwards or self.transport is None:
+        if self.transport is None:
             return
-        transport = self.transport
+        broken = {p: t for p, t in self._links_lost.items() if now - t >= LINK_LOSS_GRACE}
+        if self._forwards:
+            self._expire_forwards(self.transport, broken)
+        if not broken:
+            return
+        # A follower's read waits for its leader's read index, a Raft message: if the
+        # stream to or from that leader broke, it may never come.
+        for group in self.groups.values():
+            if group.reads and group.leader in broken and group.leader != self.id:
+                group.reject_reads_waiting_for_index(
+                    f"the connection to node {group.leader} broke before it answered"
+                )
+        for peer, lost_at in broken.items():
+            if self._links_lost.get(peer) == lost_at:
+                del self._links_lost[peer]
+
+    def _expire_forwards(self, transport: PeerTransport, broken: dict[int, float]) -> None:
+        """End forwarded requests whose peer went silent, or that were sent before a
+        stream to or from their peer broke (``broken``: peer -> when)."""
         self._forward_sweeps += 1
-        # Walk every forward only when a peer is unreachable, or about once a second to
-        # drop those resolved meanwhile (timed out): under load thousands are in flight.
-        if self._forward_sweeps % self._ticks_per_second and all(
-            transport.reachable(peer) for peer in self.peers if peer != self.id
+        # Walk every forward only when a peer is unreachable or a stream broke, or about
+        # once a second to drop those resolved meanwhile (timed out): under load
+        # thousands are in flight.
+        if (
+            self._forward_sweeps % self._ticks_per_second
+            and not self._links_lost
+            and all(transport.reachable(peer) for peer in self.peers if peer != self.id)
         ):
             return
-        for request_id, (pending, peer) in list(self._forwards.items()):
+        for request_id, forward in list(self._forwards.items()):
+            pending, peer = forward.pending, forward.peer
+            lost_at = broken.get(peer)
             if pending.outcome is not None or pending.abandoned:
                 del self._forwards[request_id]
             elif not transport.reachable(peer):
                 del self._forwards[request_id]
                 pending.abandoned = True
                 pending.resolve(Unknown(f"node {peer} did not answer"))
+            elif lost_at is not None and forward.sent_at <= lost_at:
+                del self._forwards[request_id]
+                pending.abandoned = True
+                reason = f"the connection to node {peer} broke before it answered"
+                # A lost read is resent by the caller; a write may have been applied.
+                if forward.kind in RESENDABLE_KINDS:
+                    pending.resolve(Rejected(reason))
+                else:
+                    pending.resolve(Unknown(reason))
 
     def submit(self, group_id: str, kind: str, body: Any, pending: Pending) -> None:
         """Start a write (``kind="w"``, ``body`` the command bytes) or a linearizable read
@@ -723,7 +784,7 @@ class RaftHost:
             pending.resolve(Rejected(f"node {peer} is unreachable"))
             return
         request_id = next(self._forward_ids)
-        self._forwards[request_id] = (pending, peer)
+        self._forwards[request_id] = _Forward(pending, peer, kind, trio.current_time())
         self._post_mail(peer).requests.append([request_id, kind, group_id, body])
 
     def _post_mail(self, peer: int) -> _Mail:
@@ -757,9 +818,9 @@ class RaftHost:
                 sent = self._send_mail_singly(peer, mail)
             if not sent:
                 for request in mail.requests:
-                    entry = self._forwards.pop(request[0], None)
-                    if entry is not None:
-                        entry[0].resolve(Rejected(f"node {peer} is unreachable"))
+                    forward = self._forwards.pop(request[0], None)
+                    if forward is not None:
+                        forward.pending.resolve(Rejected(f"node {peer} is unreachable"))
 
     def _send_mail_singly(self, peer: int, mail: _Mail) -> bool:
         assert self.transport is not None
@@ -790,10 +851,10 @@ class RaftHost:
         if not isinstance(answer, list) or len(answer) != 4:
             return
         request_id, status, value, leader = answer
-        entry = self._forwards.pop(request_id, None) if isinstance(request_id, int) else None
-        if entry is None:
+        forward = self._forwards.pop(request_id, None) if isinstance(request_id, int) else None
+        if forward is None:
             return
-        pending = entry[0]
+        pending = forward.pending
         if status == "ok":
             pending.resolve(Applied(value))
         elif status == "err" and isinstance(value, list):
