@@ -190,6 +190,22 @@ def _remote(stream: trio.SocketStream) -> str:
     return f"{host}:{port}"
 
 
+def _peer_closed(out: _Outbound) -> bool:
+    """True if the acceptor closed or reset our session's connection. It never writes
+    after the handshake, so anything to read means the end. The session's watcher
+    notices too, but only when it next runs: after this process was stopped for a
+    while (SIGSTOP) the host loop may write first, into a connection long closed."""
+    if out.probe is None:
+        return False
+    try:
+        out.probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 class _Outbound:
     """One peer's send side: where it lives, its bounded queue, the task draining it."""
 
@@ -199,6 +215,7 @@ class _Outbound:
         "fd",
         "last_sent",
         "peer",
+        "probe",
         "queue",
         "queued_bytes",
         "scope",
@@ -222,6 +239,9 @@ class _Outbound:
         self.sending_since: float | None = None
         self.last_sent = 0.0
         self.fd: int | None = None
+        self.probe: socket.socket | None = None
+        """The same socket as ``fd``, to check before a direct write that the peer has
+        not closed it (see ``_peer_closed``); detached, never closed, by us."""
         """The connected session's socket, for ``send(..., now=True)``; None when no
         session is up."""
         self.unsent = b""
@@ -389,6 +409,14 @@ class PeerTransport:
         """Write ``frame`` on the session's socket from the caller; False if none of it
         was written because the connection is gone."""
         assert out.fd is not None
+        if _peer_closed(out):
+            # Written now, the frame would be accepted by our kernel and thrown away by
+            # the peer's: say it was not sent, so its requests can be resent.
+            logger.info("node %d: peer %d closed the connection", self.node_id, out.peer)
+            self.stats.frames_dropped += 1
+            if out.session is not None:
+                out.session.cancel()
+            return False
         try:
             written = os.write(out.fd, frame)
         except BlockingIOError:
@@ -515,11 +543,15 @@ class PeerTransport:
     async def _send_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
         try:
             out.fd = stream.socket.fileno()
+            out.probe = socket.socket(fileno=out.fd)
             await self._run_session(stream, out, where)
         finally:
             # A frame cut short by a direct write is worthless on the next connection.
             out.fd = None
             out.unsent = b""
+            if out.probe is not None:
+                out.probe.detach()  # the stream owns the descriptor and closes it
+                out.probe = None
 
     async def _run_session(self, stream: trio.SocketStream, out: _Outbound, where: str) -> None:
         async with trio.open_nursery() as nursery:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import pytest
 import trio
 
-from boutique.runtime.transport import PeerTransport
+from boutique.runtime.transport import PeerTransport, _Outbound, _peer_closed
 
 SECRET = b"correct horse battery staple 1234"
 FAST: dict[str, Any] = {
@@ -77,3 +78,16 @@ async def test_a_direct_write_that_fails_reports_the_frame_unsent(
         monkeypatch.undo()
         assert not sent
         nursery.cancel_scope.cancel()
+
+
+def test_a_connection_the_peer_closed_is_seen_before_writing_into_it() -> None:
+    """After a pause, the host loop may write before the session's watcher has run: a
+    write into a connection the peer closed would "succeed" and be lost."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        out = _Outbound(2, ("127.0.0.1", 1))
+        out.probe = ours
+        assert not _peer_closed(out)
+        theirs.close()
+        assert _peer_closed(out)
