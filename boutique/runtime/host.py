@@ -20,6 +20,11 @@ work in the inbox and wait on a ``Pending``. Each turn of the loop:
 Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host with
 thousands of idle groups does almost nothing. When the transport suspects a peer,
 groups led by it are woken to elect someone else.
+
+A group whose core fails (``GROUP_FAILURES``) is quarantined and the loop carries on
+with the others; a failure of the node's storage ends the loop (and the node). When a
+stream to or from a peer breaks, requests forwarded to it and follower reads waiting on
+it are settled within ``LINK_LOSS_GRACE``. The loop never awaits inside a turn.
 """
 
 from __future__ import annotations
