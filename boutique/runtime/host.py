@@ -149,7 +149,7 @@ class _Mail:
     """Answers to the peer's requests: ``[id, status, value, leader]``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Forward:
     """A request sent to a peer and not yet answered."""
 
