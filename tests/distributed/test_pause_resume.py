@@ -38,6 +38,7 @@ class Pipeline:
 
     port: int
     offset: int
+    reads_only: bool = False
     window: int = 8
     sent: list[tuple[float, str]] = field(default_factory=list)
     replies: list[tuple[float, str]] = field(default_factory=list)
@@ -53,7 +54,10 @@ class Pipeline:
                 if not credit.acquire(timeout=0.1):
                     continue
                 bucket = BUCKETS[(n + self.offset) % len(BUCKETS)]
-                request = f"GET {bucket} k{n % 20}" if n % 3 == 0 else f"PUT {bucket} k{n % 20} {n}"
+                if self.reads_only or n % 3 == 0:
+                    request = f"GET {bucket} k{n % 20}"
+                else:
+                    request = f"PUT {bucket} k{n % 20} {n}"
                 self.sent.append((time.monotonic(), request))
                 sock.sendall(request.encode() + b"\n")
                 n += 1
@@ -80,11 +84,15 @@ def test_no_request_stalls_after_a_paused_node_resumes(tmp_path: Path) -> None:
             for bucket in BUCKETS:
                 client.create(bucket)
                 client.put(bucket, "k0", "0")
-        # Clients on every node; the paused one's are those at risk.
+        # Clients on every node; the paused one's are those at risk: writes and reads it
+        # forwards to the buckets' leaders, and reads it serves as a follower after
+        # asking its leader for a read index, a Raft message sent the same way.
         pipelines = [
-            Pipeline(cluster.nodes[name].client_port, offset)
-            for name in cluster.nodes
-            for offset in range(2)
+            Pipeline(cluster.nodes["n1"].client_port, 0),
+            Pipeline(cluster.nodes["n1"].client_port, 1),
+            Pipeline(cluster.nodes["n1"].client_port, 2, reads_only=True),
+            Pipeline(cluster.nodes["n2"].client_port, 0),
+            Pipeline(cluster.nodes["n3"].client_port, 1),
         ]
         threads = [threading.Thread(target=p.run, daemon=True) for p in pipelines]
         for thread in threads:
