@@ -67,7 +67,7 @@ out of order. Such a group is quarantined; the others carry on. Storage failures
 whole node (``boutique.storage.errors.DataFileError``: a failed commit, a closed data
 file) are not among them: they stop the node."""
 
-LINK_LOSS_GRACE = 0.1
+LINK_LOSS_GRACE = 0.2
 """Seconds a forwarded request may still be answered after a stream to or from its
 peer broke (an answer already in our socket buffer is read in that time); then it is
 settled without its answer instead of waiting out the whole request timeout."""
