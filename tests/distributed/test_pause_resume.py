@@ -7,6 +7,11 @@ it notices they are closed, while its peers reconnect at once and are "reachable
 again. Each such request must be resent or settled at once, never wait out the whole
 request timeout (5 s here). The bound below is a correctness bound, not a benchmark:
 a stall lasts the request timeout, far above it.
+
+Whether a request is caught in a dead stream depends on how the resumed process
+schedules its tasks (before the fix, about one resume in seven stalled on this 2-core
+machine), so the test runs a few rounds. ``tests/runtime/test_host_broken_links.py``
+and ``test_transport_link_loss.py`` pin the mechanism deterministically.
 """
 
 from __future__ import annotations
