@@ -497,6 +497,9 @@ class LineServer:
         for rng in config.ranges:
             replicas = ",".join(names.get(r, str(r)) for r in rng.replicas)
             lines.append(f"range {rng.id} replicas {replicas}")
+        # Always shown, before the (capped) group list: an operator must see them.
+        for group_id, reason in status["quarantined"].items():
+            lines.append(f"quarantined {group_id} {reason}")
         groups: dict[str, dict[str, Any]] = status["groups"]
         for shown, (group_id, g) in enumerate(groups.items()):
             if shown >= STATUS_GROUP_LIMIT:

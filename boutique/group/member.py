@@ -401,6 +401,8 @@ class Member(Generic[C, R, Q, A]):
     def _group(self) -> GroupRuntime:
         group = self.host.groups.get(self.group_id)
         if group is None:
+            if self.group_id in self.host.quarantined:
+                raise Unavailable(self.host.quarantine_message(self.group_id))
             raise Unavailable("the member is not running")
         return group
 

@@ -349,6 +349,15 @@ class GroupRuntime:
                 del self.reads[context]
                 read.pending.resolve(Rejected("leadership changed", self.leader))
 
+    def reject_reads_waiting_for_index(self, reason: str) -> None:
+        """Reject the reads still waiting for the leader's read index: the request or
+        its answer was in a stream that broke, and the core never asks again. A read
+        has no effect, so the caller resends it (to the leader, by the hint)."""
+        for context, read in list(self.reads.items()):
+            if read.index < 0:
+                del self.reads[context]
+                read.pending.resolve(Rejected(reason, self.leader))
+
     def _maybe_snapshot(self) -> None:
         if self.build is not None:
             return

@@ -20,6 +20,11 @@ work in the inbox and wait on a ``Pending``. Each turn of the loop:
 Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host with
 thousands of idle groups does almost nothing. When the transport suspects a peer,
 groups led by it are woken to elect someone else.
+
+A group whose core fails (``GROUP_FAILURES``) is quarantined and the loop carries on
+with the others; a failure of the node's storage ends the loop (and the node). When a
+stream to or from a peer breaks, requests forwarded to it and follower reads waiting on
+it are settled within ``LINK_LOSS_GRACE``. The loop never awaits inside a turn.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from boutique.raft.messages import (
     Snapshot,
     SnapshotData,
 )
+from boutique.raft.storage import StorageError
 
 from .codec import CodecError, decode_batch, encode_batch
 from .framing import DEFAULT_MAX_FRAME
@@ -63,6 +69,22 @@ from .peertls import PeerTLS
 from .transport import PeerTransport
 
 log = logging.getLogger("boutique.host")
+
+GROUP_FAILURES = (RuntimeError, StorageError)
+"""What the core (or a group's own storage reads) raises when ONE group's state is
+broken: a conflict with a committed entry, compacted entries and no snapshot, a Ready
+out of order. Such a group is quarantined; the others carry on. Storage failures of the
+whole node (``boutique.storage.errors.DataFileError``: a failed commit, a closed data
+file) are not among them: they stop the node."""
+
+LINK_LOSS_GRACE = 0.2
+"""Seconds a forwarded request may still be answered after a stream to or from its
+peer broke (an answer already in our socket buffer is read in that time); then it is
+settled without its answer instead of waiting out the whole request timeout."""
+
+RESENDABLE_KINDS = frozenset({"r", "s"})
+"""Forwarded kinds with no effect (a read, the leader's view): a lost one is rejected,
+so the caller resends it. Any other kind may have been applied: its outcome is unknown."""
 
 MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
@@ -151,6 +173,16 @@ class _Mail:
     """Answers to the peer's requests: ``[id, status, value, leader]``."""
 
 
+@dataclass(slots=True)
+class _Forward:
+    """A request sent to a peer and not yet answered."""
+
+    pending: Pending
+    peer: int
+    kind: str
+    sent_at: float
+
+
 @dataclass(frozen=True, slots=True)
 class _Step:
     peer: int
@@ -224,6 +256,9 @@ class RaftHost:
         self.storage: NodeStorage | None = None
         self.groups: dict[str, GroupRuntime] = {}
         self.active: set[str] = set()
+        self.quarantined: dict[str, str] = {}
+        """Groups taken out of service because their core failed: id -> why. They stay
+        out until the node restarts (or the group is closed here); see ``_quarantine``."""
         self.transport: PeerTransport | None = None
         self._inbox: list[_InboxItem] = []
         self._wakeup = trio.Event()
@@ -231,8 +266,11 @@ class RaftHost:
         self._carry: set[str] = set()
         self._building: set[str] = set()
         """Groups with a snapshot being built: each gets one piece per turn."""
-        self._forwards: dict[int, tuple[Pending, int]] = {}
-        """Requests sent to peers and not yet answered: id -> (pending, peer)."""
+        self._forwards: dict[int, _Forward] = {}
+        """Requests sent to peers and not yet answered, by id."""
+        self._links_lost: dict[int, float] = {}
+        """Peers a stream to or from broke, and when (latest break): their forwards sent
+        before it are settled once ``LINK_LOSS_GRACE`` has passed (``_expire_requests``)."""
         self._tracked: collections.deque[Pending] = collections.deque()
         """Requests without a waiting task, oldest first (see ``track``)."""
         self._forward_ids = itertools.count(1)
@@ -278,6 +316,7 @@ class RaftHost:
             on_suspect=self._on_suspect,
             max_frame=self.settings.max_frame,
             tls=self.peer_tls,
+            on_link_lost=self._on_link_lost,
         )
 
     def load_groups(self) -> None:
@@ -343,6 +382,7 @@ class RaftHost:
 
     def close_group(self, group_id: str) -> None:
         """Stop hosting ``group_id`` and delete its storage."""
+        self.quarantined.pop(group_id, None)
         group = self.groups.pop(group_id, None)
         self.active.discard(group_id)
         self._carry.discard(group_id)
@@ -351,6 +391,40 @@ class RaftHost:
             group.close("group removed from this node")
         assert self.storage is not None
         self.storage.drop_group(group_id)
+
+    # --- Quarantine --------------------------------------------------------------------
+
+    def _quarantine(self, group_id: str, exc: BaseException) -> None:
+        """Take ``group_id`` out of service after its core (or its storage reads) failed:
+        whatever state it is in can no longer be trusted, so nothing more of it is
+        stepped, persisted, applied or sent. Its pending writes end ``Unknown`` (they
+        may have been replicated and committed elsewhere), its reads ``Rejected``; new
+        requests are refused with the reason. Every other group carries on."""
+        group = self.groups.pop(group_id, None)
+        if group is None:
+            return
+        reason = f"{type(exc).__name__}: {exc}"
+        self.quarantined[group_id] = reason
+        self.active.discard(group_id)
+        self._carry.discard(group_id)
+        self._building.discard(group_id)
+        log.error(
+            "group %s quarantined on node %d (no longer served here; other groups carry on): %s",
+            group_id,
+            self.id,
+            reason,
+            exc_info=exc,
+        )
+        group.close(self.quarantine_message(group_id))
+
+    def quarantine_message(self, group_id: str) -> str:
+        return f"group {group_id} is quarantined: {self.quarantined.get(group_id, '')}"
+
+    def _not_here(self, group_id: str) -> Rejected:
+        """Why a request for a group missing from ``groups`` is refused."""
+        if group_id in self.quarantined:
+            return Rejected(self.quarantine_message(group_id))
+        return Rejected("group not hosted here")
 
     # --- Inbox --------------------------------------------------------------------------
 
@@ -380,6 +454,12 @@ class RaftHost:
 
     def _on_suspect(self, peer: int) -> None:
         self._post(_Suspect(peer))
+
+    def _on_link_lost(self, peer: int) -> None:
+        # A request in a stream that broke will never be answered: the peer may not have
+        # read it, or its answer was in the stream. The peer reconnects at once and is
+        # "reachable" again, so without this the request would wait out its timeout.
+        self._links_lost[peer] = trio.current_time()
 
     async def _ticker(self) -> None:
         while True:
@@ -425,7 +505,11 @@ class RaftHost:
             self._expire_requests()
             for group_id in list(self.active):
                 node = self.groups[group_id].node
-                node.tick()
+                try:
+                    node.tick()
+                except GROUP_FAILURES as exc:
+                    self._quarantine(group_id, exc)
+                    continue
                 if node.quiesced:
                     # Quiet now (a lone member goes quiet without any message to
                     # send): no more ticks until a message or a request wakes it.
@@ -455,7 +539,11 @@ class RaftHost:
             if group is None or group.build is None:
                 self._building.discard(group_id)
                 continue
-            group.continue_snapshot()
+            try:
+                group.continue_snapshot()
+            except GROUP_FAILURES as exc:
+                self._quarantine(group_id, exc)
+                continue
             self.counters.snapshot_pieces += 1
             if group.build is None:
                 self._building.discard(group_id)
@@ -470,8 +558,13 @@ class RaftHost:
         readies = []
         for group_id in dirty:
             group = self.groups.get(group_id)
-            if group is not None and group.node.has_ready():
-                readies.append((group, group.node.ready()))
+            if group is None:
+                continue
+            try:
+                if group.node.has_ready():
+                    readies.append((group, group.node.ready()))
+            except GROUP_FAILURES as exc:
+                self._quarantine(group_id, exc)
         if not readies:
             return set()
         outgoing: defaultdict[int, defaultdict[str, list[Message]]] = defaultdict(
@@ -483,7 +576,12 @@ class RaftHost:
         self._send_all(outgoing)
         wrote_ahead = False
         for group, ready in readies:
-            wrote_ahead |= group.persist(ready)
+            try:
+                wrote_ahead |= group.persist(ready)
+            except GROUP_FAILURES as exc:
+                self._quarantine(group.group_id, exc)
+        # A quarantined group's messages that needed its write never leave.
+        readies = [(g, r) for g, r in readies if self.groups.get(g.group_id) is g]
         assert self.storage is not None
         # A Ready that only moved the commit index needs no sync (losing it in a crash
         # only means re-learning the commit index); its write joins the next commit.
@@ -501,9 +599,13 @@ class RaftHost:
         watched = []
         more = set()
         for group, ready in readies:
-            if group.group_id not in self.groups:
-                continue  # dropped by an earlier group's on_applied
-            group.apply_and_advance(ready)
+            if self.groups.get(group.group_id) is not group:
+                continue  # dropped or quarantined meanwhile
+            try:
+                group.apply_and_advance(ready)
+            except GROUP_FAILURES as exc:
+                self._quarantine(group.group_id, exc)
+                continue
             if group.build is not None:
                 self._building.add(group.group_id)
             if group.track_applied and (group.on_applied or ready.snapshot is not None):
@@ -528,44 +630,64 @@ class RaftHost:
                     if group is None:
                         continue  # not created here yet, or dropped: the sender retries
                     self.counters.messages_in += len(messages)
-                    for msg in messages:
-                        if msg.frm != peer or msg.to != self.id:
-                            continue
-                        group.node.step(msg)
+                    try:
+                        for msg in messages:
+                            if msg.frm != peer or msg.to != self.id:
+                                continue
+                            group.node.step(msg)
+                    except GROUP_FAILURES as exc:
+                        self._quarantine(group_id, exc)
+                        continue
                     touched.add(group_id)
                     self.active.add(group_id)
                 return touched
             case _Propose(group_id, data, pending):
                 group = self.groups.get(group_id)
                 if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
+                    pending.resolve(self._not_here(group_id))
                     return set()
-                group.propose(data, pending)
+                try:
+                    group.propose(data, pending)
+                except GROUP_FAILURES as exc:
+                    # Nothing of this entry left the node, and the group never sends
+                    # again: certainly not applied.
+                    self._quarantine(group_id, exc)
+                    pending.resolve(self._not_here(group_id))
+                    return set()
                 self.counters.proposals += 1
                 self.active.add(group_id)
                 return {group_id}
             case _Read(group_id, query, pending):
                 group = self.groups.get(group_id)
                 if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
+                    pending.resolve(self._not_here(group_id))
                     return set()
-                group.read(query, pending)
+                try:
+                    group.read(query, pending)
+                except GROUP_FAILURES as exc:
+                    self._quarantine(group_id, exc)
+                    pending.resolve(self._not_here(group_id))
+                    return set()
                 self.counters.reads += 1
                 self.active.add(group_id)
                 return {group_id}
             case _Suspect(peer):
                 touched = set()
-                for group_id, group in self.groups.items():
+                for group_id, group in list(self.groups.items()):
                     raft = group.node.raft
                     if raft.lead == peer and raft.role is not Role.LEADER:
-                        group.node.suspect_leader()
+                        try:
+                            group.node.suspect_leader()
+                        except GROUP_FAILURES as exc:
+                            self._quarantine(group_id, exc)
+                            continue
                         self.active.add(group_id)
                         touched.add(group_id)
                 return touched
             case _Call(group_id, fn, pending):
                 group = self.groups.get(group_id)
                 if group is None:
-                    pending.resolve(Rejected("group not hosted here"))
+                    pending.resolve(self._not_here(group_id))
                     return set()
                 try:
                     pending.resolve(Applied(fn(group)))
@@ -624,7 +746,7 @@ class RaftHost:
         while trio.current_time() < deadline:
             group = self.groups.get(group_id)
             if group is None:
-                return Rejected("group not hosted here")
+                return self._not_here(group_id)
             if group.leader == target:
                 return Applied(None)
             await trio.sleep(self.settings.tick_interval)
@@ -654,8 +776,8 @@ class RaftHost:
 
     def _expire_requests(self) -> None:
         """Called every tick: end tracked requests past their deadline, and forwarded
-        requests whose peer went silent (a dead node will not answer, and waiting out
-        the whole timeout helps nobody)."""
+        requests whose peer went silent or whose stream broke (a dead node or a broken
+        stream will not answer, and waiting out the whole timeout helps nobody)."""
         now = trio.current_time()
         tracked = self._tracked
         while tracked and (tracked[0].outcome is not None or tracked[0].deadline <= now):
@@ -663,23 +785,55 @@ class RaftHost:
             if pending.outcome is None:
                 pending.abandoned = True
                 pending.resolve(Unknown("timed out waiting for the group"))
-        if not self._forwards or self.transport is None:
+        if self.transport is None:
             return
-        transport = self.transport
+        broken = {p: t for p, t in self._links_lost.items() if now - t >= LINK_LOSS_GRACE}
+        if self._forwards:
+            self._expire_forwards(self.transport, broken)
+        if not broken:
+            return
+        # A follower's read waits for its leader's read index, a Raft message: if the
+        # stream to or from that leader broke, it may never come.
+        for group in self.groups.values():
+            if group.reads and group.leader in broken and group.leader != self.id:
+                group.reject_reads_waiting_for_index(
+                    f"the connection to node {group.leader} broke before it answered"
+                )
+        for peer, lost_at in broken.items():
+            if self._links_lost.get(peer) == lost_at:
+                del self._links_lost[peer]
+
+    def _expire_forwards(self, transport: PeerTransport, broken: dict[int, float]) -> None:
+        """End forwarded requests whose peer went silent, or that were sent before a
+        stream to or from their peer broke (``broken``: peer -> when)."""
         self._forward_sweeps += 1
-        # Walk every forward only when a peer is unreachable, or about once a second to
-        # drop those resolved meanwhile (timed out): under load thousands are in flight.
-        if self._forward_sweeps % self._ticks_per_second and all(
-            transport.reachable(peer) for peer in self.peers if peer != self.id
+        # Walk every forward only when a peer is unreachable or a stream broke, or about
+        # once a second to drop those resolved meanwhile (timed out): under load
+        # thousands are in flight.
+        if (
+            self._forward_sweeps % self._ticks_per_second
+            and not self._links_lost
+            and all(transport.reachable(peer) for peer in self.peers if peer != self.id)
         ):
             return
-        for request_id, (pending, peer) in list(self._forwards.items()):
+        for request_id, forward in list(self._forwards.items()):
+            pending, peer = forward.pending, forward.peer
+            lost_at = broken.get(peer)
             if pending.outcome is not None or pending.abandoned:
                 del self._forwards[request_id]
             elif not transport.reachable(peer):
                 del self._forwards[request_id]
                 pending.abandoned = True
                 pending.resolve(Unknown(f"node {peer} did not answer"))
+            elif lost_at is not None and forward.sent_at <= lost_at:
+                del self._forwards[request_id]
+                pending.abandoned = True
+                reason = f"the connection to node {peer} broke before it answered"
+                # A lost read is resent by the caller; a write may have been applied.
+                if forward.kind in RESENDABLE_KINDS:
+                    pending.resolve(Rejected(reason))
+                else:
+                    pending.resolve(Unknown(reason))
 
     def submit(self, group_id: str, kind: str, body: Any, pending: Pending) -> None:
         """Start a write (``kind="w"``, ``body`` the command bytes) or a linearizable read
@@ -707,7 +861,7 @@ class RaftHost:
             pending.resolve(Rejected(f"node {peer} is unreachable"))
             return
         request_id = next(self._forward_ids)
-        self._forwards[request_id] = (pending, peer)
+        self._forwards[request_id] = _Forward(pending, peer, kind, trio.current_time())
         self._post_mail(peer).requests.append([request_id, kind, group_id, body])
 
     def _post_mail(self, peer: int) -> _Mail:
@@ -741,9 +895,9 @@ class RaftHost:
                 sent = self._send_mail_singly(peer, mail)
             if not sent:
                 for request in mail.requests:
-                    entry = self._forwards.pop(request[0], None)
-                    if entry is not None:
-                        entry[0].resolve(Rejected(f"node {peer} is unreachable"))
+                    forward = self._forwards.pop(request[0], None)
+                    if forward is not None:
+                        forward.pending.resolve(Rejected(f"node {peer} is unreachable"))
 
     def _send_mail_singly(self, peer: int, mail: _Mail) -> bool:
         assert self.transport is not None
@@ -774,10 +928,10 @@ class RaftHost:
         if not isinstance(answer, list) or len(answer) != 4:
             return
         request_id, status, value, leader = answer
-        entry = self._forwards.pop(request_id, None) if isinstance(request_id, int) else None
-        if entry is None:
+        forward = self._forwards.pop(request_id, None) if isinstance(request_id, int) else None
+        if forward is None:
             return
-        pending = entry[0]
+        pending = forward.pending
         if status == "ok":
             pending.resolve(Applied(value))
         elif status == "err" and isinstance(value, list):

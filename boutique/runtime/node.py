@@ -214,10 +214,12 @@ class Node(RaftHost):
             if self.id in bucket_hosts(info, state)
         }
         for group_id, info in wanted.items():
-            if group_id not in self.groups:
+            # A quarantined group stays out until the node restarts: reopening it
+            # would only hit the same broken state again.
+            if group_id not in self.groups and group_id not in self.quarantined:
                 self._open_bucket(info, founding=False)
         if close:
-            for group_id in list(self.groups):
+            for group_id in [*self.groups, *self.quarantined]:
                 if group_id != META_GROUP and group_id not in wanted:
                     log.info("group %s is not ours any more: closing it", group_id)
                     self.close_group(group_id)
@@ -230,7 +232,7 @@ class Node(RaftHost):
             return
         info = state.buckets.get(name)
         prefix = f"b/{name}/"
-        for group_id in [g for g in self.groups if g.startswith(prefix)]:
+        for group_id in [g for g in (*self.groups, *self.quarantined) if g.startswith(prefix)]:
             if info is not None and info.group == group_id and self.id in bucket_hosts(info, state):
                 continue
             log.info("group %s was dropped or moved away: closing it", group_id)
@@ -277,6 +279,7 @@ class Node(RaftHost):
             "id": self.id,
             "peers": peers,
             "groups": self.group_status(),
+            "quarantined": dict(sorted(self.quarantined.items())),
             "counters": dataclasses.asdict(self.counters),
         }
 

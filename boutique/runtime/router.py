@@ -224,6 +224,9 @@ class Router:
                     raise OutcomeUnknown(reason)
                 case Unknown(reason) | Rejected(reason, 0):
                     last_reason = reason
+                    if replicas == (node.id,) and group in node.quarantined:
+                        # Its only replica took it out of service: waiting helps nobody.
+                        raise Unavailable(reason)
                     tried.append(target)
                     target = self._next_replica(replicas, tried)
                     if len(tried) >= len(replicas):

@@ -36,7 +36,9 @@ and memory stays bounded however long a peer is down. A sender task per peer dia
 exponential backoff and jitter, writes every queued frame it can in one ``send_all``,
 and sends a ``KEEPALIVE`` frame when it has had nothing to send for
 ``heartbeat_interval``. Receivers note when they last heard from each peer; that drives
-``reachable`` and ``on_suspect``.
+``reachable`` and ``on_suspect``. When a stream that carried frames ends (either
+direction), ``on_link_lost`` says so: whatever was in it is lost, and a caller waiting
+for an answer through it should stop waiting.
 
 All of it runs inside ``run``; cancelling ``run`` closes every socket. Frames already in
 a connection that breaks are lost; frames still queued wait for the next connection.
@@ -120,7 +122,8 @@ class TransportStats:
     connections_in: int = 0
     """Inbound connections that completed the handshake."""
     callback_errors: int = 0
-    """Exceptions raised by ``on_frame`` or ``on_suspect`` (logged, then ignored)."""
+    """Exceptions raised by ``on_frame``, ``on_suspect`` or ``on_link_lost`` (logged,
+    then ignored)."""
 
 
 class _HandshakeError(Exception):
@@ -204,6 +207,22 @@ def _remote(stream: trio.SocketStream) -> str:
     return f"{host}:{port}"
 
 
+def _peer_closed(out: _Outbound) -> bool:
+    """True if the acceptor closed or reset our session's connection. It never writes
+    after the handshake, so anything to read means the end. The session's watcher
+    notices too, but only when it next runs: after this process was stopped for a
+    while (SIGSTOP) the host loop may write first, into a connection long closed."""
+    if out.probe is None:
+        return False
+    try:
+        out.probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 class _Outbound:
     """One peer's send side: where it lives, its bounded queue, the task draining it."""
 
@@ -213,6 +232,7 @@ class _Outbound:
         "fd",
         "last_sent",
         "peer",
+        "probe",
         "queue",
         "queued_bytes",
         "scope",
@@ -236,6 +256,9 @@ class _Outbound:
         self.sending_since: float | None = None
         self.last_sent = 0.0
         self.fd: int | None = None
+        self.probe: socket.socket | None = None
+        """The same socket as ``fd``, to check before a direct write that the peer has
+        not closed it (see ``_peer_closed``); detached, never closed, by us."""
         """The connected session's socket, for ``send(..., now=True)``; None when no
         session is up."""
         self.unsent = b""
@@ -250,7 +273,10 @@ class PeerTransport:
     own id is ignored). ``on_frame(peer, value)`` is called, synchronously and in order
     per connection, for every frame an authenticated peer sends; exceptions from it are
     logged and swallowed. ``on_suspect(peer)`` is called once each time a peer that was
-    reachable has been silent for ``suspect_after`` seconds.
+    reachable has been silent for ``suspect_after`` seconds. ``on_link_lost(peer)`` is
+    called each time an authenticated stream to or from ``peer`` ends: frames written
+    into it that the peer had not read, and frames it sent that we had not read, are
+    gone (the queue is not: it waits for the next connection).
 
     Call ``send``, ``reachable`` and ``set_peers`` from the trio thread.
     """
@@ -269,6 +295,7 @@ class PeerTransport:
         suspect_after: float = 0.5,
         max_queue_age: float = 2.0,
         on_suspect: Callable[[int], None] | None = None,
+        on_link_lost: Callable[[int], None] | None = None,
         io_timeout: float = 2.0,
         handshake_timeout: float = 1.0,
         max_pending_handshakes: int = 64,
@@ -299,6 +326,7 @@ class PeerTransport:
         self._secret = secret
         self._on_frame = on_frame
         self._on_suspect = on_suspect
+        self._on_link_lost = on_link_lost
         self._queue_limit = queue_limit
         self._queue_byte_limit = queue_byte_limit
         self._heartbeat_interval = heartbeat_interval
@@ -378,7 +406,8 @@ class PeerTransport:
 
         With ``now``, a frame that would be next on the wire anyway (nothing queued,
         no write in progress) is written at once from the caller, without waking the
-        sender task; whatever the socket does not take goes to that task. The host
+        sender task; whatever the socket does not take goes to that task. If that
+        write fails (the connection is gone), nothing of the frame left: False. The host
         loop uses it: its turn does not yield, and a follower should get its appends
         while the leader is still syncing them.
 
@@ -400,8 +429,7 @@ class PeerTransport:
             and not out.unsent
             and out.sending_since is None
         ):
-            self._write_now(out, frame)
-            return True
+            return self._write_now(out, frame)
         if (
             out is None
             or len(out.queue) >= self._queue_limit
@@ -414,8 +442,18 @@ class PeerTransport:
         out.wakeup.set()
         return True
 
-    def _write_now(self, out: _Outbound, frame: bytes) -> None:
+    def _write_now(self, out: _Outbound, frame: bytes) -> bool:
+        """Write ``frame`` on the session's socket from the caller; False if none of it
+        was written because the connection is gone."""
         assert out.fd is not None
+        if _peer_closed(out):
+            # Written now, the frame would be accepted by our kernel and thrown away by
+            # the peer's: say it was not sent, so its requests can be resent.
+            logger.info("node %d: peer %d closed the connection", self.node_id, out.peer)
+            self.stats.frames_dropped += 1
+            if out.session is not None:
+                out.session.cancel()
+            return False
         try:
             written = os.write(out.fd, frame)
         except BlockingIOError:
@@ -426,7 +464,7 @@ class PeerTransport:
             self.stats.frames_dropped += 1
             if out.session is not None:
                 out.session.cancel()
-            return
+            return False
         self.stats.frames_sent += 1
         self.stats.writes += 1
         self.stats.bytes_sent += written
@@ -434,6 +472,7 @@ class PeerTransport:
         if written < len(frame):
             out.unsent = frame[written:]
             out.wakeup.set()
+        return True
 
     def queued(self, peer: int) -> int:
         """Frames waiting to be sent to ``peer``."""
@@ -535,6 +574,7 @@ class PeerTransport:
             await self._send_session(stream, channel, out, where)
         finally:
             out.connected = False
+            self._link_lost(out.peer)
         logger.info("node %d: connection to peer %d at %s is over", self.node_id, out.peer, where)
         return True
 
@@ -542,13 +582,18 @@ class PeerTransport:
         self, stream: trio.SocketStream, channel: trio.abc.Stream, out: _Outbound, where: str
     ) -> None:
         try:
-            # Direct writes go to the socket itself, so only without TLS.
+            # Direct writes and the closed-connection probe use the socket itself, so
+            # only without TLS.
             out.fd = stream.socket.fileno() if channel is stream else None
+            out.probe = socket.socket(fileno=out.fd) if out.fd is not None else None
             await self._run_session(channel, out, where)
         finally:
             # A frame cut short by a direct write is worthless on the next connection.
             out.fd = None
             out.unsent = b""
+            if out.probe is not None:
+                out.probe.detach()  # the stream owns the descriptor and closes it
+                out.probe = None
 
     async def _run_session(self, stream: trio.abc.Stream, out: _Outbound, where: str) -> None:
         async with trio.open_nursery() as nursery:
@@ -794,6 +839,7 @@ class PeerTransport:
         finally:
             if self._inbound.get(peer) is scope:
                 del self._inbound[peer]
+            self._link_lost(peer)
 
     def _deliver(self, peer: int, frames: list[object]) -> None:
         if peer in self.blocked:
@@ -862,6 +908,15 @@ class PeerTransport:
                         out.session.cancel()
                 elif not out.queue and now - out.last_sent >= keepalive_due:
                     out.wakeup.set()
+
+    def _link_lost(self, peer: int) -> None:
+        if self._on_link_lost is None:
+            return
+        try:
+            self._on_link_lost(peer)
+        except Exception:
+            self.stats.callback_errors += 1
+            logger.exception("node %d: on_link_lost failed for peer %d", self.node_id, peer)
 
     def _suspect(self, peer: int) -> None:
         """``peer`` is unreachable from now on (until it is heard from again)."""
