@@ -8,6 +8,9 @@ machine keeps a running count of the bytes held so `stats` is O(1).
 Commands (the runtime proposes them; replies go back to the proposer):
     ("put", key, value)              store value under key; reply None
     ("delete", key)                  remove key; reply whether it existed
+    ("tombstone",)                   fence the bucket for good (the first step of DROP):
+                                     forget every key; reply whether this entry fenced
+                                     it (False: it already was)
 Queries (answered on one replica's state, after a ReadIndex for linearizability):
     ("get", key)                     the value, or None
     ("keys", prefix, limit)          keys starting with prefix (None: all), in order
@@ -15,6 +18,12 @@ Queries (answered on one replica's state, after a ReadIndex for linearizability)
                                      None: to the last key), in order
     ("count",)                       the number of keys
     ("stats",)                       {"keys": number of keys, "bytes": key + value bytes}
+
+A tombstoned bucket refuses every later command and query with `BucketDropped`, on
+every replica, forever: its group's own log decides that the bucket is gone, so no
+majority of the group can accept a write after a DROP, whatever the registry (a
+different group, with a different majority) says at that moment. The tombstone
+survives snapshots.
 
 Keys and values are `bytes` (an empty key or value is allowed); a limit is None
 (unlimited) or an int >= 0. A malformed command raises `TypeError` or `ValueError`
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BucketAnswer",
     "BucketCommand",
+    "BucketDropped",
     "BucketMachine",
     "BucketQuery",
     "BucketReply",
@@ -49,7 +59,11 @@ __all__ = [
     "prefix_end",
 ]
 
-BucketCommand: TypeAlias = tuple[Literal["put"], bytes, bytes] | tuple[Literal["delete"], bytes]
+BucketCommand: TypeAlias = (
+    tuple[Literal["put"], bytes, bytes]
+    | tuple[Literal["delete"], bytes]
+    | tuple[Literal["tombstone"]]
+)
 BucketReply: TypeAlias = bool | None
 BucketQuery: TypeAlias = (
     tuple[Literal["get"], bytes]
@@ -63,25 +77,37 @@ BucketAnswer: TypeAlias = (
 )
 
 _REPR_LIMIT = 80
+_TOMBSTONE_SNAPSHOT = {"tombstone": True}
+
+
+class BucketDropped(LookupError):
+    """A command or query reached a bucket whose group was fenced by DROP.
+
+    Its type name is what the runtime sees in the `CommandFailed` of every replica
+    (`BucketDropped.__name__`) and turns into NOT FOUND."""
 
 
 class BucketState:
     """The keys of one bucket in order, and the bytes they hold (keys + values).
 
     `items` is a `SortedDict[bytes, bytes]`; read it freely, but change it only
-    through `BucketMachine.apply` so `size` stays right.
+    through `BucketMachine.apply` so `size` stays right. `dropped` is True once the
+    bucket's tombstone is applied; it never goes back to False.
     """
 
-    __slots__ = ("items", "size")
+    __slots__ = ("dropped", "items", "size")
 
-    def __init__(self, items: Any = None, size: int = 0) -> None:
+    def __init__(self, items: Any = None, size: int = 0, *, dropped: bool = False) -> None:
         self.items: Any = SortedDict() if items is None else items
         self.size = size
+        self.dropped = dropped
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __repr__(self) -> str:
+        if self.dropped:
+            return "BucketState(dropped)"
         return f"BucketState(keys={len(self.items)}, size={self.size})"
 
 
@@ -93,6 +119,13 @@ class BucketMachine:
         return BucketState()
 
     def apply(self, state: BucketState, command: BucketCommand) -> tuple[BucketReply, BucketState]:
+        if command == ("tombstone",):
+            if state.dropped:
+                return False, state
+            # The keys are gone with the bucket; a fenced group holds nothing.
+            return True, BucketState(dropped=True)
+        if state.dropped:
+            raise BucketDropped("the bucket was dropped")
         match command:
             case ("put", key, value):
                 _check_bytes("key", key)
@@ -116,6 +149,8 @@ class BucketMachine:
                 raise ValueError(f"not a bucket command: {_short(command)}")
 
     def query(self, state: BucketState, query: BucketQuery) -> BucketAnswer:
+        if state.dropped:
+            raise BucketDropped("the bucket was dropped")
         items = state.items
         match query:
             case ("get", key):
@@ -149,7 +184,11 @@ class BucketMachine:
                 raise ValueError(f"not a bucket query: {_short(query)}")
 
     def snapshot(self, state: BucketState) -> bytes:
-        """msgpack of the flat list [key1, value1, key2, value2, ...] in key order."""
+        """msgpack of the flat list [key1, value1, key2, value2, ...] in key order, or
+        of the map {"tombstone": true} for a dropped bucket."""
+        if state.dropped:
+            tombstone: bytes = msgpack.packb(_TOMBSTONE_SNAPSHOT, use_bin_type=True)
+            return tombstone
         flat = list(chain.from_iterable(state.items.items()))
         packed: bytes = msgpack.packb(flat, use_bin_type=True)
         return packed
@@ -159,6 +198,8 @@ class BucketMachine:
             flat = decode_value(data)
         except Exception as exc:
             raise ValueError("not a bucket snapshot: undecodable") from exc
+        if flat == _TOMBSTONE_SNAPSHOT:
+            return BucketState(dropped=True)
         if not isinstance(flat, tuple) or len(flat) % 2:
             raise ValueError("not a bucket snapshot: expected a flat list of key, value pairs")
         size = 0
