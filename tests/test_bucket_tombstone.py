@@ -16,7 +16,7 @@ from boutique.registry import RangeMap, RegistryMachine
 Host = MachineHost[Any, Any, Any, Any, Any]
 
 
-def load(host: Host, *commands: tuple[Any, ...]) -> list[object]:
+def load(host: Host, *commands: tuple[Any, ...]) -> list[Any]:
     start = host.applied_index + 1
     return [host.apply_entry(i, encode_value(c)) for i, c in enumerate(commands, start)]
 

@@ -40,10 +40,19 @@ def _retry(fn: Callable[[], T], timeout: float = 20.0) -> T:
     while True:
         try:
             return fn()
+        except NotFound:
+            raise  # an answer, not a failure to serve
         except ClientError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _until(done: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "not done in time"
+        time.sleep(0.2)
 
 
 def _answer(cluster: LocalCluster, node: str, fn: Callable[..., object], *args: str) -> str:
@@ -67,6 +76,11 @@ def _get_everywhere(cluster: LocalCluster, bucket: str, key: str) -> set[object]
             except NotFound:
                 seen.add(NotFound)
     return seen
+
+
+def _listed(cluster: LocalCluster) -> list[str]:
+    with cluster.client("n1") as client:
+        return _retry(client.buckets)
 
 
 def _setup(cluster: LocalCluster, bucket: str) -> None:
@@ -100,7 +114,7 @@ def test_drop_through_the_meta_majority_cannot_orphan_the_bucket_group(
     if drop == "Unavailable":
         assert seen_before == {"v0"}, f"nothing dropped 'before', yet reads give {seen_before}"
     # After the heal the DROP goes through, and then no node takes a write.
-    assert _retry(lambda: _answer(cluster, "n1", _Ops.drop, "pears")) in ("OK", "NOT FOUND")
+    _until(lambda: _answer(cluster, "n1", _Ops.drop, "pears") in ("OK", "NOT FOUND"))
     for node in NODES:
         assert _answer(cluster, node, _Ops.put, "pears", "k", "after") == "NOT FOUND"
     assert _get_everywhere(cluster, "pears", "k") == {NotFound}
@@ -126,14 +140,7 @@ def test_a_drop_fenced_on_the_bucket_side_is_finished_after_the_heal(
         assert _answer(cluster, node, _Ops.put, "plums", "k", "v") != "OK"
     cluster.heal()
     # The group leader's mover finishes the DROP: the registry forgets the bucket.
-    deadline = time.monotonic() + 20.0
-    while True:
-        with cluster.client("n1") as client:
-            listed = _retry(client.buckets)
-        if "plums" not in listed:
-            break
-        assert time.monotonic() < deadline, f"plums still listed: {listed}"
-        time.sleep(0.2)
+    _until(lambda: "plums" not in _listed(cluster))
     assert _get_everywhere(cluster, "plums", "before") == {NotFound}
 
 
