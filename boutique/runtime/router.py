@@ -160,6 +160,17 @@ class Router:
                 if newer is None or newer.group == fenced.group:
                     raise NotFound(bucket) from None
                 info = newer
+            except Unavailable:
+                # No replica served it. If this node has meanwhile applied the bucket's
+                # drop, its replicas may have closed the group: ask the registry.
+                if self.node.catalog().get(bucket) is not None:
+                    raise
+                newer = await self._registry_lookup(bucket)
+                if newer is None:
+                    raise NotFound(bucket) from None
+                if newer.group == info.group:
+                    raise
+                info = newer
         raise Unavailable(f"bucket {bucket} was dropped and created again while routing")
 
     # --- Keys ---------------------------------------------------------------------------
@@ -276,6 +287,7 @@ class Router:
         node = self.node
         deadline = trio.current_time() + node.config.request_timeout
         target = self._first_target(group, replicas)
+        listed = node.catalog().get(bucket) if bucket is not None else None
         backoff = 0.01
         tried: list[int] = []
         last_reason = "no replica answered"
@@ -322,6 +334,10 @@ class Router:
                 info = self.node.catalog().get(bucket)
                 if info is not None and info.group != group:
                     raise NotFound(bucket)
+                if listed is not None and info is None:
+                    # Dropped here since the request began: its group may be closed on
+                    # every replica, so waiting out the deadline would serve nothing.
+                    raise Unavailable(f"bucket {bucket} left this node's catalog")
 
     def _first_target(self, group: str, replicas: tuple[int, ...]) -> int:
         """Where a request to ``group`` goes first: the last node that answered as its

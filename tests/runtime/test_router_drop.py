@@ -181,3 +181,22 @@ async def test_the_mover_finishes_drops_cut_short() -> None:
     assert node.meta.query(("lookup", "pears")) is None
     with pytest.raises(NotFound):
         await router.get("pears", b"k")
+
+
+async def test_a_drop_applied_here_mid_request_is_not_found_not_unavailable() -> None:
+    # The bucket's replicas closed its group when they applied the drop; this node's
+    # catalog still had the bucket when the request began, and loses it meanwhile.
+    node, router, info = await made()
+    await router.drop("pears")
+    node.stale_catalog = {"pears": info}
+    node.cut_off.add(info.group)  # "group not hosted here" everywhere, in effect
+    real_answer = node._answer
+
+    def answer(group: str, kind: str, body: Any) -> Outcome:
+        if group == info.group:
+            node.stale_catalog = {}  # the drop is applied here now
+        return real_answer(group, kind, body)
+
+    node._answer = answer  # type: ignore[method-assign]
+    with pytest.raises(NotFound):
+        await router.put("pears", b"k", b"v")
