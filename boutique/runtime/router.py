@@ -111,9 +111,20 @@ class Router:
         of the name, or the group leader's mover, finishes it."""
         info = await self.lookup(name)  # NOT FOUND for a bucket that does not exist
         for _ in range(_FENCE_RETRIES):
-            fenced_now = await self._write(
-                info.group, self.node.bucket_hosts(info), ("tombstone",), bucket=name
-            )
+            try:
+                fenced_now = await self._write(
+                    info.group, self.node.bucket_hosts(info), ("tombstone",), bucket=name
+                )
+            except (NotFound, Unavailable):
+                # Certainly not fenced. This node's catalog may have been stale (the
+                # group is gone, or another incarnation is listed): ask the registry.
+                newer = await self._registry_lookup(name)
+                if newer is None:
+                    raise NotFound(name) from None
+                if newer.group == info.group:
+                    raise
+                info = newer
+                continue
             await self._write(META_GROUP, self._meta_replicas(), ("drop", name, info.group))
             if fenced_now:
                 return True
@@ -159,6 +170,13 @@ class Router:
                 newer = await self._registry_lookup(bucket)
                 if newer is None or newer.group == fenced.group:
                     raise NotFound(bucket) from None
+                info = newer
+            except NotFound:
+                # This node's catalog lists another incarnation now: it exists unless
+                # the registry says otherwise.
+                newer = await self._registry_lookup(bucket)
+                if newer is None:
+                    raise
                 info = newer
             except Unavailable:
                 # No replica served it. If this node has meanwhile applied the bucket's

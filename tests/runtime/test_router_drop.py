@@ -200,3 +200,16 @@ async def test_a_drop_applied_here_mid_request_is_not_found_not_unavailable() ->
     node._answer = answer  # type: ignore[method-assign]
     with pytest.raises(NotFound):
         await router.put("pears", b"k", b"v")
+
+
+async def test_a_drop_through_a_stale_catalog_drops_the_current_incarnation() -> None:
+    # This node still lists the old incarnation, whose group is closed everywhere; the
+    # bucket exists again, so the DROP must fence and drop that one, not say NOT FOUND.
+    node, router, old = await made()
+    await router.drop("pears")
+    new = await router.create("pears")
+    node.stale_catalog = {"pears": old}
+    node.cut_off.add(old.group)
+    assert await router.drop("pears")
+    assert node.buckets[new.group].state.dropped
+    assert node.meta.query(("lookup", "pears")) is None
