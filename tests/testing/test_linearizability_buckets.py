@@ -181,7 +181,7 @@ def churn_histories(draw: st.DrawFn) -> list[Operation]:
     return ops
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(churn_histories())
 def test_agrees_with_brute_force(ops: list[Operation]) -> None:
     result = check_kv_history(ops, scope_of=scope)
