@@ -8,6 +8,9 @@ machine keeps a running count of the bytes held so `stats` is O(1).
 Commands (the runtime proposes them; replies go back to the proposer):
     ("put", key, value)              store value under key; reply None
     ("delete", key)                  remove key; reply whether it existed
+    ("tombstone",)                   fence the bucket for good (the first step of DROP):
+                                     forget every key; reply whether this entry fenced
+                                     it (False: it already was)
 Queries (answered on one replica's state, after a ReadIndex for linearizability):
     ("get", key)                     the value, or None
     ("keys", prefix, limit)          keys starting with prefix (None: all), in order
@@ -24,6 +27,13 @@ is such a sequence too). `snapshot_chunks` freezes the state at the call without
 copying it: until the stream ends, `apply` records the old value of each key it first
 changes (copy-on-write), and the stream reads every other key from the live map. So a
 multi-GB bucket is serialized a slice per event-loop turn while writes go on.
+A dropped bucket's snapshot is the one map {"tombstone": true}.
+
+A tombstoned bucket refuses every later command and query with `BucketDropped`, on
+every replica, forever: its group's own log decides that the bucket is gone, so no
+majority of the group can accept a write after a DROP, whatever the registry (a
+different group, with a different majority) says at that moment. The tombstone
+survives snapshots.
 
 Keys and values are `bytes` (an empty key or value is allowed); a limit is None
 (unlimited) or an int >= 0. A malformed command raises `TypeError` or `ValueError`
@@ -49,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BucketAnswer",
     "BucketCommand",
+    "BucketDropped",
     "BucketMachine",
     "BucketQuery",
     "BucketReply",
@@ -56,7 +67,11 @@ __all__ = [
     "prefix_end",
 ]
 
-BucketCommand: TypeAlias = tuple[Literal["put"], bytes, bytes] | tuple[Literal["delete"], bytes]
+BucketCommand: TypeAlias = (
+    tuple[Literal["put"], bytes, bytes]
+    | tuple[Literal["delete"], bytes]
+    | tuple[Literal["tombstone"]]
+)
 BucketReply: TypeAlias = bool | None
 BucketQuery: TypeAlias = (
     tuple[Literal["get"], bytes]
@@ -71,20 +86,30 @@ BucketAnswer: TypeAlias = (
 )
 
 _REPR_LIMIT = 80
+_TOMBSTONE_SNAPSHOT = {"tombstone": True}
+
+
+class BucketDropped(LookupError):
+    """A command or query reached a bucket whose group was fenced by DROP.
+
+    Its type name is what the runtime sees in the `CommandFailed` of every replica
+    (`BucketDropped.__name__`) and turns into NOT FOUND."""
 
 
 class BucketState:
     """The keys of one bucket in order, and the bytes they hold (keys + values).
 
     `items` is a `SortedDict[bytes, bytes]`; read it freely, but change it only
-    through `BucketMachine.apply` so `size` stays right.
+    through `BucketMachine.apply` so `size` stays right. `dropped` is True once the
+    bucket's tombstone is applied; it never goes back to False.
     """
 
-    __slots__ = ("frozen", "items", "size")
+    __slots__ = ("dropped", "frozen", "items", "size")
 
-    def __init__(self, items: Any = None, size: int = 0) -> None:
+    def __init__(self, items: Any = None, size: int = 0, *, dropped: bool = False) -> None:
         self.items: Any = SortedDict() if items is None else items
         self.size = size
+        self.dropped = dropped
         self.frozen: Any = None
         """While a snapshot stream is open: a `SortedDict` of each key changed since
         the freeze -> its value then (None: the key did not exist)."""
@@ -99,6 +124,8 @@ class BucketState:
         return len(self.items)
 
     def __repr__(self) -> str:
+        if self.dropped:
+            return "BucketState(dropped)"
         return f"BucketState(keys={len(self.items)}, size={self.size})"
 
 
@@ -110,6 +137,14 @@ class BucketMachine:
         return BucketState()
 
     def apply(self, state: BucketState, command: BucketCommand) -> tuple[BucketReply, BucketState]:
+        if command == ("tombstone",):
+            if state.dropped:
+                return False, state
+            # The keys are gone with the bucket; a fenced group holds nothing. A snapshot
+            # being built keeps reading the old state object, frozen as it was.
+            return True, BucketState(dropped=True)
+        if state.dropped:
+            raise BucketDropped("the bucket was dropped")
         match command:
             case ("put", key, value):
                 _check_bytes("key", key)
@@ -135,6 +170,8 @@ class BucketMachine:
                 raise ValueError(f"not a bucket command: {_short(command)}")
 
     def query(self, state: BucketState, query: BucketQuery) -> BucketAnswer:
+        if state.dropped:
+            raise BucketDropped("the bucket was dropped")
         items = state.items
         match query:
             case ("get", key):
@@ -175,7 +212,11 @@ class BucketMachine:
                 raise ValueError(f"not a bucket query: {_short(query)}")
 
     def snapshot(self, state: BucketState) -> bytes:
-        """msgpack of the flat list [key1, value1, key2, value2, ...] in key order."""
+        """msgpack of the flat list [key1, value1, key2, value2, ...] in key order, or
+        of the map {"tombstone": true} for a dropped bucket."""
+        if state.dropped:
+            tombstone: bytes = msgpack.packb(_TOMBSTONE_SNAPSHOT, use_bin_type=True)
+            return tombstone
         flat = list(chain.from_iterable(state.items.items()))
         packed: bytes = msgpack.packb(flat, use_bin_type=True)
         return packed
@@ -209,7 +250,7 @@ class BucketRestorer:
     their keys; `finish` checks nothing is left over and hands the state out. Any
     malformation raises `ValueError` (then the restorer is of no further use)."""
 
-    __slots__ = ("_fed", "_items", "_previous", "_seen", "_size", "_unpacker")
+    __slots__ = ("_dropped", "_fed", "_items", "_previous", "_seen", "_size", "_unpacker")
 
     def __init__(self) -> None:
         self._unpacker = msgpack.Unpacker(
@@ -224,6 +265,7 @@ class BucketRestorer:
         self._previous: bytes | None = None
         self._seen = False
         self._fed = 0
+        self._dropped = False
 
     def feed(self, piece: bytes) -> None:
         self._unpacker.feed(piece)
@@ -231,6 +273,11 @@ class BucketRestorer:
         items = self._items
         try:
             for flat in self._unpacker:
+                if flat == _TOMBSTONE_SNAPSHOT and not self._seen:
+                    self._seen = self._dropped = True
+                    continue
+                if self._dropped:
+                    raise ValueError("bucket snapshot: data after the tombstone")
                 self._seen = True
                 if not isinstance(flat, tuple) or len(flat) % 2:
                     raise ValueError(
@@ -257,6 +304,8 @@ class BucketRestorer:
     def finish(self) -> BucketState:
         if not self._seen or self._unpacker.tell() != self._fed:
             raise ValueError("not a bucket snapshot: undecodable")
+        if self._dropped:
+            return BucketState(dropped=True)
         return BucketState(self._items, self._size)
 
 
@@ -277,12 +326,13 @@ class BucketSnapshotStream:
     last key served) stays correct whatever was inserted or deleted meanwhile.
     """
 
-    __slots__ = ("_done", "_last", "_state", "_undo")
+    __slots__ = ("_done", "_last", "_state", "_tombstone", "_undo")
 
     def __init__(self, state: BucketState) -> None:
         if state.frozen is not None:
             raise RuntimeError("a snapshot of this bucket is already being built")
         self._state = state
+        self._tombstone = state.dropped
         self._undo: Any = SortedDict()
         state.frozen = self._undo
         self._last: bytes | None = None
@@ -294,6 +344,10 @@ class BucketSnapshotStream:
     def __next__(self) -> bytes:
         if self._done:
             raise StopIteration
+        if self._tombstone:
+            self.close()
+            tombstone: bytes = msgpack.packb(_TOMBSTONE_SNAPSHOT, use_bin_type=True)
+            return tombstone
         items = self._state.items
         undo = self._undo
         last = self._last

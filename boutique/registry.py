@@ -17,9 +17,19 @@ A bucket's group id is `b/<name>/<seq>`, with `seq` taken from the registry's co
 when the bucket is created, so a bucket dropped and created again under the same name
 gets a new group and never sees the old group's log.
 
+Leaving the registry is the second step of a DROP. The first is a tombstone committed
+in the bucket's own group: this registry is replicated by the meta group, whose
+majority is a different set of nodes from the bucket group's, so dropping the entry
+here alone fences nothing (a bucket-group majority cut off from the meta majority
+would go on accepting writes that vanish once it hears of the drop).
+
 Commands (reply in parentheses):
     ("create", name)                 ("created", info) or ("exists", info); idempotent
-    ("drop", name)                   (whether it existed)
+    ("drop", name)                   (whether it existed); replayed from old logs only
+    ("drop", name, group)            (whether it existed as `group`): a DROP proposes
+                                     this after `group` committed its tombstone (see
+                                     `boutique.buckets`), so it never removes a newer
+                                     incarnation that was not fenced
     ("set_ranges", ranges)           ("set", new ranges version)
     ("set_ranges", ranges, version)  the same if the ranges version is `version`, else
                                      ("stale", current version): a bootstrap proposes
@@ -84,7 +94,7 @@ Wire: TypeAlias = dict[str, WireValue]
 """The msgpack-ready form of a `Range` or a `BucketInfo`."""
 
 RegistryCommand: TypeAlias = tuple[object, ...]
-"""("create", name), ("drop", name), ("set_ranges", ranges[, version]), and the online
+"""("create", name), ("drop", name[, group]), ("set_ranges", ranges[, version]), and the online
 changes of `boutique.placement`: ("add_node", info), ("drain_node", id),
 ("remove_node", id), ("start_move", range, frm, to), ("set_bucket_replicas", name,
 group, replicas), ("finish_move", range), ("split_range", range, at)."""
@@ -433,6 +443,15 @@ class RegistryMachine:
             case ("drop", raw_name):
                 name = validate_bucket_name(raw_name)
                 return state.buckets.pop(name, None) is not None, state
+            case ("drop", raw_name, group):
+                name = validate_bucket_name(raw_name)
+                if type(group) is not str:
+                    raise TypeError("drop: the group must be a str")
+                current = state.buckets.get(name)
+                if current is None or current.group != group:
+                    return False, state
+                del state.buckets[name]
+                return True, state
             case ("set_ranges", wire):
                 ranges = RangeMap.from_wire(wire)
                 state.ranges = ranges

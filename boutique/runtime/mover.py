@@ -5,6 +5,9 @@ the registry as that leader has applied it and takes the next step of every chan
 flight; every step is idempotent and everything it needs to resume is in Raft groups,
 so a mover that dies (or a leader that changes) mid-move simply continues next round:
 
+* on every node (leader of the meta group or not): a bucket group this node leads that
+  is fenced by a DROP's tombstone but still in the registry leaves the registry;
+
 * every registry node is a member of the meta group (voters as configured, the others
   learners), and nodes removed from the registry leave it;
 * a leaving node's ranges are each moved to another active node, and once nothing
@@ -51,6 +54,7 @@ class Mover:
     async def run(self) -> None:
         while True:
             await trio.sleep(ROUND)
+            await self._finish_drops()
             if not self.node.is_meta_leader():
                 continue
             self.rounds += 1
@@ -69,6 +73,20 @@ class Mover:
         await self._drain_leaving_nodes(state)
         for move in list(state.moves.values()):
             await self._advance_move(move, state)
+
+    # --- Drops cut short ---------------------------------------------------------------
+
+    async def _finish_drops(self) -> None:
+        """Take fenced buckets this node's groups lead out of the registry: a DROP whose
+        tombstone committed but whose registry step never happened (its node died, its
+        meta write timed out). Run by every node, for the groups it leads, since the
+        meta leader may host none of them."""
+        for info in self.node.fenced_but_listed():
+            try:
+                await self._registry("drop", info.name, info.group)
+                log.info("mover: finished the drop of bucket %s (%s)", info.name, info.group)
+            except RoutingError as exc:
+                log.info("mover: drop of %s: will retry: %s", info.name, exc)
 
     # --- The meta group -----------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 The meta group replicates the registry (range map and bucket catalog). Whenever it
 applies a ``create`` or ``drop``, every node that replicates the bucket's range opens or
 closes the bucket's own Raft group; after a restart or a snapshot the whole catalog is
-reconciled with the groups on disk. A new bucket's preferred leader (the first replica of
+reconciled with the groups on disk. A bucket leaves the registry only after its own group
+committed a tombstone (see ``Router.drop``); until then it stays open here. A new bucket's preferred leader (the first replica of
 its range) campaigns at once, so a bucket is writable one round trip after ``CREATE``.
 """
 
@@ -198,6 +199,22 @@ class Node(RaftHost):
             return {}
         buckets: dict[str, BucketInfo] = meta.host.state.buckets
         return buckets
+
+    def fenced_but_listed(self) -> list[BucketInfo]:
+        """Buckets whose group this node leads, that the group's tombstone fenced, but
+        that the registry (as applied here) still lists: DROPs cut short between their
+        two steps. Finishing them is idempotent (see ``Mover``)."""
+        catalog = self.catalog()
+        found = []
+        for group_id, group in self.groups.items():
+            if group_id == META_GROUP or group.node.raft.role is not Role.LEADER:
+                continue
+            if not getattr(group.host.state, "dropped", False):
+                continue
+            info = catalog.get(group_id.split("/")[1])
+            if info is not None and info.group == group_id:
+                found.append(info)
+        return found
 
     def _reconcile_all(self, *, close: bool) -> None:
         """Host every bucket this node replicates or is receiving in a move; with

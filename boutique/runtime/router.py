@@ -10,6 +10,12 @@ deadline. The caller gets exactly one answer, classed as the wire contract wants
 * ``OutcomeUnknown`` — a write was handed to a leader but its fate was not learnt;
 * ``NotFound`` — the bucket does not exist (decided by a linearizable registry read);
 * ``CommandRejected`` — the state machine refused the command (bad input).
+
+DROP is two steps (see ``Router.drop``): a tombstone committed in the bucket's own
+group, after which that group answers every request with ``BucketDropped`` on every
+replica, then the registry entry goes. A request that meets a fenced group is answered
+``NotFound`` only once a linearizable registry read shows no newer incarnation of the
+bucket; if there is one (a re-CREATE), the request goes there instead.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import trio
 
+from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost
 from boutique.registry import BucketInfo
 
@@ -32,6 +39,25 @@ class RoutingError(Exception):
 
 class NotFound(RoutingError):
     """The bucket does not exist."""
+
+
+class GroupFenced(NotFound):
+    """The request reached a bucket group fenced by a DROP's tombstone. Internal to the
+    router: callers see ``NotFound`` (or the request goes to a newer incarnation)."""
+
+    def __init__(self, group: str) -> None:
+        super().__init__(group)
+        self.group = group
+
+
+_BUCKET_DROPPED = BucketDropped.__name__
+_FENCE_RETRIES = 3
+"""How many times one request follows a bucket to a newer incarnation before giving up
+(each time the bucket was dropped and created again while the request ran)."""
+
+
+def _is_fenced(failed: CommandFailed) -> bool:
+    return failed.error_type == _BUCKET_DROPPED
 
 
 class Unavailable(RoutingError):
@@ -60,60 +86,134 @@ class Router:
     # --- Buckets ------------------------------------------------------------------------
 
     async def create(self, name: str) -> BucketInfo:
-        reply = await self._write(META_GROUP, self._meta_replicas(), ("create", name))
-        return BucketInfo.from_wire(reply[1])
+        for _ in range(_FENCE_RETRIES):
+            reply = await self._write(META_GROUP, self._meta_replicas(), ("create", name))
+            info = BucketInfo.from_wire(reply[1])
+            if reply[0] == "created":
+                return info
+            # It exists; unless a DROP fenced it and was cut short before leaving the
+            # registry. Then finish that DROP and create a new incarnation.
+            try:
+                await self._read(info.group, self.node.bucket_hosts(info), ("count",))
+            except GroupFenced:
+                await self._write(META_GROUP, self._meta_replicas(), ("drop", name, info.group))
+                continue
+            return info
+        raise Unavailable(f"bucket {name} was dropped again and again while being created")
 
     async def drop(self, name: str) -> bool:
-        await self.lookup(name)  # NOT FOUND for a bucket that does not exist
-        existed = await self._write(META_GROUP, self._meta_replicas(), ("drop", name))
-        return bool(existed)
+        """Fence the bucket's group with a tombstone, then take it out of the registry.
+
+        The tombstone's commit is the DROP's instant: from then on no replica of the
+        group answers anything but NOT FOUND, whichever nodes are cut off from the meta
+        group. If the registry step does not happen (this node dies, the meta group is
+        out of reach), the bucket answers NOT FOUND anyway and the next DROP or CREATE
+        of the name, or the group leader's mover, finishes it."""
+        info = await self.lookup(name)  # NOT FOUND for a bucket that does not exist
+        for _ in range(_FENCE_RETRIES):
+            try:
+                fenced_now = await self._write(
+                    info.group, self.node.bucket_hosts(info), ("tombstone",), bucket=name
+                )
+            except (NotFound, Unavailable):
+                # Certainly not fenced. This node's catalog may have been stale (the
+                # group is gone, or another incarnation is listed): ask the registry.
+                newer = await self._registry_lookup(name)
+                if newer is None:
+                    raise NotFound(name) from None
+                if newer.group == info.group:
+                    raise
+                info = newer
+                continue
+            await self._write(META_GROUP, self._meta_replicas(), ("drop", name, info.group))
+            if fenced_now:
+                return True
+            # Another DROP fenced this incarnation first; the bucket may exist again.
+            newer = await self._registry_lookup(name)
+            if newer is None or newer.group == info.group:
+                raise NotFound(name)
+            info = newer
+        raise Unavailable(f"bucket {name} was dropped and created again while dropping it")
 
     async def buckets(self) -> list[str]:
         names = await self._read(META_GROUP, self._meta_replicas(), ("list",))
         return list(names)
 
     async def lookup(self, name: str) -> BucketInfo:
-        """The bucket's catalog entry. A local hit is trusted (buckets only disappear by
-        DROP, whose group then refuses requests); a miss is confirmed by a linearizable
-        read of the registry before ``NotFound`` is raised."""
+        """The bucket's catalog entry. A local hit is trusted (a dropped bucket's group
+        is fenced, and a request that meets the fence confirms with the registry); a
+        miss is confirmed by a linearizable read of the registry before ``NotFound`` is
+        raised."""
         info = self.node.catalog().get(name)
         if info is not None:
             return info
-        wire = await self._read(META_GROUP, self._meta_replicas(), ("lookup", name))
-        if wire is None:
+        found = await self._registry_lookup(name)
+        if found is None:
             raise NotFound(name)
-        return BucketInfo.from_wire(wire)
+        return found
+
+    async def _registry_lookup(self, name: str) -> BucketInfo | None:
+        wire = await self._read(META_GROUP, self._meta_replicas(), ("lookup", name))
+        return None if wire is None else BucketInfo.from_wire(wire)
+
+    async def _in_bucket(self, bucket: str, kind: str, body: tuple[Any, ...]) -> Any:
+        """Run a key command (``kind`` "w") or query ("r") in the bucket's group. A
+        fenced group means NOT FOUND, unless the registry, read linearizably after the
+        fence was seen, lists a newer incarnation: then the request goes there."""
+        info = await self.lookup(bucket)
+        for _ in range(_FENCE_RETRIES):
+            try:
+                if kind == "w":
+                    return await self._write(info.group, info.replicas, body, bucket=bucket)
+                return await self._read(info.group, info.replicas, body, bucket=bucket)
+            except GroupFenced as fenced:
+                newer = await self._registry_lookup(bucket)
+                if newer is None or newer.group == fenced.group:
+                    raise NotFound(bucket) from None
+                info = newer
+            except NotFound:
+                # This node's catalog lists another incarnation now: it exists unless
+                # the registry says otherwise.
+                newer = await self._registry_lookup(bucket)
+                if newer is None:
+                    raise
+                info = newer
+            except Unavailable:
+                # No replica served it. If this node has meanwhile applied the bucket's
+                # drop, its replicas may have closed the group: ask the registry.
+                if self.node.catalog().get(bucket) is not None:
+                    raise
+                newer = await self._registry_lookup(bucket)
+                if newer is None:
+                    raise NotFound(bucket) from None
+                if newer.group == info.group:
+                    raise
+                info = newer
+        raise Unavailable(f"bucket {bucket} was dropped and created again while routing")
 
     # --- Keys ---------------------------------------------------------------------------
 
     async def put(self, bucket: str, key: bytes, value: bytes) -> None:
-        info = await self.lookup(bucket)
-        await self._write(info.group, info.replicas, ("put", key, value), bucket=bucket)
+        await self._in_bucket(bucket, "w", ("put", key, value))
 
     async def delete(self, bucket: str, key: bytes) -> bool:
-        info = await self.lookup(bucket)
-        return bool(await self._write(info.group, info.replicas, ("delete", key), bucket=bucket))
+        return bool(await self._in_bucket(bucket, "w", ("delete", key)))
 
     async def get(self, bucket: str, key: bytes) -> bytes | None:
-        info = await self.lookup(bucket)
-        value = await self._read(info.group, info.replicas, ("get", key), bucket=bucket)
+        value = await self._in_bucket(bucket, "r", ("get", key))
         return value if value is None else bytes(value)
 
     async def keys(
         self, bucket: str, prefix: bytes | None, limit: int | None, start: bytes = b""
     ) -> list[bytes]:
-        info = await self.lookup(bucket)
         # The three-part query when there is no start: what every node understands.
         query = ("keys", prefix, limit, start) if start else ("keys", prefix, limit)
-        return list(await self._read(info.group, info.replicas, query, bucket=bucket))
+        return list(await self._in_bucket(bucket, "r", query))
 
     async def scan(
         self, bucket: str, start: bytes, end: bytes | None, limit: int | None
     ) -> list[tuple[bytes, bytes]]:
-        info = await self.lookup(bucket)
-        pairs = await self._read(
-            info.group, info.replicas, ("scan", start, end, limit), bucket=bucket
-        )
+        pairs = await self._in_bucket(bucket, "r", ("scan", start, end, limit))
         return [(bytes(k), bytes(v)) for k, v in pairs]
 
     # --- Without a task -----------------------------------------------------------------
@@ -145,7 +245,11 @@ class Router:
 
         def done(outcome: Outcome) -> None:
             if type(outcome) is Applied:
-                self.leader_hints[group] = target
+                if isinstance(outcome.reply, CommandFailed) and _is_fenced(outcome.reply):
+                    # Not settled here: the full router checks for a newer incarnation.
+                    outcome = Rejected("the bucket's group was dropped")
+                else:
+                    self.leader_hints[group] = target
             then(outcome)
 
         pending = Pending(then=done)
@@ -193,7 +297,10 @@ class Router:
         if self.node.config.unsafe_local_reads and group != META_GROUP and local is not None:
             # The planted bug the distributed harness must catch: a replica's local
             # state may be stale (a partitioned ex-leader, a lagging follower).
-            return local.host.query(query)
+            try:
+                return local.host.query(query)
+            except BucketDropped:
+                raise GroupFenced(group) from None
         return await self._route(group, replicas, "r", query, bucket)
 
     async def _route(
@@ -202,6 +309,7 @@ class Router:
         node = self.node
         deadline = trio.current_time() + node.config.request_timeout
         target = self._first_target(group, replicas)
+        listed = node.catalog().get(bucket) if bucket is not None else None
         backoff = 0.01
         tried: list[int] = []
         last_reason = "no replica answered"
@@ -215,6 +323,8 @@ class Router:
             else:
                 outcome = await node.forward(target, group, kind, body, remaining)
             match outcome:
+                case Applied(CommandFailed() as failed) if _is_fenced(failed):
+                    raise GroupFenced(group)
                 case Applied(CommandFailed() as failed):
                     raise CommandRejected(failed)
                 case Applied(reply):
@@ -249,6 +359,10 @@ class Router:
                 info = self.node.catalog().get(bucket)
                 if info is not None and info.group != group:
                     raise NotFound(bucket)
+                if listed is not None and info is None:
+                    # Dropped here since the request began: its group may be closed on
+                    # every replica, so waiting out the deadline would serve nothing.
+                    raise Unavailable(f"bucket {bucket} left this node's catalog")
 
     def _first_target(self, group: str, replicas: tuple[int, ...]) -> int:
         """Where a request to ``group`` goes first: the last node that answered as its

@@ -9,7 +9,12 @@ is ideal). This module only records; it never judges, and it never talks to the 
 
 Outcomes follow Jepsen: ``OK`` took effect, ``FAIL`` certainly did not (``ERR UNAVAILABLE``
 and friends), ``UNKNOWN`` may or may not have (``ERR TIMEOUT``, a dropped connection, or an
-operation still pending when the test stopped).
+operation still pending when the test stopped). ``NOT_FOUND`` is a completed answer of its
+own: the bucket did not exist at some instant of the operation, which had no effect.
+
+Besides ``put``/``get``/``delete`` of one key, a history may hold ``create`` and ``drop`` of
+a whole bucket (DROP/re-CREATE churn). Their ``key`` is the bucket itself, the *scope*
+that the checker maps each key to (see ``check_kv_history``'s ``scope_of``).
 """
 
 from __future__ import annotations
@@ -19,13 +24,30 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DELETE", "GET", "KINDS", "PUT", "WRITE_KINDS", "History", "Operation", "Outcome"]
+__all__ = [
+    "BUCKET_KINDS",
+    "CREATE",
+    "DELETE",
+    "DROP",
+    "GET",
+    "KINDS",
+    "PUT",
+    "WRITE_KINDS",
+    "History",
+    "Operation",
+    "Outcome",
+]
 
 PUT: Final = "put"
 GET: Final = "get"
 DELETE: Final = "delete"
-KINDS: Final = frozenset({PUT, GET, DELETE})
+CREATE: Final = "create"
+DROP: Final = "drop"
+BUCKET_KINDS: Final = frozenset({CREATE, DROP})
+"""Operations on a whole bucket: their ``key`` is the bucket (a scope of keys)."""
+KINDS: Final = frozenset({PUT, GET, DELETE}) | BUCKET_KINDS
 WRITE_KINDS: Final = frozenset({PUT, DELETE})
+"""Writes of one key."""
 
 
 class Outcome(enum.Enum):
@@ -37,6 +59,9 @@ class Outcome(enum.Enum):
     """Certainly had no effect."""
     UNKNOWN = "unknown"
     """May or may not have taken effect, at any instant after invocation (Jepsen's "info")."""
+    NOT_FOUND = "not found"
+    """Completed without effect: the bucket did not exist at some instant between
+    invocation and completion (a read of "no bucket")."""
 
 
 @dataclass(slots=True)
@@ -45,8 +70,9 @@ class Operation:
 
     client: int
     kind: str
-    """``"put"``, ``"get"`` or ``"delete"``."""
+    """``"put"``, ``"get"``, ``"delete"``, or ``"create"``/``"drop"`` of a bucket."""
     key: str
+    """The key; for ``create`` and ``drop``, the bucket."""
     value: str | None
     """The value written by a put; ``None`` for get and delete."""
     invoked: float

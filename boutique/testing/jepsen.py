@@ -9,6 +9,11 @@
    operation goes into one ``History`` with invoke and complete times from one
    monotonic clock, classed ok / fail / unknown from the reply (``maybe_applied``).
    Every PUT writes a value no other PUT writes.
+   With ``options.churn_buckets``, those buckets (created before the run too) take the
+   same client operations while one more task drops and re-creates them, in turn,
+   every ``options.churn_interval`` seconds. For them NOT FOUND is an answer (a read
+   of "no bucket"), and the checker models a DROP as setting every key of the bucket
+   to "no bucket" and a CREATE as turning that into absent.
 3. Meanwhile the nemesis injects one fault at a time from ``options.faults`` (kills,
    pauses, partitions, leader transfers, replica moves: see ``FAULTS``), holds it,
    heals it, and logs both instants.
@@ -44,7 +49,18 @@ import trio
 
 from boutique.client import AsyncClient, ClientError, ConnectionLost, NotFound
 from boutique.testing.external_cluster import ExternalCluster
-from boutique.testing.history import DELETE, GET, PUT, WRITE_KINDS, History, Operation, Outcome
+from boutique.testing.history import (
+    BUCKET_KINDS,
+    CREATE,
+    DELETE,
+    DROP,
+    GET,
+    PUT,
+    WRITE_KINDS,
+    History,
+    Operation,
+    Outcome,
+)
 from boutique.testing.linearizability import CheckResult, check_kv_history
 from boutique.testing.local_cluster import LocalCluster
 
@@ -53,6 +69,8 @@ Cluster = LocalCluster | ExternalCluster
 
 __all__ = [
     "BUCKETS",
+    "CHURN_BUCKETS",
+    "CHURN_CLIENT",
     "FAULTS",
     "FINAL_CLIENT",
     "PROBE_CLIENT",
@@ -74,6 +92,7 @@ __all__ = [
     "Route",
     "TransferLeader",
     "admin",
+    "bucket_of",
     "history_key",
     "lost_acknowledged_writes",
     "make_faults",
@@ -82,6 +101,11 @@ __all__ = [
 BUCKETS: Final = ("apples", "hats", "oranges", "zebras")
 """One bucket in each range of the default split (a-g, h-n, o-u, v-z)."""
 
+CHURN_BUCKETS: Final = ("pears",)
+"""The bucket the churn drops and re-creates (range o-u), next to ``BUCKETS``."""
+
+CHURN_CLIENT: Final = 900
+"""Client id of the task that drops and re-creates ``options.churn_buckets``."""
 FINAL_CLIENT: Final = 1000
 """Client id of the checker's own reads after the run (recovery probes, final reads)."""
 PROBE_CLIENT: Final = 2000
@@ -130,6 +154,11 @@ class JepsenOptions:
     max_states: int = 2_000_000
     """Per-key bound on the linearizability search (``check_kv_history``)."""
     seed: int = 0
+    churn_buckets: tuple[str, ...] = ()
+    """Buckets that are dropped and re-created during the run (e.g. ``CHURN_BUCKETS``);
+    clients use them like the others. Their names must not be in ``buckets``."""
+    churn_interval: float = 2.0
+    """Seconds (randomly 0.5x to 1.5x) between two churn steps (a DROP or a CREATE)."""
 
 
 # --- the nemesis ---------------------------------------------------------------------
@@ -502,13 +531,26 @@ class JepsenResult:
             f"operations: {total}  ok {self.count(outcome=Outcome.OK)}"
             f"  fail {self.count(outcome=Outcome.FAIL)}"
             f"  unknown {self.count(outcome=Outcome.UNKNOWN)}"
+            + (
+                f"  not found {self.count(outcome=Outcome.NOT_FOUND)}"
+                if self.options.churn_buckets
+                else ""
+            )
             + ("  (interrupted)" if self.interrupted else "")
         )
-        for kind in (PUT, GET, DELETE):
+        kinds = (
+            (PUT, GET, DELETE, DROP, CREATE) if self.options.churn_buckets else (PUT, GET, DELETE)
+        )
+        for kind in kinds:
             lines.append(
                 f"  {kind:<6} ok {self.count(kind, Outcome.OK):>6}"
                 f"  fail {self.count(kind, Outcome.FAIL):>6}"
                 f"  unknown {self.count(kind, Outcome.UNKNOWN):>6}"
+                + (
+                    f"  not found {self.count(kind, Outcome.NOT_FOUND):>6}"
+                    if self.options.churn_buckets
+                    else ""
+                )
             )
         if self.errors:
             shown = ", ".join(f"{name} {n}" for name, n in self.errors.most_common())
@@ -544,35 +586,55 @@ def history_key(bucket: str, key: str) -> str:
     return f"{bucket}/{key}"
 
 
+def bucket_of(hkey: str) -> str:
+    """The bucket of a ``history_key`` (the checker's ``scope_of``); a DROP or CREATE
+    is recorded with the bucket itself as its key."""
+    return hkey.split("/", 1)[0]
+
+
 def lost_acknowledged_writes(operations: Sequence[Operation]) -> list[LostWrite]:
     """Acknowledged writes the final reads (client ``FINAL_CLIENT``) show were lost.
 
-    The final read of a key returns a value some write produced (a PUT of that value,
-    or for "absent" a DELETE or the initial state). An acknowledged write invoked after
-    every possible producer of that value completed was certainly ordered after it, so
-    the key should show that write or a later one: it was lost. An unknown producer may
-    take effect at any time, so it excuses everything. This is a plain, nameable subset
-    of what the linearizability check finds.
+    The final read of a key returns a value some write produced (a PUT of that value;
+    for "absent" a DELETE, a CREATE after a DROP, or the initial state; for NOT FOUND a
+    DROP). An acknowledged write invoked after every possible producer of that value
+    completed was certainly ordered after it, so the key should show that write or a
+    later one: it was lost. An acknowledged DROP counts as a write of every key of its
+    bucket (the data it removed must stay removed). An unknown producer may take
+    effect at any time, so it excuses everything. This is a plain, nameable subset of
+    what the linearizability check finds.
     """
     by_key: dict[str, list[Operation]] = {}
+    by_bucket: dict[str, list[Operation]] = {}
     for op in operations:
-        by_key.setdefault(op.key, []).append(op)
+        if op.kind in BUCKET_KINDS:
+            by_bucket.setdefault(op.key, []).append(op)
+        else:
+            by_key.setdefault(op.key, []).append(op)
     lost: list[LostWrite] = []
-    for ops in by_key.values():
+    for hkey, own in by_key.items():
+        ops = own + by_bucket.get(bucket_of(hkey), [])
         finals = [
             op
             for op in ops
-            if op.client == FINAL_CLIENT and op.kind == GET and op.outcome is Outcome.OK
+            if op.client == FINAL_CLIENT
+            and op.kind == GET
+            and op.outcome in (Outcome.OK, Outcome.NOT_FOUND)
         ]
         if not finals:
             continue
         final = finals[-1]
+        gone = final.outcome is Outcome.NOT_FOUND
         producers = [
             op
             for op in ops
-            if op.kind in WRITE_KINDS
-            and op.outcome is not Outcome.FAIL
-            and (op.value == final.result if op.kind == PUT else final.result is None)
+            if op.outcome in (Outcome.OK, Outcome.UNKNOWN)
+            and (
+                (op.kind == DROP)
+                if gone
+                else (op.kind == PUT and op.value == final.result)
+                or (final.result is None and op.kind in (DELETE, CREATE))
+            )
         ]
         latest = -math.inf
         for op in producers:
@@ -580,13 +642,17 @@ def lost_acknowledged_writes(operations: Sequence[Operation]) -> list[LostWrite]
         lost.extend(
             LostWrite(op, final)
             for op in ops
-            if op.kind in WRITE_KINDS
+            if (op.kind in WRITE_KINDS or op.kind == DROP)
             and op.outcome is Outcome.OK
             and op.client != FINAL_CLIENT
             and op.invoked > latest
             and op.invoked < final.invoked
         )
-    return lost
+    # A DROP lost shows on every key of its bucket: name it once.
+    unique: dict[int, LostWrite] = {}
+    for found in lost:
+        unique.setdefault(id(found.write), found)
+    return list(unique.values())
 
 
 # --- the run -------------------------------------------------------------------------
@@ -680,6 +746,8 @@ class Jepsen:
                 for client in range(self.options.clients):
                     work.start_soon(self._client, client, until)
                 work.start_soon(self._nemesis, until)
+                if self.options.churn_buckets:
+                    work.start_soon(self._churn, until)
             nursery.cancel_scope.cancel()
         await trio.to_thread.run_sync(self._heal_all)
         await self._recover()
@@ -690,7 +758,7 @@ class Jepsen:
 
     async def _create_buckets(self) -> None:
         deadline = self.clock() + self.options.recovery_timeout
-        for bucket in self.options.buckets:
+        for bucket in (*self.options.buckets, *self.options.churn_buckets):
             while True:
                 try:
                     node = self.rng.choice(self._nodes())
@@ -732,7 +800,7 @@ class Jepsen:
                 kind = GET if roll < opts.read_fraction else PUT
                 if kind == PUT and roll > 1 - opts.delete_fraction:
                     kind = DELETE
-                bucket = rng.choice(opts.buckets)
+                bucket = rng.choice((*opts.buckets, *opts.churn_buckets))
                 key = rng.choice(self._keys())
                 wanted = self.route(client, kind, self.ctx.cut_off) if self.route else None
                 if wanted is None and (conn is None or rng.random() < opts.switch_node):
@@ -790,6 +858,9 @@ class Jepsen:
             self.errors["client timeout"] += 1
             return op, False
         except NotFound:
+            if bucket in self.options.churn_buckets:
+                self.history.complete(op, self.clock(), Outcome.NOT_FOUND)
+                return op, True
             # The buckets were created (and acknowledged) before the run and are never
             # dropped: NOT FOUND is a wrong answer, not a failure to serve.
             self.history.complete(op, self.clock(), Outcome.FAIL)
@@ -804,6 +875,38 @@ class Jepsen:
             return op, not conn.closed
         self.history.complete(op, self.clock(), Outcome.OK, result)
         return op, True
+
+    async def _churn(self, until: float) -> None:
+        """DROP and re-CREATE ``options.churn_buckets`` in turn, through random nodes,
+        one operation at a time, recorded like the clients' (the bucket is the key)."""
+        opts = self.options
+        rng = random.Random(f"{opts.seed}/churn")
+        exists = dict.fromkeys(opts.churn_buckets, True)
+        while self.clock() < until:
+            await trio.sleep(opts.churn_interval * rng.uniform(0.5, 1.5))
+            bucket = rng.choice(opts.churn_buckets)
+            kind = DROP if exists[bucket] else CREATE
+            op = self.history.invoke(CHURN_CLIENT, kind, bucket, None, self.clock())
+            try:
+                async with self._connect(rng.choice(self._nodes())) as conn:
+                    with trio.fail_after(opts.op_timeout):
+                        await (conn.drop(bucket) if kind == DROP else conn.create(bucket))
+            except NotFound:
+                self.history.complete(op, self.clock(), Outcome.NOT_FOUND)
+                exists[bucket] = False
+            except trio.TooSlowError:
+                self.history.complete(op, self.clock(), Outcome.UNKNOWN)
+                exists[bucket] = rng.random() < 0.5  # try either next
+            except ClientError as exc:
+                outcome = _outcome_of(exc)
+                self.history.complete(op, self.clock(), outcome)
+                self.errors[f"{kind} " + (getattr(exc, "code", "") or type(exc).__name__)] += 1
+                if outcome is Outcome.UNKNOWN:
+                    exists[bucket] = rng.random() < 0.5
+            else:
+                self.history.complete(op, self.clock(), Outcome.OK)
+                exists[bucket] = kind == CREATE
+                self.log(f"{self.clock():7.2f} churn: {kind} {bucket}")
 
     # --- the nemesis ----------------------------------------------------------------
 
@@ -914,7 +1017,7 @@ class Jepsen:
                 self.anomalies.append(f"{node} does not list buckets {missing} (BUCKETS)")
 
     async def _final_reads(self) -> None:
-        keys = sorted({op.key for op in self.history.operations()})
+        keys = sorted({op.key for op in self.history.operations() if op.kind not in BUCKET_KINDS})
         deadline = self.clock() + self.options.recovery_timeout
         nodes = self._nodes()
         for hkey in keys:
@@ -932,13 +1035,13 @@ class Jepsen:
         try:
             async with self._connect(node, timeout=2.0) as conn:
                 op, _ = await self._operate(conn, FINAL_CLIENT, kind, bucket, key, value)
-                return op.outcome is Outcome.OK
+                return op.outcome is Outcome.OK or op.outcome is Outcome.NOT_FOUND
         except (ClientError, trio.TooSlowError):
             return False
 
     def _judge(self) -> JepsenResult:
         operations = self.history.operations()
-        check = check_kv_history(operations, max_states=self.options.max_states)
+        check = check_kv_history(operations, max_states=self.options.max_states, scope_of=bucket_of)
         anomalies = list(self.anomalies)
         for bucket, n in sorted(self._missing_buckets.items()):
             anomalies.append(f"NOT FOUND for existing bucket {bucket} ({n} times)")

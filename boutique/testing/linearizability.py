@@ -28,6 +28,18 @@ How:
 Equal timestamps count as concurrent: an operation that completes at ``t`` is not
 ordered before one invoked at ``t``. That can only hide anomalies, never invent them.
 
+Buckets that are dropped and created again (``create``/``drop`` operations, with the
+bucket as their key, and ``scope_of`` mapping each key to its bucket) extend the model:
+a key's register may also hold "no bucket" (``_NO_BUCKET``). ``drop`` sets it, ``create``
+turns it into absent (and leaves anything else alone: CREATE is idempotent), and an
+operation answered NOT FOUND is a read of it. An ``OK`` put, delete or drop needs the
+bucket to exist; an ``UNKNOWN`` one that lands while there is no bucket does nothing.
+Each bucket operation is copied into the sub-history of every key of its bucket, so a
+key is still checked alone: that is a necessary condition for the whole history (one
+bucket's keys share its existence), so an anomaly found is a real one. An ``UNKNOWN``
+drop or create stays open until the last deadline of its key, since a delayed one can
+reset the key or answer a NOT FOUND long after.
+
 This module never touches a store or a clock; it judges a finished history.
 """
 
@@ -35,15 +47,37 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
-from boutique.testing.history import GET, KINDS, PUT, Operation, Outcome
+from boutique.testing.history import (
+    BUCKET_KINDS,
+    CREATE,
+    DELETE,
+    DROP,
+    GET,
+    KINDS,
+    PUT,
+    Operation,
+    Outcome,
+)
 
 __all__ = ["Anomaly", "CheckResult", "check_kv_history"]
 
 # How many linearized operations explain() shows before the point where the search stuck.
 _SHOWN_PREFIX = 8
+
+
+class _NoBucket:
+    """The register value of a key whose bucket does not exist."""
+
+    def __repr__(self) -> str:
+        return "no bucket"
+
+
+_NO_BUCKET: Final = _NoBucket()
+_Value = str | None | _NoBucket
 
 
 @dataclass(frozen=True)
@@ -119,26 +153,44 @@ class CheckResult:
 
 
 def check_kv_history(
-    operations: Iterable[Operation], *, max_states: int = 2_000_000
+    operations: Iterable[Operation],
+    *,
+    max_states: int = 2_000_000,
+    scope_of: Callable[[str], str] | None = None,
 ) -> CheckResult:
     """Check a key-value history for linearizability, one key at a time.
 
     ``max_states`` bounds the configurations the search visits for any one key; a key
-    that exceeds it lands in ``timeouts`` rather than passing.
+    that exceeds it lands in ``timeouts`` rather than passing. ``scope_of`` maps a key
+    to its bucket; it is needed when the history holds ``create``/``drop`` operations
+    (see the module docstring).
     Raises ``ValueError`` on a malformed operation, such as an ``OK`` one without a
-    completion time.
+    completion time, or bucket operations without ``scope_of``.
     """
     by_key: dict[str, list[Operation]] = {}
+    by_bucket: dict[str, list[Operation]] = {}
     for op in operations:
         _validate(op)
-        by_key.setdefault(op.key, []).append(op)
+        if op.kind in BUCKET_KINDS:
+            by_bucket.setdefault(op.key, []).append(op)
+        else:
+            by_key.setdefault(op.key, []).append(op)
+    if by_bucket and scope_of is None:
+        raise ValueError("a history with create or drop operations needs scope_of")
 
     anomalies: list[Anomaly] = []
     timeouts: list[str] = []
-    checked = 0
-    for key in sorted(by_key):
-        checked += sum(map(_takes_part, by_key[key]))
-        verdict = _check_key(key, by_key[key], max_states)
+    checked = sum(map(_takes_part, (op for ops in by_bucket.values() for op in ops)))
+    scopes = {} if scope_of is None else {key: scope_of(key) for key in by_key}
+    subjects = [(key, by_key[key], scopes.get(key)) for key in sorted(by_key)]
+    # A bucket none of whose keys were touched is checked on its own, as a key with no
+    # operations but its bucket's (two acknowledged DROPs in a row are still wrong).
+    touched = set(scopes.values())
+    subjects += [(b, [], b) for b in sorted(by_bucket) if b not in touched]
+    for key, own_ops, bucket in subjects:
+        checked += sum(map(_takes_part, own_ops))
+        key_ops = own_ops + by_bucket.get(bucket, []) if bucket is not None else own_ops
+        verdict = _check_key(key, key_ops, max_states)
         if isinstance(verdict, Anomaly):
             anomalies.append(verdict)
         elif verdict is _Status.TIMEOUT:
@@ -157,7 +209,7 @@ def _validate(op: Operation) -> None:
         raise ValueError(f"unknown operation kind: {op.describe()}")
     if op.kind == PUT and op.value is None:
         raise ValueError(f"a put without a value: {op.describe()}")
-    if op.outcome is Outcome.OK:
+    if op.outcome is Outcome.OK or op.outcome is Outcome.NOT_FOUND:
         if op.completed is None:
             raise ValueError(f"an OK operation without a completion time: {op.describe()}")
         if op.completed < op.invoked:
@@ -165,7 +217,7 @@ def _validate(op: Operation) -> None:
 
 
 def _takes_part(op: Operation) -> bool:
-    if op.outcome is Outcome.OK:
+    if op.outcome is Outcome.OK or op.outcome is Outcome.NOT_FOUND:
         return True
     if op.outcome is Outcome.FAIL:
         return False
@@ -175,6 +227,31 @@ def _takes_part(op: Operation) -> bool:
 
 def _is_ok(op: Operation) -> bool:
     return op.outcome is Outcome.OK
+
+
+def _definite(op: Operation) -> bool:
+    """Completed with a known result (an effect, or a read of "no bucket")."""
+    return op.outcome is Outcome.OK or op.outcome is Outcome.NOT_FOUND
+
+
+def _is_read(op: Operation) -> bool:
+    """A read of the register: an OK get, or anything answered NOT FOUND."""
+    return op.outcome is Outcome.NOT_FOUND or (op.kind == GET and op.outcome is Outcome.OK)
+
+
+def _value_of(op: Operation) -> _Value:
+    """For a read, the value it saw; for a write, the value it leaves (a create: the
+    value it leaves where there was no bucket)."""
+    if op.outcome is Outcome.NOT_FOUND:
+        return _NO_BUCKET
+    match op.kind:
+        case "get":
+            return op.result
+        case "put":
+            return op.value
+        case "drop":
+            return _NO_BUCKET
+    return None  # delete, create
 
 
 class _Status(enum.Enum):
@@ -188,6 +265,7 @@ def _check_key(key: str, key_ops: list[Operation], max_states: int) -> _Status |
     if impossible is not None:
         return impossible
     ops = sorted(filter(_takes_part, key_ops), key=lambda op: op.invoked)
+    # Unknown reads were dropped; what is left that reads is an OK get or a NOT FOUND.
     found = _search(ops, max_states)
     if found.status is _Status.NOT_LINEARIZABLE:
         return _describe_failure(key, ops, found)
@@ -256,30 +334,44 @@ def _search(ops: list[Operation], max_states: int) -> _Found:
       doubling the search for every such write still open.
     """
     n = len(ops)
-    last_read: dict[str | None, float] = {}
+    last_read: dict[_Value, float] = {}
+    last_deadline = -math.inf
     for op in ops:
-        if op.kind == GET:  # every read left here completed OK
-            last_read[op.result] = max(last_read.get(op.result, -math.inf), _done(op))
+        if _is_read(op):
+            observed = _value_of(op)
+            last_read[observed] = max(last_read.get(observed, -math.inf), _done(op))
+        if _definite(op):
+            last_deadline = max(last_deadline, _done(op))
 
     events: list[tuple[float, int, int]] = []
     for i, op in enumerate(ops):
-        if _is_ok(op):
+        if _definite(op):
             events += [(op.invoked, _CALL, i), (_done(op), _DEADLINE, i)]
             continue
-        last = last_read.get(op.value, -math.inf)  # a delete's value None: read as absent
+        # A drop or create changes whether the bucket exists, which every later
+        # operation observes, not only reads of its value: open until the end. A
+        # delete's value is None: read as absent.
+        last = last_deadline if op.kind in BUCKET_KINDS else last_read.get(_value_of(op), -math.inf)
         if last >= op.invoked:  # otherwise no read could see it: it may as well never happen
             events += [(op.invoked, _CALL, i), (last, _LAST_CHANCE, i)]
     events.sort()
 
     # Register values as small ints, so a configuration packs into one int.
-    value_ids: dict[str | None, int] = {None: 0}
+    value_ids: dict[_Value, int] = {None: 0, _NO_BUCKET: 1}
     for op in ops:
-        value_ids.setdefault(op.result if op.kind == GET else op.value, len(value_ids))
+        value_ids.setdefault(_value_of(op), len(value_ids))
+    no_bucket = value_ids[_NO_BUCKET]
     value_bits = max(1, (len(value_ids) - 1).bit_length())
-    is_get = [op.kind == GET for op in ops]
+    is_get = [_is_read(op) for op in ops]
     # For a write, the value it leaves; for a read, the value it must see.
-    arg = [value_ids[op.result if op.kind == GET else op.value] for op in ops]
-    must = [_is_ok(op) for op in ops]
+    arg = [value_ids[_value_of(op)] for op in ops]
+    must = [_definite(op) for op in ops]
+    # An OK put, delete or drop happened in an existing bucket.
+    needs_bucket = [_is_ok(op) and op.kind in (PUT, DELETE, DROP) for op in ops]
+    # A create changes only "no bucket"; an unknown put or delete that lands while there
+    # is no bucket does nothing.
+    is_create = [op.kind == CREATE and not _is_read(op) for op in ops]
+    keeps_no_bucket = [op.kind in (PUT, DELETE) and not _is_ok(op) for op in ops]
 
     # Node 0 is the head, node m + 1 the tail; both sentinels. The tail acts as a
     # deadline, though it is never reached while some OK op is still unplaced.
@@ -323,10 +415,19 @@ def _search(ops: list[Operation], max_states: int) -> _Found:
                     node = nxt[node]
                     continue
                 forced, after = True, value
-            elif is_get[i] or (arg[i] == wanted) != (phase == _WANTED_WRITES):
-                # A read that did not fit in the first pass, or a write for the other pass.
+            elif (
+                is_get[i]
+                or (arg[i] == wanted) != (phase == _WANTED_WRITES)
+                or (needs_bucket[i] and value == no_bucket)
+            ):
+                # A read that did not fit in the first pass, a write for the other pass,
+                # or one that cannot happen while there is no bucket.
                 node = nxt[node]
                 continue
+            elif is_create[i]:
+                forced, after = False, 0 if value == no_bucket else value
+            elif keeps_no_bucket[i] and value == no_bucket:
+                forced, after = False, value
             else:
                 forced, after = False, arg[i]
         elif phase != _OTHER_WRITES:
@@ -419,10 +520,14 @@ def _open_calls(
 def _describe_failure(key: str, ops: list[Operation], found: _Found) -> Anomaly:
     at = found.stuck_at
     involved = [op for op in ops if op.invoked <= at]
-    value: str | None = None
+    value: _Value = None
     for op in found.prefix:
-        if op.kind != GET:
-            value = op.value
+        if _is_read(op):
+            continue
+        if op.kind == CREATE:
+            value = None if value is _NO_BUCKET else value
+        elif value is not _NO_BUCKET or op.kind == DROP:
+            value = _value_of(op)
     shown = "absent" if value is None else repr(value)
     culprit = "an operation" if found.culprit is None else found.culprit.describe()
     message = (

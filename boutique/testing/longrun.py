@@ -3,6 +3,7 @@
     python -m boutique.testing.longrun --seconds 600 --nodes 3
     python -m boutique.testing.longrun --seconds 60 --faults kill_leader,isolate_leader
     python -m boutique.testing.longrun --seconds 30 --unsafe-local-reads   # must FAIL
+    python -m boutique.testing.longrun --seconds 300 --churn 2   # DROP/re-CREATE churn
 
 It starts ``--nodes`` real ``boutique-server`` processes on free loopback ports (data
 under ``--workdir``, a temporary directory by default), prints the setup, lets clients
@@ -34,6 +35,7 @@ import trio
 from boutique.testing.history import Outcome
 from boutique.testing.jepsen import (
     BUCKETS,
+    CHURN_BUCKETS,
     FAULTS,
     Jepsen,
     JepsenOptions,
@@ -76,6 +78,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="plant the stale-read bug in the nodes, to see the harness catch it",
     )
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help=f"drop and re-create bucket(s) {', '.join(CHURN_BUCKETS)} every ~SECONDS while "
+        "clients use them (0: no churn)",
+    )
     parser.add_argument("--progress", type=float, default=30.0, help="seconds between lines")
     parser.add_argument("--quiet", action="store_true", help="do not log each fault")
     args = parser.parse_args(argv)
@@ -112,6 +122,12 @@ def setup_lines(cluster: LocalCluster, options: JepsenOptions, args: argparse.Na
         f"{options.keys_per_bucket} keys each rotating every {options.key_lifetime:g} s, "
         f"reads {options.read_fraction:.0%} deletes {options.delete_fraction:.0%}, "
         f"op timeout {options.op_timeout:g} s"
+        + (
+            f"; churn: DROP/CREATE {', '.join(options.churn_buckets)} every "
+            f"~{options.churn_interval:g} s"
+            if options.churn_buckets
+            else ""
+        )
     )
     lines.append(
         f"nemesis: {', '.join(options.faults) or 'none'}; a fault every "
@@ -175,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_hold=args.fault_hold,
         recovery_timeout=args.recovery_timeout,
         seed=args.seed,
+        churn_buckets=CHURN_BUCKETS if args.churn > 0 else (),
+        churn_interval=args.churn or 2.0,
     )
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="boutique-longrun-")) if temporary else args.workdir

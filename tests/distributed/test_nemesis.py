@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from boutique.client import ClientError
-from boutique.testing.history import DELETE, GET, PUT, History, Outcome
+from boutique.testing.history import CREATE, DELETE, DROP, GET, PUT, History, Outcome
 from boutique.testing.jepsen import (
+    CHURN_BUCKETS,
     FAULTS,
     FINAL_CLIENT,
     Jepsen,
@@ -215,3 +216,25 @@ def test_one_crash_cannot_lose_an_acknowledged_write(tmp_path: Path) -> None:
 
 def _text(value: str | bytes | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def test_nemesis_drop_and_create_churn_under_partitions(tmp_path: Path) -> None:
+    """Issue 14.1: a bucket dropped and re-created over and over while clients use it
+    and partitions cut five nodes (the meta group on all five, each bucket on three, so
+    the two majorities can fall on different sides)."""
+    faults = ("partition", "isolate_leader")
+    options = JepsenOptions(
+        seconds=12.0,
+        faults=faults,
+        fault_interval=0.5,
+        fault_hold=1.5,
+        op_timeout=4.0,
+        churn_buckets=CHURN_BUCKETS,
+        churn_interval=0.7,
+        seed=14,
+    )
+    result = run_jepsen(tmp_path / "cluster", options, nodes=5)
+    assert_healthy(result, faults)
+    assert result.count(DROP, Outcome.OK) >= 2, result.summary()
+    assert result.count(CREATE, Outcome.OK) >= 2, result.summary()
+    assert result.count(outcome=Outcome.NOT_FOUND) >= 1, result.summary()
