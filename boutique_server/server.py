@@ -192,6 +192,17 @@ class LineServer:
         self.live: set[_Connection] = set()
         self.served = 0
         self.refused = 0
+        self.stopping = False
+        """Set when the node drains: new commands get ``ERR UNAVAILABLE`` (certainly not
+        applied), commands already taken on run to their answer."""
+
+    def busy(self) -> bool:
+        """True while some connection has a command without its answer."""
+        return any(c.in_flight.value < c.limit for c in self.live)
+
+    @property
+    def stopping_reply(self) -> bytes:
+        return render(Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} is stopping"))
 
     @property
     def connections(self) -> int:
@@ -467,6 +478,8 @@ class _Connection:
             self._finish(slot, render(self._auth(event)))
         elif not self.authed and not isinstance(event, cmd.Ping | cmd.Help):
             self._finish(slot, render(Error(ErrorCode.AUTH, "authenticate first: AUTH password")))
+        elif self.server.stopping:
+            self._finish(slot, self.server.stopping_reply)
         else:
             try:
                 # No checkpoint when there is room: a pipelined batch is dispatched

@@ -54,6 +54,9 @@ from .transport import PeerTransport
 
 log = logging.getLogger("boutique.host")
 
+GOODBYE = "bye"
+"""Key of the last frame a stopping host sends each peer (``{"bye": True}``)."""
+
 MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
 ticks are always handled)."""
@@ -216,6 +219,14 @@ class RaftHost:
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
         self.counters = HostCounters()
+        self.stopping = False
+        """Set by the drain (``runtime.drain``): requests forwarded by peers are refused
+        as certainly not applied, so their nodes retry elsewhere."""
+        self._halted = False
+        self._serving = 0
+        self._departed: set[int] = set()
+        """Peers that said goodbye (see ``_peer_departed``); cleared by their next frame,
+        which can only come from a restarted process."""
 
     # --- Lifecycle ----------------------------------------------------------------------
 
@@ -324,6 +335,10 @@ class RaftHost:
         if not isinstance(payload, dict):
             log.warning("node %d sent a frame that is not a map; ignored", peer)
             return
+        if payload.get(GOODBYE) is True:
+            self._peer_departed(peer)
+            return
+        self._departed.discard(peer)
         if "r" in payload:
             try:
                 batch = decode_batch(payload["r"])
@@ -352,8 +367,10 @@ class RaftHost:
     # --- The loop -----------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
+        while not self._halted:
             await self._wakeup.wait()
+            if self._halted:
+                return
             self._wakeup = trio.Event()
             self._in_turn = True
             try:
@@ -576,6 +593,50 @@ class RaftHost:
         self._post(_Call(group_id, fn, pending))
         return await pending.wait(timeout)
 
+    # --- Stopping (driven by ``runtime.drain``) -------------------------------------------
+
+    def busy(self) -> bool:
+        """True while a request this host took on (from a local client or a peer) has
+        no outcome yet."""
+        if self._serving or any(p.outcome is None for p in self._tracked):
+            return True
+        if any(p.outcome is None for p, _ in self._forwards.values()):
+            return True
+        return any(group.writes or group.reads for group in self.groups.values())
+
+    @property
+    def serving(self) -> int:
+        """Requests from peers being served by a task (not yet answered)."""
+        return self._serving
+
+    def halt(self) -> None:
+        """End the event loop: from now on this host applies nothing and sends no Raft
+        message. Requests still without an outcome get one now (a write's is unknown)."""
+        self._halted = True
+        self._wakeup.set()
+        for group in self.groups.values():
+            group.close("the node stopped before the outcome was known")
+        while self._tracked:
+            pending = self._tracked.popleft()
+            if pending.outcome is None:
+                pending.resolve(Unknown("the node stopped before the outcome was known"))
+
+    def flush_mail(self) -> None:
+        """Send the answers still waiting for the end of a turn (after ``halt``)."""
+        self._send_mail()
+
+    def _peer_departed(self, peer: int) -> None:
+        """``peer`` said goodbye. It sends that only after answering every request it
+        took on and halting its loop, and frames arrive in order: whatever we forwarded
+        to it and still wait for was refused or never read, so it certainly was not
+        applied and may be retried elsewhere at once, instead of timing out."""
+        log.info("node %d stopped: retrying its requests elsewhere", peer)
+        self._departed.add(peer)
+        for request_id, (pending, to) in list(self._forwards.items()):
+            if to == peer:
+                del self._forwards[request_id]
+                pending.resolve(Rejected(f"node {peer} has stopped"))
+
     # --- Forwarding to other nodes -------------------------------------------------------
 
     def track(self, pending: Pending) -> None:
@@ -635,6 +696,9 @@ class RaftHost:
         transport = self.transport
         if transport is None:
             pending.resolve(Rejected("not started"))
+            return
+        if peer in self._departed:
+            pending.resolve(Rejected(f"node {peer} has stopped"))
             return
         if not (transport.connected(peer) and transport.reachable(peer)):
             pending.resolve(Rejected(f"node {peer} is unreachable"))
@@ -753,6 +817,9 @@ class RaftHost:
         request_id, kind, group_id, body = request
         if not (isinstance(group_id, str) and isinstance(kind, str)):
             return
+        if self.stopping:
+            self._answer_forward(peer, request_id, Rejected(f"node {self.id} is stopping"))
+            return
         if kind in ("w", "r"):
             # The common requests cost no task: the answer is sent from the loop.
             pending = Pending()
@@ -765,7 +832,13 @@ class RaftHost:
     async def _serve_forward(
         self, peer: int, request_id: object, kind: str, group_id: str, body: object
     ) -> None:
-        outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
+        self._serving += 1
+        try:
+            outcome = await self.execute_local(
+                group_id, kind, body, self.settings.request_timeout
+            )
+        finally:
+            self._serving -= 1
         self._answer_forward(peer, request_id, outcome)
 
     def _answer_forward(self, peer: int, request_id: object, outcome: Outcome) -> None:
