@@ -25,7 +25,7 @@ import trio
 from boutique.config import ClusterConfig, NodeConfig
 from boutique.runtime.drain import DrainReport, drain
 from boutique.runtime.join import register
-from boutique.runtime.node import Node
+from boutique.runtime.node import META_GROUP, Node
 from boutique.runtime.router import Router
 
 from .server import LineServer
@@ -113,7 +113,7 @@ async def serve(
                     ) from None
                 raise
             log.info(
-                "node %s serving clients on %s:%d (peers on %s:%d, data in %s)",
+                "node %s listening for clients on %s:%d (peers on %s:%d, data in %s)",
                 me.name,
                 config.listen_host,
                 port,
@@ -121,10 +121,28 @@ async def serve(
                 node.peer_port,
                 me.data_dir,
             )
-            print(f"boutique node {me.name} ready on {config.listen_host}:{port}", flush=True)
+            nursery.start_soon(_announce_when_serving, node, f"{config.listen_host}:{port}")
             stopped = await _drain_on_signal(received, node, server)
             nursery.cancel_scope.cancel()
     return stopped
+
+
+async def _announce_when_serving(node: Node, address: str) -> None:
+    """One line once the node has joined its groups: the meta group (the catalog every
+    request is routed by) has a leader this node knows."""
+    while True:
+        meta = node.groups.get(META_GROUP)
+        if meta is not None and meta.leader:
+            break
+        await trio.sleep(node.settings.tick_interval)
+    print(f"boutique node {node.me.name} ready on {address}", flush=True)
+    log.info(
+        "node %s serving on %s: joined %d groups (meta leader: node %d)",
+        node.me.name,
+        address,
+        len(node.groups),
+        meta.leader,
+    )
 
 
 async def _drain_on_signal(received: AsyncIterator[int], node: Node, server: LineServer) -> Stopped:
