@@ -180,7 +180,7 @@ def stopped_line(me: NodeConfig, stopped: Stopped) -> str:
     if report is None:
         return f"node {me.name} stopped ({stopped.signal_name}, drain cut short, pid {os.getpid()})"
     parts = [
-        f"handed over {report.handed_over - report.still_leading} of {report.handed_over} led groups"
+        f"left the lead of {report.led - report.still_leading} of the {report.led} groups it led"
     ]
     if report.unsettled:
         parts.append("some requests had no outcome in time")

@@ -43,7 +43,7 @@ NO_NODE = 0
 class DrainReport:
     """What the drain achieved, for the one log line of a stop."""
 
-    handed_over: int
+    led: int
     """Groups led here when the drain began."""
     still_leading: int
     """Of those, groups still led here when the hand-over time ran out."""
@@ -153,7 +153,7 @@ async def drain(
     settled = await settle(host, busy, settle_timeout)
     await say_goodbye(host, timeout=1.0)
     return DrainReport(
-        handed_over=leading,
+        led=leading,
         still_leading=still_leading,
         unsettled=not settled,
         seconds=trio.current_time() - began,

@@ -834,9 +834,7 @@ class RaftHost:
     ) -> None:
         self._serving += 1
         try:
-            outcome = await self.execute_local(
-                group_id, kind, body, self.settings.request_timeout
-            )
+            outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
         finally:
             self._serving -= 1
         self._answer_forward(peer, request_id, outcome)

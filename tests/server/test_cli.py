@@ -58,9 +58,7 @@ def test_a_bad_boutique_log_is_refused(
     assert "BOUTIQUE_LOG: expected one of DEBUG, INFO, WARNING, ERROR" in _usage_error([], capsys)
 
 
-def test_join_names_every_missing_flag(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_join_names_every_missing_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = LocalCluster(tmp_path, nodes=1).config_path
     err = _usage_error(["--config", str(config), "--join", "--name", "e"], capsys)
     assert "--join needs --id, --port, --peer-port" in err
@@ -121,7 +119,9 @@ def test_a_port_in_use_names_the_file_node_role_and_address(tmp_path: Path, role
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        code, err = _start_and_fail(["--config", str(cluster.config_path), "--node", "n1"], tmp_path)
+        code, err = _start_and_fail(
+            ["--config", str(cluster.config_path), "--node", "n1"], tmp_path
+        )
     assert code == 4, err
     key = "client_port" if role == "clients" else "peer_port"
     assert (
@@ -137,5 +137,8 @@ def test_a_bad_host_names_the_address(tmp_path: Path) -> None:
         ["--port", str(port), "--host", "no-such-host.invalid", "--data-dir", "d"], tmp_path
     )
     assert code == 4, err
-    assert f"<single node>: node local: cannot listen for clients on no-such-host.invalid:{port}" in err
+    assert (
+        f"<single node>: node local: cannot listen for clients on no-such-host.invalid:{port}"
+        in err
+    )
     assert "Traceback" not in err
