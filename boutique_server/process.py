@@ -28,7 +28,7 @@ from boutique.runtime.join import register
 from boutique.runtime.node import META_GROUP, Node
 from boutique.runtime.router import Router
 
-from .server import LineServer
+from .server import LINGER_TIMEOUT, LineServer
 
 log = logging.getLogger("boutique")
 
@@ -123,6 +123,8 @@ async def serve(
             )
             nursery.start_soon(_announce_when_serving, node, f"{config.listen_host}:{port}")
             stopped = await _drain_on_signal(received, node, server)
+            if stopped.report is not None:
+                await server.close_connections(LINGER_TIMEOUT + 1.0)
             nursery.cancel_scope.cancel()
     return stopped
 

@@ -196,9 +196,22 @@ class LineServer:
         """Set when the node drains: new commands get ``ERR UNAVAILABLE`` (certainly not
         applied), commands already taken on run to their answer."""
 
+        self.closed = False
+
     def busy(self) -> bool:
         """True while some connection has a command without its answer."""
         return any(c.in_flight.value < c.limit for c in self.live)
+
+    async def close_connections(self, timeout: float) -> None:
+        """The node stops: every connection reads no more, sends the replies it owes,
+        then closes gently (a reset could destroy replies the client has not read).
+        Returns when all are closed, or after ``timeout``."""
+        self.closed = True
+        for connection in list(self.live):
+            connection.stop_reading()
+        with trio.move_on_after(timeout):
+            while self.live:
+                await trio.sleep(0.01)
 
     @property
     def stopping_reply(self) -> bytes:
@@ -251,6 +264,8 @@ class LineServer:
                 return
             connection = _Connection(self, stream)
             self.live.add(connection)
+            if self.closed:
+                connection.stop_reading()
             try:
                 await connection.run()
             finally:
@@ -422,6 +437,13 @@ class _Connection:
                 self._writer_wanted.set()
         finally:
             self.finished = True
+
+    def stop_reading(self) -> None:
+        """Read no more requests; answer those read, then close gently."""
+        self.closing = True
+        self.quit = True
+        if self.receiving:
+            self._reading.cancel()
 
     def _abandon(self) -> None:
         """Nobody can receive replies any more: cancel the commands and the writer."""
