@@ -52,8 +52,8 @@ at once.
 EPILOG = """\
 environment variables:
   BOUTIQUE_LOG      default log level (DEBUG, INFO, WARNING, ERROR); --log-level wins
-  BOUTIQUE_SECRET   the cluster secret, when the config sets neither secret nor
-                    secret_file
+  BOUTIQUE_SECRET   the cluster secret; when set and not empty it wins over secret
+                    and secret_file of the config
 
 exit codes:
   0  stopped gracefully        2  bad flag or configuration
