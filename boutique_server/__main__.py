@@ -14,11 +14,11 @@ import logging
 import os
 import sys
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import trio
 
+from boutique.command_line import add_version, package_version
 from boutique.config import ClusterConfig, ConfigError, NodeConfig, load_config, single_node_config
 from boutique.storage.errors import DataFileError
 
@@ -61,13 +61,6 @@ exit codes:
 """
 
 
-def package_version() -> str:
-    try:
-        return version("boutique")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 class UsageError(Exception):
     """A flag is wrong; ``str()`` names it."""
 
@@ -105,9 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"boutique-server {package_version()}"
-    )
+    add_version(parser)
     parser.add_argument("--config", type=Path, help="a cluster config file (TOML)")
     parser.add_argument("--node", type=_nonempty, help="which node of the config to run")
     parser.add_argument(

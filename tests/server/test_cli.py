@@ -142,3 +142,17 @@ def test_a_bad_host_names_the_address(tmp_path: Path) -> None:
         in err
     )
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["boutique_server", "boutique.testing", "boutique.bench", "boutique.examples.run_counter"],
+)
+def test_every_command_has_version_and_plain_help(module: str) -> None:
+    run = [sys.executable, "-m", module]
+    shown = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip().endswith(" 0.1.0")
+    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert "``" not in helped.stdout
