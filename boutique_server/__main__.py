@@ -22,7 +22,7 @@ from boutique.command_line import add_version, package_version
 from boutique.config import ClusterConfig, ConfigError, NodeConfig, load_config, single_node_config
 from boutique.storage.errors import DataFileError
 
-from .process import StartupError, serve, stop_signals, stopped_line
+from .process import StartupError, holding_stop_signals, serve, stop_signals, stopped_line
 from .supervisor import run_all
 
 log = logging.getLogger("boutique")
@@ -277,22 +277,23 @@ def main(argv: list[str] | None = None) -> int:
                 host=args.host,
                 signals=stop_signals(),
             )
-        config, me = choose(args)
-        log.info(
-            "boutique-server %s pid %d config %s: node %s (id %d), %s",
-            package_version(),
-            os.getpid(),
-            source,
-            me.name,
-            me.id,
-            _role(args),
-        )
-        try:
-            stopped = trio.run(partial(serve, join=args.join, source=source), config, me)
-        except BaseExceptionGroup as group:
-            # Startup failures surface through trio's nurseries wrapped in groups; a
-            # lone cause is reported as itself.
-            raise _sole_cause(group) from None
+        with holding_stop_signals():
+            config, me = choose(args)
+            log.info(
+                "boutique-server %s pid %d config %s: node %s (id %d), %s",
+                package_version(),
+                os.getpid(),
+                source,
+                me.name,
+                me.id,
+                _role(args),
+            )
+            try:
+                stopped = trio.run(partial(serve, join=args.join, source=source), config, me)
+            except BaseExceptionGroup as group:
+                # Startup failures surface through trio's nurseries wrapped in groups;
+                # a lone cause is reported as itself.
+                raise _sole_cause(group) from None
     except UsageError as exc:
         print(f"boutique-server: {exc}", file=sys.stderr)
         return 2

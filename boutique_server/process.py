@@ -8,16 +8,18 @@ storage is closed and ``serve`` returns normally (the process exits 0). A second
 signal during the drain cuts it short. SIGINT ignored at startup (a job started in
 the background from a script) stays ignored; SIGTERM is always honoured.
 
-A startup failure is raised as ``StartupError`` naming the config file, the node, the
+A stop signal that arrives while the node starts waits (``holding_stop_signals``) and
+drains it as soon as it serves. A startup failure is raised as ``StartupError`` naming the config file, the node, the
 role (client or peer listener) and the address: never a bare ``[Errno 98]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -57,6 +59,20 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return (signal.SIGTERM, signal.SIGINT)
 
 
+@contextlib.contextmanager
+def holding_stop_signals() -> Iterator[None]:
+    """Keep stop signals pending until ``serve`` can handle them: a SIGTERM while the
+    process loads its config or opens storage must stop it gracefully too, not kill it
+    (``kill`` right after a start, or ``--all`` stopping a node it just restarted).
+    On the way out they are unblocked again (a startup failure leaves none held)."""
+    wanted = stop_signals()
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
+
+
 def _sole_cause(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -83,6 +99,9 @@ async def serve(
     """Run the node until a stop signal, then drain it; see the module docstring."""
     wanted = stop_signals() if signals is None else signals
     with trio.open_signal_receiver(*wanted) as received:
+        # ``holding_stop_signals`` kept a signal that came during startup pending; it is
+        # delivered now, to the receiver, and drains the node once it serves.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
         async with trio.open_nursery() as nursery:
             try:
                 node: Node = await nursery.start(Node(config, me).run)

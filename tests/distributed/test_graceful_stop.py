@@ -123,7 +123,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def test_a_background_node_ignoring_sigint_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+def _single_node(tmp_path: Path, **popen: object) -> tuple[subprocess.Popen[bytes], Path]:
     (port,) = free_ports(1)
     log_path = tmp_path / "node.log"
     with open(log_path, "wb") as log:
@@ -140,8 +140,49 @@ def test_a_background_node_ignoring_sigint_stops_gracefully_on_sigterm(tmp_path:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_ignore_sigint,  # as a shell does for a job started with &
+            **popen,  # type: ignore[call-overload]
         )
+    return process, log_path
+
+
+SIGTERM_DURING_STARTUP = """
+import os, signal, sys
+import boutique_server.__main__ as cli
+
+serve = cli.serve
+
+async def serve_after_a_sigterm(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # before the node could handle it
+    return await serve(*args, **kwargs)
+
+cli.serve = serve_after_a_sigterm
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_the_node_starts_still_stops_it_gracefully(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SIGTERM_DURING_STARTUP,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
+    assert "node local stopped (SIGTERM)" in process.stderr
+
+
+def test_a_background_node_ignoring_sigint_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    # preexec_fn: SIGINT ignored, as a shell does for a job started with &
+    process, log_path = _single_node(tmp_path, preexec_fn=_ignore_sigint)
     try:
         deadline = time.monotonic() + 20
         while "ready on" not in log_path.read_text():
