@@ -56,6 +56,9 @@ log = logging.getLogger("boutique.host")
 
 GOODBYE = "bye"
 """Key of the last frame a stopping host sends each peer (``{"bye": True}``)."""
+HELLO = "hi"
+"""Key of the first frame a host sends each peer (``{"hi": True}``): a new process, so a
+goodbye heard from an earlier one no longer holds."""
 
 MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
@@ -246,6 +249,7 @@ class RaftHost:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.peer_port = await nursery.start(self.transport.run, *self.listen)
+                self.greet()
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._loop)
                 self.start_background(nursery)
@@ -356,6 +360,9 @@ class RaftHost:
                 self._on_forward_answer(answer)
 
     def _on_suspect(self, peer: int) -> None:
+        # Unreachable now: requests to it are refused for that reason until it is heard
+        # from again, whether the process that said goodbye or a new one.
+        self._departed.discard(peer)
         self._post(_Suspect(peer))
 
     async def _ticker(self) -> None:
@@ -608,6 +615,13 @@ class RaftHost:
     def serving(self) -> int:
         """Requests from peers being served by a task (not yet answered)."""
         return self._serving
+
+    def greet(self) -> None:
+        """Tell every peer this is a new process (queued until connected)."""
+        assert self.transport is not None
+        for peer in self.peers:
+            if peer != self.id:
+                self.transport.send(peer, {HELLO: True})
 
     def halt(self) -> None:
         """End the event loop: from now on this host applies nothing and sends no Raft

@@ -9,7 +9,7 @@ import pytest
 
 from boutique.runtime.framing import encode_frame
 from boutique.runtime.group import Applied, Pending, Rejected
-from boutique.runtime.host import GOODBYE, RaftHost
+from boutique.runtime.host import GOODBYE, HELLO, RaftHost
 
 
 class RecordingTransport:
@@ -92,3 +92,22 @@ async def test_halt_gives_every_request_an_outcome_and_sends_no_more() -> None:
     assert tracked.outcome is not None
     assert answered == [tracked.outcome]
     assert not host.busy()
+
+
+async def test_a_restarted_peer_is_asked_again_after_its_hello_or_once_suspected() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport)
+    host.greet()
+    assert transport.frames == [(2, {HELLO: True}), (3, {HELLO: True})]
+    for peer, forget in (
+        (2, lambda: host._on_frame(2, {HELLO: True})),
+        (3, lambda: host._on_suspect(3)),
+    ):
+        host._on_frame(peer, {GOODBYE: True})
+        refused = Pending()
+        host.send_forward(peer, "g", "w", b"cmd", refused)
+        assert refused.outcome == Rejected(f"node {peer} has stopped")
+        forget()
+        asked = Pending()
+        host.send_forward(peer, "g", "w", b"cmd", asked)
+        assert asked.outcome is None
