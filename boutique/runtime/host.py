@@ -20,6 +20,11 @@ work in the inbox and wait on a ``Pending``. Each turn of the loop:
 Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host with
 thousands of idle groups does almost nothing. When the transport suspects a peer,
 groups led by it are woken to elect someone else.
+
+A graceful stop (``runtime.drain``) sets ``stopping`` (peers' requests are refused as
+certainly not applied), waits until ``busy`` is false, then ``halt``s the loop and
+sends each peer a goodbye frame; a peer that reads it retries elsewhere whatever it
+still waits for here. A new process greets its peers first, which ends the goodbye.
 """
 
 from __future__ import annotations
