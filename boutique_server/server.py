@@ -233,6 +233,11 @@ class LineServer:
         """Reply bytes ready and not yet written, over every connection."""
         self.short_of_bytes: set[_Connection] = set()
         """Connections waiting for the server-wide reply budget to have room."""
+        self.stopping = False
+        """Set when the node drains: new commands get ``ERR UNAVAILABLE`` (certainly not
+        applied), commands already taken on run to their answer."""
+
+        self.closed = False
 
     def account(self, change: int) -> None:
         """Reply bytes became ready (positive) or were written or dropped (negative)."""
@@ -245,6 +250,25 @@ class LineServer:
             waiting, self.short_of_bytes = self.short_of_bytes, set()
             for connection in waiting:
                 connection.bytes_freed()
+
+    def busy(self) -> bool:
+        """True while some connection has a command without its answer."""
+        return any(c.in_flight.value < c.limit for c in self.live)
+
+    async def close_connections(self, timeout: float) -> None:
+        """The node stops: every connection reads no more, sends the replies it owes,
+        then closes gently (a reset could destroy replies the client has not read).
+        Returns when all are closed, or after ``timeout``."""
+        self.closed = True
+        for connection in list(self.live):
+            connection.stop_reading()
+        with trio.move_on_after(timeout):
+            while self.live:
+                await trio.sleep(0.01)
+
+    @property
+    def stopping_reply(self) -> bytes:
+        return render(Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} is stopping"))
 
     @property
     def connections(self) -> int:
@@ -325,6 +349,8 @@ class LineServer:
                 return
             connection = _Connection(self, stream, source)
             self.live.add(connection)
+            if self.closed:
+                connection.stop_reading()
             try:
                 await connection.run()
             finally:
@@ -616,6 +642,13 @@ class _Connection:
                 self._bytes_room = trio.Event()
             await self._bytes_room.wait()
 
+    def stop_reading(self) -> None:
+        """Read no more requests; answer those read, then close gently."""
+        self.closing = True
+        self.quit = True
+        if self.receiving:
+            self._reading.cancel()
+
     def _abandon(self) -> None:
         """Nobody can receive replies any more: cancel the commands and the writer."""
         assert self._cancel is not None
@@ -683,6 +716,8 @@ class _Connection:
             await self._auth(event, slot)
         elif not self.authed and not isinstance(event, cmd.Ping | cmd.Help):
             self._finish(slot, render(Error(ErrorCode.AUTH, "authenticate first: AUTH password")))
+        elif self.server.stopping:
+            self._finish(slot, self.server.stopping_reply)
         else:
             try:
                 # No checkpoint when there is room: a pipelined batch is dispatched

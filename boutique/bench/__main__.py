@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from boutique.command_line import add_version, plain
 from boutique.testing.netns_cluster import NetnsCluster
 
 from .bigbucket import run_bigbucket
@@ -208,9 +209,10 @@ def _load_args(parser: argparse.ArgumentParser, *, durations: bool = True) -> No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m boutique.bench",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser)
     modes = parser.add_subparsers(dest="mode", required=True)
 
     load = modes.add_parser("load", help="throughput and latency under a load")

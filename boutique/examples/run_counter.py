@@ -30,6 +30,7 @@ import os
 import sys
 from typing import TextIO
 
+from boutique.command_line import add_version
 from boutique.examples.counter import Counter, CounterCommand
 from boutique.group import BlockingMember, GroupError
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m boutique.examples.run_counter",
         description="One member of a replicated counter; type commands on stdin.",
     )
+    add_version(parser)
     parser.add_argument("--id", type=int, required=True, help="this member's node id")
     parser.add_argument(
         "--peers",

@@ -25,6 +25,11 @@ A group whose core fails (``GROUP_FAILURES``) is quarantined and the loop carrie
 with the others; a failure of the node's storage ends the loop (and the node). When a
 stream to or from a peer breaks, requests forwarded to it and follower reads waiting on
 it are settled within ``LINK_LOSS_GRACE``. The loop never awaits inside a turn.
+
+A graceful stop (``runtime.drain``) sets ``stopping`` (peers' requests are refused as
+certainly not applied), waits until ``busy`` is false, then ``halt``s the loop and
+sends each peer a goodbye frame; a peer that reads it retries elsewhere whatever it
+still waits for here. A new process greets its peers first, which ends the goodbye.
 """
 
 from __future__ import annotations
@@ -85,6 +90,12 @@ settled without its answer instead of waiting out the whole request timeout."""
 RESENDABLE_KINDS = frozenset({"r", "s"})
 """Forwarded kinds with no effect (a read, the leader's view): a lost one is rejected,
 so the caller resends it. Any other kind may have been applied: its outcome is unknown."""
+
+GOODBYE = "bye"
+"""Key of the last frame a stopping host sends each peer (``{"bye": True}``)."""
+HELLO = "hi"
+"""Key of the first frame a host sends each peer (``{"hi": True}``): a new process, so a
+goodbye heard from an earlier one no longer holds."""
 
 MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
@@ -283,6 +294,14 @@ class RaftHost:
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
         self.counters = HostCounters()
+        self.stopping = False
+        """Set by the drain (``runtime.drain``): requests forwarded by peers are refused
+        as certainly not applied, so their nodes retry elsewhere."""
+        self._halted = False
+        self._serving = 0
+        self._departed: set[int] = set()
+        """Peers that said goodbye (see ``_peer_departed``); cleared by their next frame,
+        which can only come from a restarted process."""
 
     # --- Lifecycle ----------------------------------------------------------------------
 
@@ -295,6 +314,7 @@ class RaftHost:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.peer_port = await nursery.start(self.transport.run, *self.listen)
+                self.greet()
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._loop)
                 self.start_background(nursery)
@@ -436,6 +456,10 @@ class RaftHost:
         if not isinstance(payload, dict):
             log.warning("node %d sent a frame that is not a map; ignored", peer)
             return
+        if payload.get(GOODBYE) is True:
+            self._peer_departed(peer)
+            return
+        self._departed.discard(peer)
         if "r" in payload:
             try:
                 batch = decode_batch(payload["r"])
@@ -453,6 +477,9 @@ class RaftHost:
                 self._on_forward_answer(answer)
 
     def _on_suspect(self, peer: int) -> None:
+        # Unreachable now: requests to it are refused for that reason until it is heard
+        # from again, whether the process that said goodbye or a new one.
+        self._departed.discard(peer)
         self._post(_Suspect(peer))
 
     def _on_link_lost(self, peer: int) -> None:
@@ -470,8 +497,10 @@ class RaftHost:
     # --- The loop -----------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
+        while not self._halted:
             await self._wakeup.wait()
+            if self._halted:
+                return
             self._wakeup = trio.Event()
             started = time.perf_counter()
             self._in_turn = True
@@ -765,6 +794,57 @@ class RaftHost:
         self._post(_Call(group_id, fn, pending))
         return await pending.wait(timeout)
 
+    # --- Stopping (driven by ``runtime.drain``) -------------------------------------------
+
+    def busy(self) -> bool:
+        """True while a request this host took on (from a local client or a peer) has
+        no outcome yet."""
+        if self._serving or any(p.outcome is None for p in self._tracked):
+            return True
+        if any(f.pending.outcome is None for f in self._forwards.values()):
+            return True
+        return any(group.writes or group.reads for group in self.groups.values())
+
+    @property
+    def serving(self) -> int:
+        """Requests from peers being served by a task (not yet answered)."""
+        return self._serving
+
+    def greet(self) -> None:
+        """Tell every peer this is a new process (queued until connected)."""
+        assert self.transport is not None
+        for peer in self.peers:
+            if peer != self.id:
+                self.transport.send(peer, {HELLO: True})
+
+    def halt(self) -> None:
+        """End the event loop: from now on this host applies nothing and sends no Raft
+        message. Requests still without an outcome get one now (a write's is unknown)."""
+        self._halted = True
+        self._wakeup.set()
+        for group in self.groups.values():
+            group.close("the node stopped before the outcome was known")
+        while self._tracked:
+            pending = self._tracked.popleft()
+            if pending.outcome is None:
+                pending.resolve(Unknown("the node stopped before the outcome was known"))
+
+    def flush_mail(self) -> None:
+        """Send the answers still waiting for the end of a turn (after ``halt``)."""
+        self._send_mail()
+
+    def _peer_departed(self, peer: int) -> None:
+        """``peer`` said goodbye. It sends that only after answering every request it
+        took on and halting its loop, and frames arrive in order: whatever we forwarded
+        to it and still wait for was refused or never read, so it certainly was not
+        applied and may be retried elsewhere at once, instead of timing out."""
+        log.info("node %d stopped: retrying its requests elsewhere", peer)
+        self._departed.add(peer)
+        for request_id, forward in list(self._forwards.items()):
+            if forward.peer == peer:
+                del self._forwards[request_id]
+                forward.pending.resolve(Rejected(f"node {peer} has stopped"))
+
     # --- Forwarding to other nodes -------------------------------------------------------
 
     def track(self, pending: Pending) -> None:
@@ -856,6 +936,9 @@ class RaftHost:
         transport = self.transport
         if transport is None:
             pending.resolve(Rejected("not started"))
+            return
+        if peer in self._departed:
+            pending.resolve(Rejected(f"node {peer} has stopped"))
             return
         if not (transport.connected(peer) and transport.reachable(peer)):
             pending.resolve(Rejected(f"node {peer} is unreachable"))
@@ -974,6 +1057,9 @@ class RaftHost:
         request_id, kind, group_id, body = request
         if not (isinstance(group_id, str) and isinstance(kind, str)):
             return
+        if self.stopping:
+            self._answer_forward(peer, request_id, Rejected(f"node {self.id} is stopping"))
+            return
         if kind in ("w", "r"):
             # The common requests cost no task: the answer is sent from the loop.
             pending = Pending()
@@ -986,7 +1072,11 @@ class RaftHost:
     async def _serve_forward(
         self, peer: int, request_id: object, kind: str, group_id: str, body: object
     ) -> None:
-        outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
+        self._serving += 1
+        try:
+            outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
+        finally:
+            self._serving -= 1
         self._answer_forward(peer, request_id, outcome)
 
     def _answer_forward(self, peer: int, request_id: object, outcome: Outcome) -> None:

@@ -12,15 +12,18 @@ import argparse
 import sys
 import time
 
+from boutique.command_line import add_version, plain
+
 from .simulation import SCENARIOS, run_simulation
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m boutique.testing",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(parser)
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds per scenario")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, help="run just this seed")

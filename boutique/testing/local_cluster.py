@@ -257,17 +257,18 @@ class LocalCluster(NodeAccess):
             node.process.wait(timeout=10)
         node.process = None
 
-    def stop(self, name: str) -> None:
-        """A clean stop (SIGINT), then SIGKILL if it takes too long."""
+    def stop(self, name: str, timeout: float = 15.0) -> None:
+        """A graceful stop (SIGTERM: the node drains), then SIGKILL if it takes longer
+        than ``timeout``."""
         node = self.nodes[name]
         if node.process is None:
             return
         if node.paused:
             self.resume(name)
         if node.process.poll() is None:
-            node.process.send_signal(signal.SIGINT)
+            node.process.send_signal(signal.SIGTERM)
             try:
-                node.process.wait(timeout=5)
+                node.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 node.process.kill()
                 node.process.wait()

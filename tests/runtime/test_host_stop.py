@@ -1,0 +1,113 @@
+"""RaftHost while a node stops: a stopping host refuses peers' requests as certainly
+not applied, and a peer that said goodbye gets no request that could time out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from boutique.runtime.framing import encode_frame
+from boutique.runtime.group import Applied, Pending, Rejected
+from boutique.runtime.host import GOODBYE, HELLO, RaftHost
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, Any]] = []
+
+    def send(self, peer: int, payload: object, *, now: bool = False) -> bool:
+        encode_frame(payload)
+        self.frames.append((peer, payload))
+        return True
+
+    def connected(self, peer: int) -> bool:
+        return True
+
+    def reachable(self, peer: int) -> bool:
+        return True
+
+
+def make_host(transport: RecordingTransport) -> RaftHost:
+    host = RaftHost(
+        1,
+        secret=b"s" * 32,
+        cluster_name="test",
+        peers={2: ("127.0.0.1", 1), 3: ("127.0.0.1", 2)},
+        listen=("127.0.0.1", 0),
+        open_storage=lambda: pytest.fail("storage is not used here"),
+        machine_for=lambda group: pytest.fail("no group is opened here"),
+    )
+    host.transport = transport  # type: ignore[assignment]
+    return host
+
+
+async def test_a_stopping_host_refuses_forwarded_requests_as_not_applied() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport)
+    host.stopping = True
+    host._on_frame(2, {"f": [[7, "w", "b/hats/1", b"cmd"], [8, "c", "b/hats/1", [1, 4]]]})
+    host._send_mail()
+    # "rej" is what makes the forwarding node retry elsewhere instead of answering
+    # ERR TIMEOUT; nothing was submitted to a group.
+    assert transport.frames == [
+        (2, {"a": [[7, "rej", "node 1 is stopping", 0], [8, "rej", "node 1 is stopping", 0]]})
+    ]
+    assert not host._inbox
+    assert not host.busy()
+
+
+async def test_goodbye_turns_requests_waiting_on_that_peer_into_retries() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport)
+    to_2, to_3 = Pending(), Pending()
+    host.send_forward(2, "g", "w", b"cmd", to_2)
+    host.send_forward(3, "g", "w", b"cmd", to_3)
+    assert host.busy()
+    host._on_frame(2, {GOODBYE: True})
+    # Certainly not applied: node 2 answered all it took on before its goodbye.
+    assert to_2.outcome == Rejected("node 2 has stopped")
+    assert to_3.outcome is None
+    later = Pending()
+    host.send_forward(2, "g", "w", b"cmd", later)
+    assert later.outcome == Rejected("node 2 has stopped")
+    # Any later frame from node 2 comes from a restarted process: it is asked again.
+    host._on_frame(2, {"a": []})
+    again = Pending()
+    host.send_forward(2, "g", "w", b"cmd", again)
+    assert again.outcome is None
+    (request_id,) = [i for i, forward in host._forwards.items() if forward.pending is again]
+    host._on_frame(2, {"a": [[request_id, "ok", b"v", 0]]})
+    assert again.outcome == Applied(b"v")
+
+
+async def test_halt_gives_every_request_an_outcome_and_sends_no_more() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport)
+    answered: list[Any] = []
+    tracked = Pending(then=answered.append)
+    host.track(tracked)
+    assert host.busy()
+    host.halt()
+    assert tracked.outcome is not None
+    assert answered == [tracked.outcome]
+    assert not host.busy()
+
+
+async def test_a_restarted_peer_is_asked_again_after_its_hello_or_once_suspected() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport)
+    host.greet()
+    assert transport.frames == [(2, {HELLO: True}), (3, {HELLO: True})]
+    for peer, forget in (
+        (2, lambda: host._on_frame(2, {HELLO: True})),
+        (3, lambda: host._on_suspect(3)),
+    ):
+        host._on_frame(peer, {GOODBYE: True})
+        refused = Pending()
+        host.send_forward(peer, "g", "w", b"cmd", refused)
+        assert refused.outcome == Rejected(f"node {peer} has stopped")
+        forget()
+        asked = Pending()
+        host.send_forward(peer, "g", "w", b"cmd", asked)
+        assert asked.outcome is None
