@@ -103,6 +103,10 @@ class Pattern:
         self.cluster.restart(node_id)
         self.down.discard(node_id)
 
+    def in_flight_horizon(self) -> int:
+        """Steps after which every message now in flight has arrived or been lost."""
+        return self.cluster.network.faults.max_delay + 1
+
     def isolate(self, node_id: int) -> None:
         self.cluster.network.isolate(node_id, set(self.cluster.nodes))
 
@@ -221,13 +225,13 @@ class Figure8(Pattern):
     (b) Another node N wins the next term without those entries; it is cut off at once,
         so its no-op stays local, and crashes.
     (c) L's and F's old-term entries make one of them the only electable node: this
-        leader M replicates them and, the moment its commit index first moves, is cut
-        off (its appends in flight are lost) and crashes. A correct M has committed
-        its own no-op by then; a broken one may have committed an old-term entry by
-        counting replicas.
-    (d) L and N come back. N's last term is the newest among the nodes without M's
-        no-op, so N may win; if M had committed by counting, N overwrites a committed
-        entry.
+        leader M replicates them and, the moment its commit index reaches the first
+        entry N's log disagrees with, is cut off (its appends in flight are lost) and
+        crashes. A correct M has committed its own no-op by then; a broken one may
+        have committed an old-term entry by counting replicas.
+    (d) L and N come back, N with a fast clock (it times out first). N's last term is
+        the newest among the nodes without M's no-op, so a majority may vote for it;
+        if M had committed by counting, N overwrites a committed entry.
     """
 
     def start(self) -> bool:
@@ -248,6 +252,15 @@ class Figure8(Pattern):
         self.stage = "strand"
         self.deadline = cluster.now + self.rng.randint(4, 10)
         return True
+
+    def _divergence(self, leader: SimNode) -> int | None:
+        """The first index where the crashed usurper's log disagrees with ``leader``'s."""
+        storage = self.cluster.nodes[self.usurper].storage
+        log = leader.raft.log
+        for index in range(max(storage.first_index(), log.first_index()), storage.last_index() + 1):
+            if storage.term(index) != log.term_or_none(index):
+                return index
+        return None
 
     def _new_leader(self, exclude: set[int]) -> SimNode | None:
         leader = self.cluster.leader()
@@ -276,6 +289,11 @@ class Figure8(Pattern):
         elif self.stage == "usurp_crash":
             if now >= self.deadline:
                 self.crash(self.usurper)
+                self.stage = "usurp_gone"
+                self.deadline = now + self.in_flight_horizon()
+        elif self.stage == "usurp_gone":
+            # Heal only once what N had in flight is lost: its no-op must stay local.
+            if now >= self.deadline:
                 cluster.network.heal()
                 if self.rng.random() < 0.5:
                     self.restart(self.old)
@@ -284,27 +302,40 @@ class Figure8(Pattern):
             leader = self._new_leader({self.usurper})
             if leader is None:
                 return
-            self.watched = (leader.id, leader.raft.term, leader.raft.log.committed)
+            diverge = self._divergence(leader)
+            if diverge is None:
+                self.stop()  # N's log is a prefix of M's: nothing to overwrite
+                return
+            self.watched = (leader.id, leader.raft.term, diverge)
             self.stage = "watch"
         elif self.stage == "watch":
             assert self.watched is not None
-            node_id, term, commit = self.watched
+            node_id, term, diverge = self.watched
             if not self.leads(node_id, term):
                 self.stop()
                 return
-            if cluster.nodes[node_id].raft.log.committed > commit:
+            if cluster.nodes[node_id].raft.log.committed >= diverge:
                 self.isolate(node_id)
                 self.crash(node_id)
                 self.restart(self.usurper)
                 if self.old != node_id:
                     self.restart(self.old)
                 self.stage = "settle"
-                self.deadline = now + 5
-        elif self.stage == "settle" and now >= self.deadline:
-            # Heal once what the crashed leader had in flight is lost; it returns later,
-            # so it does not simply win again with its newer no-op.
-            cluster.network.heal()
-            self.stage = "return"
-            self.deadline = now + self.rng.randint(10, 40)
-        elif self.stage == "return" and now >= self.deadline:
-            self.stop()
+                self.deadline = now + self.in_flight_horizon()
+                self.clock_speed = self.rng.randint(4, 6)
+        elif self.stage in ("settle", "return"):
+            usurper = cluster.nodes[self.usurper]
+            if usurper.node is not None and cluster.leader() is None:
+                # A fast clock: the usurper's election timer fires before the others'.
+                for _ in range(self.clock_speed - 1):
+                    usurper.node.tick()
+            if now < self.deadline:
+                return
+            if self.stage == "settle":
+                # Heal once what the crashed leader had in flight is lost; it returns
+                # later, so it does not simply win again with its newer no-op.
+                cluster.network.heal()
+                self.stage = "return"
+                self.deadline = now + self.rng.randint(20, 40)
+            else:
+                self.stop()

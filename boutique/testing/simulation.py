@@ -207,6 +207,7 @@ class Nemesis:
         self.short_reigns = 0
         self.last_leader: tuple[int, int] | None = None
         self.pattern: Pattern | None = None
+        self.queued: str | None = None
 
     def step(self) -> None:
         now = self.cluster.now
@@ -215,6 +216,13 @@ class Nemesis:
             self._undo(item[1], item[2])
         if self.short_reigns:
             self._cut_reign_short()
+        if self.queued is not None:
+            # A pattern runs alone: it waits until every earlier fault was undone.
+            if self.undo or self.short_reigns:
+                return
+            fault, self.queued = self.queued, None
+            if self._start(fault):
+                self.counts[fault] = self.counts.get(fault, 0) + 1
         if self.pattern is not None:
             self.pattern.step()
             if not self.pattern.done:
@@ -222,7 +230,9 @@ class Nemesis:
             self.pattern = None
         if self.scenario.faults and self.rng.random() < self.scenario.fault_rate:
             fault = self.rng.choice(self.scenario.faults)
-            if self._start(fault):
+            if fault in PATTERNS:
+                self.queued = fault
+            elif self._start(fault):
                 self.counts[fault] = self.counts.get(fault, 0) + 1
 
     def _cut_reign_short(self) -> None:
@@ -239,6 +249,7 @@ class Nemesis:
 
     def heal(self) -> None:
         self.short_reigns = 0
+        self.queued = None
         if self.pattern is not None:
             self.pattern.stop()
             self.pattern = None
