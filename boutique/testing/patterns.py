@@ -122,12 +122,14 @@ class Pattern:
 class Usurp(Pattern):
     """A leader is deposed without knowing it, then leads again.
 
-    The leader hands over to another voter (a leader transfer) and is cut off the moment
-    the successor campaigns, so it goes on believing it leads while the successor
-    commits; clients that knew it keep sending it reads. After a while the network heals
-    and leadership is transferred back to it. A deposed leader that answers reads
-    without a heartbeat quorum, or that carries unconfirmed read rounds into its next
-    term, releases a read index older than what was committed meanwhile.
+    The leader hands over to another voter (a leader transfer). From the moment the
+    successor campaigns, nothing from a node of the new term reaches the old leader;
+    once the old leader has no read round in flight, it is cut off entirely. So it goes
+    on believing it leads while the successor commits, and clients that knew it keep
+    sending it reads, which start a round that cannot be confirmed. After a while the
+    network heals and leadership is transferred back to it. A deposed leader that
+    answers reads without a heartbeat quorum, or that carries unconfirmed read rounds
+    into its next term, releases a read index older than what was committed meanwhile.
     """
 
     def start(self) -> bool:
@@ -158,13 +160,17 @@ class Usurp(Pattern):
         elif self.stage == "handover":
             target = cluster.nodes[self.target]
             if target.up and target.raft.term > self.term:
-                # Its vote requests are still in flight: the old leader never hears of
-                # the new term until the heal.
+                self.stage = "deafened"
+                self.deadline = now + 2 * self.in_flight_horizon()
+                self._deafen()
+            elif now > self.deadline:
+                self.stop()
+        elif self.stage == "deafened":
+            self._deafen()
+            if not old.raft.read_rounds or now >= self.deadline:
                 self.isolate(self.old)
                 self.stage = "deposed"
                 self.deadline = now + self.rng.randint(15, 60)
-            elif now > self.deadline:
-                self.stop()
         elif self.stage == "deposed":
             if now >= self.deadline:
                 cluster.network.heal()
@@ -179,6 +185,14 @@ class Usurp(Pattern):
                     leader.raft_node().transfer_leader(self.old)
                 except (InvalidConfChangeError, NotLeaderError):
                     self.stop()
+
+
+    def _deafen(self) -> None:
+        """Cut every link into the old leader from a node of a newer term. Such a node's
+        messages sent since it changed term are still in flight, and are lost with it."""
+        for sim in self.cluster.live():
+            if sim.raft.term > self.term:
+                self.cluster.network.cut(sim.id, self.old)
 
 
 class MembershipFailover(Pattern):
