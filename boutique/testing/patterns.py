@@ -170,7 +170,7 @@ class Usurp(Pattern):
             if not old.raft.read_rounds or now >= self.deadline:
                 self.isolate(self.old)
                 self.stage = "deposed"
-                self.deadline = now + self.rng.randint(15, 60)
+                self.deadline = now + self.rng.randint(12, 30)
         elif self.stage == "deposed":
             if now >= self.deadline:
                 cluster.network.heal()
