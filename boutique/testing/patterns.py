@@ -112,11 +112,7 @@ class Pattern:
 
     def leads(self, node_id: int, term: int | None = None) -> bool:
         sim = self.cluster.nodes[node_id]
-        return (
-            sim.up
-            and sim.raft.role is Role.LEADER
-            and (term is None or sim.raft.term == term)
-        )
+        return sim.up and sim.raft.role is Role.LEADER and (term is None or sim.raft.term == term)
 
 
 class Usurp(Pattern):
@@ -185,7 +181,6 @@ class Usurp(Pattern):
                     leader.raft_node().transfer_leader(self.old)
                 except (InvalidConfChangeError, NotLeaderError):
                     self.stop()
-
 
     def _deafen(self) -> None:
         """Cut every link into the old leader from a node of a newer term. Such a node's

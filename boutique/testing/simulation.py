@@ -6,6 +6,9 @@ leader emerges and a fresh write commits on every live voter within a bounded nu
 steps. Safety invariants are checked at every step; the client history is checked for
 linearizability at the end. The same seed and scenario replay the same run exactly:
 ``python -m boutique.testing --seed S --scenario NAME``.
+
+Most faults are single steps (a crash, a cut, a transfer) undone later; the faults in
+``PATTERNS`` are multi-step sequences from ``patterns``, each run alone.
 """
 
 from __future__ import annotations
