@@ -37,20 +37,30 @@ log = logging.getLogger("boutique.group")
 
 
 async def steward(member: Member[Any, Any, Any, Any]) -> None:
-    """While `member` leads, carry out the queued membership changes in order."""
+    """While `member` leads, carry out the queued membership changes: each node's in
+    order, one step at a time. A learner that is still catching up (or has not come
+    up at all) does not hold back the changes of other nodes: a member that lost its
+    state may be the only seed of that learner, and must be re-admitted first."""
     while True:
         await trio.sleep(member.settings.tick_interval * 2)
         group = member.host.groups.get(member.group_id)
         if group is None or group.node.raft.role is not Role.LEADER:
             continue
         state: GroupState = group.host.state
-        if state.pending:
-            await _carry_out(member, group, state.pending[0])
+        seen: set[int] = set()
+        for change in list(state.pending):
+            if change.node in seen:
+                continue  # an earlier change of the same node goes first
+            seen.add(change.node)
+            if await _carry_out(member, group, change):
+                break
 
 
 async def _carry_out(
     member: Member[Any, Any, Any, Any], group: GroupRuntime, change: Change
-) -> None:
+) -> bool:
+    """Take the next step of `change`; False if it can only wait (a learner that is
+    not caught up yet)."""
     raft = group.node.raft
     conf = raft.conf
     node = change.node
@@ -62,8 +72,9 @@ async def _carry_out(
             progress = raft.progress.get(node)
             # Promote only a caught-up learner, so the new voter does not stall commits
             # while it fetches the log.
-            if progress is not None and progress.match >= raft.log.committed:
-                kind = ChangeType.ADD_VOTER
+            if progress is None or progress.match < raft.log.committed:
+                return False
+            kind = ChangeType.ADD_VOTER
         else:
             kind = ChangeType.ADD_LEARNER
     elif node not in conf.members():
@@ -79,6 +90,7 @@ async def _carry_out(
         if not isinstance(outcome, Applied):
             # Another change still applying, or leadership lost: the next round retries.
             log.debug("membership change %s %d not done yet: %s", kind.name, node, outcome)
+    return True
 
 
 async def _finish(member: Member[Any, Any, Any, Any], change: Change, result: str) -> None:
