@@ -152,12 +152,18 @@ async def admit(member: Member[Any, Any, Any, Any]) -> None:
         answers = await _ask_views(member)
         verdict = decide(member.node_id, member.founders, member.joining, answers)
         if verdict is Verdict.WAIT:
-            await trio.sleep(ADMISSION_RETRY)
+            # Often: founders starting a moment apart. Ask again well within an
+            # election timeout, so none is left behind by the first election.
+            await trio.sleep(min(ADMISSION_RETRY, member.election_timeout() / 4))
             continue
         log.info("member %d: %s the group", member.node_id, verdict.value)
         if verdict is Verdict.REJOIN:
+            member.rejoining = True
             await _readmit(member)
-        member.host.open_member_group(found=verdict is Verdict.FOUND)
+        # Campaign at once only if every founder hosts the group already: an
+        # election won before a founder decides would make that founder rejoin.
+        everyone = all(answers.get(f) is not None for f in member.founders - {member.node_id})
+        member.host.open_member_group(found=verdict is Verdict.FOUND, campaign=everyone)
         member.refresh_peers()
         return
 

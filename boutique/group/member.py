@@ -82,18 +82,18 @@ class _LibraryHost(RaftHost):
         # Otherwise nothing is hosted until `duties.admit` has decided, from the other
         # members' answers, whether this is the group's first start (see `admission`).
 
-    def open_member_group(self, *, found: bool) -> None:
+    def open_member_group(self, *, found: bool, campaign: bool = False) -> None:
         """Host the member's group: as a founding voter if `found`, else as whatever
-        the storage holds (empty: a member waiting to be added)."""
+        the storage holds (empty: a member waiting to be added). With `campaign`, the
+        lowest founder campaigns at once, so a new group has a leader after one round
+        trip instead of an election timeout."""
         member = self.member
         founders = tuple(sorted(member.founders))
         self.open_group(
             member.group_id,
             founders,
             bootstrap_voters=found,
-            # The lowest founder campaigns at once, so a new group has a leader after
-            # one round trip instead of an election timeout.
-            campaign=found and self.id == founders[0],
+            campaign=found and campaign and self.id == founders[0],
             # One group per host: heartbeats are cheap, and a group that never goes quiet
             # notices a dead leader by itself, without the transport's help.
             quiesce=False,
@@ -128,6 +128,8 @@ class Member(Generic[C, R, Q, A]):
         self.node_id = node_id
         self.group_id = group
         self.joining = join
+        self.rejoining = False
+        """Set while this member, which lost its state, is removed and added back."""
         self.static_members: dict[int, Address] = _check_members(node_id, members)
         self.founders = frozenset(self.static_members)
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -303,8 +305,11 @@ class Member(Generic[C, R, Q, A]):
             while True:
                 group = self.host.groups.get(self.group_id)
                 raft = group.node.raft if group is not None else None
-                if raft is not None and raft.lead and self.node_id in raft.conf.members():
-                    return
+                if raft is not None and raft.lead:
+                    # A member being re-admitted is ready once it votes again.
+                    conf = raft.conf
+                    if self.node_id in (conf.voters if self.rejoining else conf.members()):
+                        return
                 await trio.sleep(self.settings.tick_interval)
         raise Timeout(f"member {self.node_id} is not ready", maybe_applied=False)
 

@@ -121,9 +121,7 @@ def test_the_admission_rule(
 
 def test_views_from_the_wire_are_checked() -> None:
     assert parse_view(None) is None
-    assert parse_view({"term": 3, "voters": [1, 2], "learners": [], "leader": 1}) == view(
-        3, {1, 2}
-    )
+    assert parse_view({"term": 3, "voters": [1, 2], "learners": [], "leader": 1}) == view(3, {1, 2})
     for bad in ([1], {"term": -1, "voters": [], "learners": []}, {"term": 2, "voters": "x"}):
         with pytest.raises(ValueError):
             parse_view(bad)
