@@ -116,7 +116,7 @@ async def admit(node: Node, router: Router) -> None:
                     # acknowledges, so a wipe from now on is recognised. (Other nodes
                     # record it once their meta group is on disk: `record_started`.)
                     await router.registry_write(("node_started", node.id))
-                log.info("node %s joins the cluster it founds, late", node.me.name)
+                log.info("node %s starts late for the first time: it founds", node.me.name)
                 return
             except ClusterExistsError:
                 raise
