@@ -21,10 +21,10 @@ with an empty data directory first asks (`admit`):
    acknowledges, and asks again.
 
 Every node records in the registry that it started (`record_started`), so a later
-wipe is recognised. What this cannot see (documented in docs/operations.md): a node
-wiped in the first seconds of a new cluster, before its record was committed, or a
-wiped node that reaches only a majority of nodes that never started while the node
-holding the data is unreachable.
+wipe is recognised. What this cannot see (README, "A node that lost its data
+directory"): a node wiped in the first seconds of a new cluster, before its record was
+committed; a wiped node that reaches only nodes that never started while every node
+holding the data is unreachable; a node that joined with ``--join`` (not checked).
 
 This module decides and asks; it never opens storage and never touches the Raft core.
 """
