@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from boutique import HostSettings, Member, Unavailable
+from boutique import HostSettings, Member, Timeout, Unavailable
 from boutique.examples import Counter
 from boutique.group.admission import GroupView, Verdict, decide, parse_view
 from boutique.testing.local_cluster import free_ports
@@ -125,3 +125,22 @@ def test_views_from_the_wire_are_checked() -> None:
     for bad in ([1], {"term": -1, "voters": [], "learners": []}, {"term": 2, "voters": "x"}):
         with pytest.raises(ValueError):
             parse_view(bad)
+
+
+async def test_a_learner_that_never_comes_up_does_not_hold_back_other_changes() -> None:
+    """A joiner whose only seed is a member being re-admitted waits for that member;
+    so a learner still catching up must not block the changes queued after it."""
+    members = {n: ("127.0.0.1", p) for n, p in enumerate(free_ports(4), start=1)}
+    absent = members.pop(4)
+
+    def start(node: int) -> Any:
+        return Member.start(Counter(), node_id=node, members=members, secret=SECRET, settings=FAST)
+
+    async with start(1) as one, start(2) as two, start(3) as three:
+        await one.wait_ready()
+        with pytest.raises(Timeout):
+            await one.add_member(4, absent, timeout=0.5)
+        assert 4 in one.status().learners
+        await two.remove_member(3, timeout=5)
+        assert one.status().voters == (1, 2)
+        del three
