@@ -298,7 +298,8 @@ class Member(Generic[C, R, Q, A]):
         )
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until this member belongs to the group's membership and knows a leader.
+        """Wait until this member belongs to the group's membership and knows a leader
+        (a member that lost its state and is being re-admitted: until it votes again).
 
         Raises `Timeout` (maybe_applied False) if that takes longer than `timeout`."""
         with trio.move_on_after(timeout):
