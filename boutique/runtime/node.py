@@ -129,9 +129,11 @@ class Node(RaftHost):
     def load_groups(self) -> None:
         assert self.storage is not None
         in_config = any(n.id == self.id for n in self.config.nodes)
-        if in_config and META_GROUP not in self.storage.groups():
+        alone = len(self.config.nodes) == 1
+        if in_config and not alone and META_GROUP not in self.storage.groups():
             # An empty data directory: a new cluster, or this node's state was lost.
-            # Nothing is hosted until ``founding.admit`` tells them apart.
+            # Nothing is hosted until ``founding.admit`` tells them apart (a node
+            # alone in its config has nobody to ask: its cluster is new).
             return
         self.open_groups()
 
