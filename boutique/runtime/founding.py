@@ -20,13 +20,14 @@ with an empty data directory first asks (`admit`):
 3. Otherwise it cannot tell yet: it hosts nothing, so it neither votes nor
    acknowledges, and asks again.
 
-Every node records in the registry that it started (`record_started`), so a later
-wipe is recognised. What this cannot see (README, "A node that lost its data
-directory"): a node wiped in the first seconds of a new cluster, before its record was
-committed; a wiped node that reaches only nodes that never started while every node
-holding the data is unreachable; a node that joined with ``--join`` (not checked).
+Every node records in the registry that it started, and the meta leader records every
+node that acknowledged meta entries (`record_started`), so a later wipe is recognised.
+What this cannot see (README, "A node that lost its data directory"): a node of a new
+cluster wiped within a few ticks of its first vote, before its record was committed; a
+wiped node that reaches only nodes that never started while every node holding the
+data is unreachable; a node that joined with ``--join`` (not checked).
 
-This module decides and asks; it never opens storage and never touches the Raft core.
+This module decides and asks; it never opens storage and only reads the Raft core.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import trio
 
 from boutique.group.admission import GroupView, parse_view
 from boutique.machine import CommandFailed
+from boutique.raft import Role
 from boutique.storage.errors import DataFileError
 
 from .group import Applied
@@ -133,26 +135,36 @@ async def admit(node: Node, router: Router) -> None:
 
 
 async def record_started(node: Node, router: Router) -> None:
-    """Make sure the registry records that this node started; retried until done.
+    """Keep the registry's record of started nodes up to date; runs until cancelled.
 
-    Only once the meta group is on disk here: a node restarted before that finds its
-    data directory empty again, and must be told it is new, not refused."""
+    Every node records itself once its meta group is on disk (a node restarted before
+    that finds its data directory empty again, and must be told it is new, not
+    refused). The meta leader also records every node that has acknowledged meta
+    entries (which it did only after persisting them): at a cluster's birth that
+    happens within a few ticks of a founder's first vote or acknowledgement, closing
+    most of the window in which a wiped founder would not be recognised."""
     from .node import META_GROUP
 
     while True:
+        await trio.sleep(node.settings.tick_interval * 2)
         state = node.registry_state()
-        if state is not None and node.id in state.started:
-            return
-        assert node.storage is not None
-        if META_GROUP not in node.storage.groups():
-            await trio.sleep(RETRY)
+        meta = node.groups.get(META_GROUP)
+        if state is None or meta is None:
             continue
-        try:
-            await router.registry_write(("node_started", node.id))
-            return
-        except Exception as exc:
-            log.debug("could not record that node %d started yet: %s", node.id, exc)
-        await trio.sleep(RETRY)
+        wanted: set[int] = set()
+        assert node.storage is not None
+        if node.id not in state.started and META_GROUP in node.storage.groups():
+            wanted.add(node.id)
+        raft = meta.node.raft
+        if raft.role is Role.LEADER:
+            wanted.update(n for n, pr in raft.progress.items() if pr.match > 0)
+        for started in sorted(wanted - state.started):
+            try:
+                await router.registry_write(("node_started", started))
+            except Exception as exc:
+                log.debug("could not record that node %d started yet: %s", started, exc)
+                await trio.sleep(RETRY)
+                break
 
 
 async def _ask_views(node: Node, peers: list[int], group_id: str) -> dict[int, GroupView | None]:

@@ -103,8 +103,8 @@ class Node(RaftHost):
 
     async def _found_then_record(self, router: Any) -> None:
         """A node whose data directory is empty hosts nothing until ``founding.admit``
-        says it may (or raises, which stops the node); every node then makes sure the
-        registry records that it started, so a later wipe is recognised."""
+        says it may (or raises, which stops the node); then the registry's record of
+        started nodes is kept up to date, so a later wipe is recognised."""
         from . import founding
 
         if META_GROUP not in self.groups:
