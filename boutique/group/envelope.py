@@ -11,6 +11,10 @@ next to the user's commands, by wrapping the user's machine in an `Envelope`:
                                             address book
     ("m", "done", token, result)            the leader finished change `token`
                                             ("ok" or "error: why")
+    ("m", "rejoin", leave, join, node, book) queue the removal of `node` (token
+                                            `leave`) and its addition (token `join`)
+                                            in one entry: a member that lost its
+                                            state comes back as a new learner
 
 Queries are `("u", query)` (answer: msgpack bytes) or `("m", "book")`,
 `("m", "pending")`, `("m", "result", token)`.
@@ -94,6 +98,14 @@ class Envelope:
                 if op == "leave":
                     self._cancel_joins(state, node)
                 state.pending.append(Change(token, op, node))
+                state.book.update(addresses)
+                return None, state
+            case ("m", "rejoin", int() as leave, int() as join, int() as node, book):
+                addresses = parse_book(book)
+                # One entry, so a retried request can never put a leave after the join.
+                self._cancel_joins(state, node)
+                state.pending.append(Change(leave, "leave", node))
+                state.pending.append(Change(join, "join", node))
                 state.book.update(addresses)
                 return None, state
             case ("m", "done", int() as token, str() as result):

@@ -76,16 +76,24 @@ class _LibraryHost(RaftHost):
 
     def load_groups(self) -> None:
         assert self.storage is not None
+        if self.member.group_id in self.storage.groups():
+            # The storage remembers the group: its term, vote and log are its own.
+            self.open_member_group(found=False)
+        # Otherwise nothing is hosted until `duties.admit` has decided, from the other
+        # members' answers, whether this is the group's first start (see `admission`).
+
+    def open_member_group(self, *, found: bool, campaign: bool = False) -> None:
+        """Host the member's group: as a founding voter if `found`, else as whatever
+        the storage holds (empty: a member waiting to be added). With `campaign`, the
+        lowest founder campaigns at once, so a new group has a leader after one round
+        trip instead of an election timeout."""
         member = self.member
-        fresh = member.group_id not in self.storage.groups()
         founders = tuple(sorted(member.founders))
         self.open_group(
             member.group_id,
             founders,
-            bootstrap_voters=not member.joining,
-            # The lowest founder campaigns at once, so a new group has a leader after
-            # one round trip instead of an election timeout.
-            campaign=fresh and not member.joining and self.id == founders[0],
+            bootstrap_voters=found,
+            campaign=found and campaign and self.id == founders[0],
             # One group per host: heartbeats are cheap, and a group that never goes quiet
             # notices a dead leader by itself, without the transport's help.
             quiesce=False,
@@ -120,6 +128,8 @@ class Member(Generic[C, R, Q, A]):
         self.node_id = node_id
         self.group_id = group
         self.joining = join
+        self.rejoining = False
+        """Set while this member, which lost its state, is removed and added back."""
         self.static_members: dict[int, Address] = _check_members(node_id, members)
         self.founders = frozenset(self.static_members)
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -162,6 +172,10 @@ class Member(Generic[C, R, Q, A]):
           message is accepted. Make it long and random.
         - `data_dir`: None keeps the log in memory (a restarted member catches up from
           its peers); a directory makes the member durable (SQLite, fsync per batch).
+          A member whose storage has no record of the group asks the others first: it
+          founds the group only if every founder answers and none has held an
+          election; if the group exists and lists it as a voter, it lost its state and
+          comes back as a new learner (removed and added again) before it votes.
         - `join=True`: do not found the group; wait to be added by `add_member` at an
           existing member. Also needed to restart an in-memory member that was added
           after the group was founded.
@@ -189,8 +203,9 @@ class Member(Generic[C, R, Q, A]):
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
                 nursery.start_soon(duties.steward, self)
-                if self.joining:
-                    nursery.start_soon(duties.learn_addresses, self)
+                if self.group_id not in self.host.groups:
+                    nursery.start_soon(duties.admit, self)
+                nursery.start_soon(duties.learn_addresses, self)
                 try:
                     yield self
                 finally:
@@ -283,14 +298,19 @@ class Member(Generic[C, R, Q, A]):
         )
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until this member belongs to the group's membership and knows a leader.
+        """Wait until this member belongs to the group's membership and knows a leader
+        (a member that lost its state and is being re-admitted: until it votes again).
 
         Raises `Timeout` (maybe_applied False) if that takes longer than `timeout`."""
         with trio.move_on_after(timeout):
             while True:
-                raft = self._group().node.raft
-                if raft.lead and self.node_id in raft.conf.members():
-                    return
+                group = self.host.groups.get(self.group_id)
+                raft = group.node.raft if group is not None else None
+                if raft is not None and raft.lead:
+                    # A member being re-admitted is ready once it votes again.
+                    conf = raft.conf
+                    if self.node_id in (conf.voters if self.rejoining else conf.members()):
+                        return
                 await trio.sleep(self.settings.tick_interval)
         raise Timeout(f"member {self.node_id} is not ready", maybe_applied=False)
 
@@ -391,8 +411,10 @@ class Member(Generic[C, R, Q, A]):
     # --- Internals ----------------------------------------------------------------------
 
     def in_group(self) -> bool:
-        """Whether this member is a voter or learner of the group, as far as it knows."""
-        return self.node_id in self._group().node.raft.conf.members()
+        """Whether this member is a voter or learner of the group, as far as it knows
+        (False while it does not host the group yet)."""
+        group = self.host.groups.get(self.group_id)
+        return group is not None and self.node_id in group.node.raft.conf.members()
 
     def election_timeout(self) -> float:
         """The shortest election timeout, in seconds."""
@@ -403,7 +425,10 @@ class Member(Generic[C, R, Q, A]):
         if group is None:
             if self.group_id in self.host.quarantined:
                 raise Unavailable(self.host.quarantine_message(self.group_id))
-            raise Unavailable("the member is not running")
+            raise Unavailable(
+                "the member does not host its group: it is stopped, or still asking the "
+                "other members whether it may found the group or must rejoin it"
+            )
         return group
 
     def _candidates(self) -> set[int]:

@@ -1030,7 +1030,9 @@ class RaftHost:
         Kinds: ``"w"`` propose ``body`` (command bytes); ``"r"`` linearizable read of
         query ``body``; ``"c"`` membership change ``[change type, node]`` (leader only);
         ``"s"`` the leader's view of the group (members, match, commit); ``"t"`` hand
-        leadership to node ``body``.
+        leadership to node ``body``; ``"p"`` this node's own view of the group, whatever
+        its role (``local_view``), or None if it does not host the group: what a node
+        that lost its state asks before it may found or rejoin a group.
         """
         match kind:
             case "w" if isinstance(body, bytes):
@@ -1049,6 +1051,9 @@ class RaftHost:
                 return await self.call(group_id, _leader_view, timeout)
             case "t" if type(body) is int:
                 return await self.transfer_leader(group_id, body, timeout)
+            case "p":
+                group = self.groups.get(group_id)
+                return Applied(None if group is None else local_view(group))
         return Rejected(f"malformed request of kind {kind!r}")
 
     def _on_forward_request(self, peer: int, request: object) -> None:
@@ -1107,6 +1112,19 @@ class RaftHost:
                 "voters": sorted(raft.conf.voters),
             }
         return groups
+
+
+def local_view(group: GroupRuntime) -> dict[str, Any]:
+    """This node's own, possibly stale, view of a group: its term and membership. A
+    term above 1 means the group has held an election (pre-vote makes the first one
+    need a majority of founders)."""
+    raft = group.node.raft
+    return {
+        "term": raft.term,
+        "voters": sorted(raft.conf.voters),
+        "learners": sorted(raft.conf.learners),
+        "leader": raft.lead,
+    }
 
 
 def _leader_view(group: GroupRuntime) -> dict[str, Any]:

@@ -102,6 +102,19 @@ class Node(RaftHost):
         self._update_peers()
         self.mover = Mover(self, Router(self))
         nursery.start_soon(self.mover.run)
+        nursery.start_soon(self._found_then_record, Router(self))
+
+    async def _found_then_record(self, router: Any) -> None:
+        """A node whose data directory is empty hosts nothing until ``founding.admit``
+        says it may (or raises, which stops the node); then the registry's record of
+        started nodes is kept up to date, so a later wipe is recognised."""
+        from . import founding
+
+        if META_GROUP not in self.groups:
+            await founding.admit(self, router)
+            self.open_groups()
+            self._update_peers()
+        await founding.record_started(self, router)
 
     def _machine_for(self, group_id: str) -> StateMachine[Any, Any, Any, Any, Any]:
         if group_id == META_GROUP:
@@ -117,6 +130,18 @@ class Node(RaftHost):
     # --- Groups -------------------------------------------------------------------------
 
     def load_groups(self) -> None:
+        assert self.storage is not None
+        in_config = any(n.id == self.id for n in self.config.nodes)
+        alone = len(self.config.nodes) == 1
+        if in_config and not alone and META_GROUP not in self.storage.groups():
+            # An empty data directory: a new cluster, or this node's state was lost.
+            # Nothing is hosted until ``founding.admit`` tells them apart (a node
+            # alone in its config has nobody to ask: its cluster is new).
+            return
+        self.open_groups()
+
+    def open_groups(self) -> None:
+        """Host the meta group and every bucket group the storage or registry holds."""
         assert self.storage is not None
         meta_voters = self.config.meta_replicas
         founder = self.id in meta_voters and any(n.id == self.id for n in self.config.nodes)

@@ -279,6 +279,10 @@ class Router:
         """Propose a registry command (placement changes) through the meta group."""
         return await self._write(META_GROUP, self._meta_replicas(), command)
 
+    async def registry_read(self, query: tuple[Any, ...]) -> Any:
+        """A linearizable registry query through the meta group."""
+        return await self._read(META_GROUP, self._meta_replicas(), query)
+
     async def group_request(
         self, group: str, replicas: tuple[int, ...], kind: str, body: Any
     ) -> Any:
