@@ -56,6 +56,8 @@ __all__ = ["ClusterExistsError", "Decision", "admit", "decide", "record_started"
 
 RETRY = 0.5
 """Seconds between two rounds of questions."""
+LOG_EVERY = 10.0
+"""Seconds between two log lines saying the same thing while the node waits."""
 
 
 class ClusterExistsError(DataFileError):
@@ -97,11 +99,21 @@ def refusal(node: Node) -> ClusterExistsError:
 
 
 async def admit(node: Node, router: Router) -> None:
-    """Return once this node may found; raise `ClusterExistsError` if it must not."""
-    from .node import META_GROUP
-
+    """Return once this node may found; raise `ClusterExistsError` if it must not.
+    Meanwhile ``node.waiting_for_peers`` says why the node does not serve."""
     founders = node.config.meta_replicas
     peers = sorted(n.id for n in node.config.nodes if n.id != node.id)
+    try:
+        await _admit(node, router, founders, peers)
+    finally:
+        node.waiting_for_peers = None
+
+
+async def _admit(node: Node, router: Router, founders: tuple[int, ...], peers: list[int]) -> None:
+    from .node import META_GROUP
+
+    last_silent: list[int] | None = None
+    next_log = 0.0
     while True:
         answers = await _ask_views(node, peers, META_GROUP)
         decision = decide(node.id, founders, answers)
@@ -126,11 +138,20 @@ async def admit(node: Node, router: Router) -> None:
                 log.info("cannot ask the registry whether this node is new yet: %s", exc)
         else:
             silent = sorted(set(peers) - set(answers))
-            log.info(
-                "data directory empty: waiting for nodes %s to tell whether the cluster "
-                "exists (this node votes for nothing meanwhile)",
-                silent,
+            names = ", ".join(n.name for n in node.config.nodes if n.id in silent)
+            node.waiting_for_peers = (
+                f"its data directory is empty and it is waiting for {names} to tell "
+                "whether the cluster exists"
             )
+            now = trio.current_time()
+            if silent != last_silent or now >= next_log:
+                # Said once, again when it changes, and every LOG_EVERY seconds.
+                log.info(
+                    "node %s does not serve yet: %s (it votes for nothing meanwhile)",
+                    node.me.name,
+                    node.waiting_for_peers,
+                )
+                last_silent, next_log = silent, now + LOG_EVERY
         await trio.sleep(RETRY)
 
 

@@ -42,6 +42,8 @@ class Node(RaftHost):
         self.config = config
         self.me = me
         self._data_lock: IO[str] | None = None
+        self.waiting_for_peers: str | None = None
+        """Why this node does not serve yet (``founding.admit``), or None."""
         super().__init__(
             me.id,
             secret=config.secret,
