@@ -58,6 +58,9 @@ RETRY = 0.5
 """Seconds between two rounds of questions."""
 LOG_EVERY = 10.0
 """Seconds between two log lines saying the same thing while the node waits."""
+PATIENCE = 3.0
+"""Seconds of waiting for peers that are normal at a cluster's first start; after that
+the node says (in its log, and to clients at once) that it does not serve yet."""
 
 
 class ClusterExistsError(DataFileError):
@@ -114,6 +117,7 @@ async def _admit(node: Node, router: Router, founders: tuple[int, ...], peers: l
 
     last_silent: list[int] | None = None
     next_log = 0.0
+    began = trio.current_time()
     while True:
         answers = await _ask_views(node, peers, META_GROUP)
         decision = decide(node.id, founders, answers)
@@ -138,12 +142,17 @@ async def _admit(node: Node, router: Router, founders: tuple[int, ...], peers: l
                 log.info("cannot ask the registry whether this node is new yet: %s", exc)
         else:
             silent = sorted(set(peers) - set(answers))
+            now = trio.current_time()
+            if now - began < PATIENCE:
+                # Nodes of a new cluster start seconds apart: a short wait is normal
+                # and worth neither a log line nor turning clients away early.
+                await trio.sleep(RETRY)
+                continue
             names = ", ".join(n.name for n in node.config.nodes if n.id in silent)
             node.waiting_for_peers = (
                 f"its data directory is empty and it is waiting for {names} to tell "
                 "whether the cluster exists"
             )
-            now = trio.current_time()
             if silent != last_silent or now >= next_log:
                 # Said once, again when it changes, and every LOG_EVERY seconds.
                 log.info(
