@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import math
 import os
@@ -68,6 +69,14 @@ from boutique.runtime.router import (
     OutcomeUnknown,
     Router,
     Unavailable,
+)
+from boutique.status import (
+    GROUP_LIMIT,
+    EdgeStatus,
+    GroupStatus,
+    NodeStatus,
+    PeerEdgeStatus,
+    RangeStatus,
 )
 from boutique.wire import ErrorCode, request_line
 
@@ -104,7 +113,7 @@ AUTH_FAILURE_DELAY = 0.25
 """Seconds the first wrong password's reply waits; each further one waits twice as long
 (up to ``AUTH_FAILURE_DELAY_MAX``). The reader waits too, so guesses cannot pile up."""
 AUTH_FAILURE_DELAY_MAX = 2.0
-STATUS_GROUP_LIMIT = 50
+STATUS_GROUP_LIMIT = GROUP_LIMIT
 
 
 class _Done:
@@ -427,6 +436,8 @@ class LineServer:
                     return Pong()
                 case cmd.Help():
                     return Text(HELP_TEXT)
+                case cmd.Status(as_json=True):
+                    return Text([self.status_snapshot().to_json()])
                 case cmd.Status():
                     return Text(self.status_lines())
                 case cmd.Quit() | cmd.Auth():
@@ -499,44 +510,56 @@ class LineServer:
         return Ok()
 
     def status_lines(self) -> list[str]:
+        """The STATUS text reply (see ``boutique.status``)."""
+        return self.status_snapshot().to_lines()
+
+    def status_snapshot(self) -> NodeStatus:
+        """What STATUS and STATUS JSON report, taken now."""
         status = self.node.status()
         config = self.config
         names = {n.id: n.name for n in config.nodes}
-        lines = [f"node {status['node']} id {status['id']} cluster {config.cluster_name}"]
-        lines.append(f"clients {self.clients} of {config.max_connections}")
-        lines.append(
-            f"edge unauthenticated {self.unauthenticated.count} of {config.max_unauthenticated}"
-            f" refused {self.refused} auth-failures {self.auth_failures}"
-            f" auth-timeouts {self.auth_timeouts}"
-        )
         transport = self.node.transport
+        peer_edge = None
         if transport is not None:
             stats = transport.stats
-            lines.append(
-                f"peer-edge handshakes-refused {stats.handshakes_refused}"
-                f" auth-failures {stats.auth_failures}"
-            )
-        counters = " ".join(f"{k.replace('_', '-')} {v}" for k, v in status["counters"].items())
-        lines.append(f"loop {counters}")
-        for peer, up in sorted(status["peers"].items()):
-            lines.append(f"peer {peer} {'up' if up else 'DOWN'}")
-        for rng in config.ranges:
-            replicas = ",".join(names.get(r, str(r)) for r in rng.replicas)
-            lines.append(f"range {rng.id} replicas {replicas}")
-        # Always shown, before the (capped) group list: an operator must see them.
-        for group_id, reason in status["quarantined"].items():
-            lines.append(f"quarantined {group_id} {reason}")
+            peer_edge = PeerEdgeStatus(stats.handshakes_refused, stats.auth_failures)
         groups: dict[str, dict[str, Any]] = status["groups"]
-        for shown, (group_id, g) in enumerate(groups.items()):
-            if shown >= STATUS_GROUP_LIMIT:
-                lines.append(f"... and {len(groups) - shown} more groups")
-                break
-            leader = names.get(g["leader"], "none")
-            lines.append(
-                f"group {group_id} role {g['role']} leader {leader} term {g['term']} "
-                f"commit {g['commit']} applied {g['applied']}{' quiet' if g['quiet'] else ''}"
-            )
-        return lines
+        return NodeStatus(
+            node=status["node"],
+            id=status["id"],
+            cluster=config.cluster_name,
+            clients=self.clients,
+            max_connections=config.max_connections,
+            edge=EdgeStatus(
+                unauthenticated=self.unauthenticated.count,
+                max_unauthenticated=config.max_unauthenticated,
+                refused=self.refused,
+                auth_failures=self.auth_failures,
+                auth_timeouts=self.auth_timeouts,
+            ),
+            peer_edge=peer_edge,
+            loop=dict(status["counters"]),
+            peers=dict(status["peers"]),
+            ranges=tuple(
+                RangeStatus(rng.id, tuple(names.get(r, str(r)) for r in rng.replicas))
+                for rng in config.ranges
+            ),
+            quarantined=dict(status["quarantined"]),
+            groups=tuple(
+                GroupStatus(
+                    id=group_id,
+                    role=g["role"],
+                    leader=names.get(g["leader"]),
+                    term=g["term"],
+                    commit=g["commit"],
+                    applied=g["applied"],
+                    quiet=bool(g["quiet"]),
+                )
+                for group_id, g in itertools.islice(groups.items(), STATUS_GROUP_LIMIT)
+            ),
+            groups_total=len(groups),
+            groups_quiet=sum(1 for g in groups.values() if g["quiet"]),
+        )
 
 
 class _Connection:
