@@ -49,6 +49,7 @@ import itertools
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ from boutique.status import (
 from boutique.wire import ErrorCode, request_line
 
 from . import commands as cmd
+from .node_metrics import NodeMetrics
 from .protocol import (
     HELP_TEXT,
     Error,
@@ -145,8 +147,11 @@ class _Done:
 
 @dataclass(slots=True)
 class _Slot:
-    """One reply position in the connection's output order."""
+    """One reply position in the connection's output order: the request it answers
+    and when that was read (``time.perf_counter()``), for the metrics."""
 
+    event: cmd.Command | ProtocolError
+    started: float
     done: _Done = field(default_factory=_Done)
     data: bytes = b""
     close_after: bool = False
@@ -245,6 +250,8 @@ class LineServer:
         self.stopping = False
         """Set when the node drains: new commands get ``ERR UNAVAILABLE`` (certainly not
         applied), commands already taken on run to their answer."""
+        self.metrics = NodeMetrics(self)
+        """Counted for every reply; served over HTTP only with ``[metrics] port``."""
 
         self.closed = False
 
@@ -720,7 +727,7 @@ class _Connection:
                         return
 
     async def _dispatch(self, event: cmd.Command | ProtocolError, nursery: trio.Nursery) -> None:
-        slot = _Slot()
+        slot = _Slot(event, time.perf_counter())
         # A bound on replies by count and by bytes: past either, stop reading.
         while len(self.replies) >= self.limit or not self._has_byte_room():
             self._room = trio.Event()
@@ -778,6 +785,7 @@ class _Connection:
 
     def _finish(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
+        self.server.metrics.answered(slot.event, slot.started, data)
         self._account(len(data))
         slot.done.set()
         self._flush()
@@ -858,6 +866,7 @@ class _Connection:
     def _command_done(self, slot: _Slot) -> None:
         """A command has its reply in ``slot``: the writer may send it, and the command
         no longer counts against ``max_in_flight``."""
+        self.server.metrics.answered(slot.event, slot.started, slot.data)
         self._account(len(slot.data))
         slot.done.set()
         self.in_flight.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -58,8 +59,7 @@ def test_text_lines_keep_their_format() -> None:
 
 
 def test_no_peer_edge_line_before_the_transport_runs() -> None:
-    status = sample()
-    lines = NodeStatus(**{**_fields(status), "peer_edge": None}).to_lines()
+    lines = dataclasses.replace(sample(), peer_edge=None).to_lines()
     assert not any(line.startswith("peer-edge ") for line in lines)
 
 
@@ -96,7 +96,3 @@ def test_json_from_a_newer_server_keeps_unknown_keys() -> None:
 def test_bad_json_is_a_value_error(text: str) -> None:
     with pytest.raises(ValueError, match="STATUS JSON"):
         NodeStatus.from_json(text)
-
-
-def _fields(status: NodeStatus) -> dict[str, object]:
-    return {name: getattr(status, name) for name in status.__dataclass_fields__}
