@@ -9,8 +9,10 @@ signal during the drain cuts it short. SIGINT ignored at startup (a job started 
 the background from a script) stays ignored; SIGTERM is always honoured.
 
 A stop signal that arrives while the node starts waits (``holding_stop_signals``) and
-drains it as soon as it serves. A startup failure is raised as ``StartupError`` naming the config file, the node, the
-role (client or peer listener) and the address: never a bare ``[Errno 98]``.
+drains it as soon as it serves. With ``[metrics] port`` (or the node's ``metrics_port``)
+set, it also serves ``GET /metrics`` there (see ``metrics_http``). A startup failure is
+raised as ``StartupError`` naming the config file, the node, the role (client, peer or
+metrics listener) and the address: never a bare ``[Errno 98]``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from boutique.runtime.join import register
 from boutique.runtime.node import META_GROUP, Node
 from boutique.runtime.router import Router
 
+from .metrics_http import MetricsServer
 from .server import LINGER_TIMEOUT, LineServer
 
 log = logging.getLogger("boutique")
@@ -140,6 +143,22 @@ async def serve(
                 node.peer_port,
                 me.data_dir,
             )
+            metrics_port = config.metrics_port_of(me)
+            if metrics_port:
+                metrics = MetricsServer(server.metrics.render, config.metrics_host, metrics_port)
+                try:
+                    await nursery.start(metrics.run)
+                except BaseException as exc:
+                    cause = _sole_cause(exc)
+                    if isinstance(cause, OSError):
+                        # The endpoint's own message wraps the socket's: report the latter.
+                        if isinstance(cause.__cause__, OSError):
+                            cause = cause.__cause__
+                        key = "metrics.port" if me.metrics_port is None else "metrics_port"
+                        raise _listen_error(
+                            cause, source, me, "metrics", config.metrics_host, metrics_port, key
+                        ) from None
+                    raise
             nursery.start_soon(_announce_when_serving, node, f"{config.listen_host}:{port}")
             stopped = await _drain_on_signal(received, node, server)
             if stopped.report is not None:
