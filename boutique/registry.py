@@ -108,10 +108,13 @@ RegistryQuery: TypeAlias = (
     | tuple[Literal["ranges_version"]]
     | tuple[Literal["nodes"]]
     | tuple[Literal["moves"]]
+    | tuple[Literal["removed"]]
 )
-RegistryAnswer: TypeAlias = Wire | list[Wire] | list[str] | list[list[object]] | int | None
+RegistryAnswer: TypeAlias = (
+    Wire | list[Wire] | list[str] | list[list[object]] | list[int] | int | None
+)
 
-_SNAPSHOT_FORMAT = 2
+_SNAPSHOT_FORMAT = 3
 
 
 def validate_bucket_name(name: object) -> str:
@@ -372,7 +375,7 @@ class RegistryState:
     initial ranges). `next_seq` is the sequence number the next created bucket gets.
     """
 
-    __slots__ = ("buckets", "moves", "next_seq", "nodes", "ranges", "ranges_version")
+    __slots__ = ("buckets", "moves", "next_seq", "nodes", "ranges", "ranges_version", "removed")
 
     def __init__(
         self,
@@ -382,6 +385,7 @@ class RegistryState:
         next_seq: int = 1,
         nodes: dict[int, NodeInfo] | None = None,
         moves: dict[str, Move] | None = None,
+        removed: set[int] | None = None,
     ) -> None:
         self.ranges = ranges
         self.ranges_version = ranges_version
@@ -391,6 +395,10 @@ class RegistryState:
         """Cluster members and their addresses (see `boutique.placement`)."""
         self.moves: dict[str, Move] = {} if moves is None else moves
         """Pending replica moves, by range id."""
+        self.removed: set[int] = set() if removed is None else removed
+        """Tombstones: ids of nodes that were removed. Such an id is never admitted
+        again (a node that comes back is a new node with a new id), and peers tell a
+        node with such an id that it was removed (see ``runtime/transport.py``)."""
 
     def __repr__(self) -> str:
         return (
@@ -505,6 +513,8 @@ class RegistryMachine:
                 return [state.nodes[n].to_wire() for n in sorted(state.nodes)]
             case ("moves",):
                 return [state.moves[r].to_wire() for r in sorted(state.moves)]
+            case ("removed",):
+                return sorted(state.removed)
             case _:
                 raise ValueError(f"not a registry query: {_short(query)}")
 
@@ -518,6 +528,7 @@ class RegistryMachine:
                 "buckets": [state.buckets[name].to_wire() for name in sorted(state.buckets)],
                 "nodes": [state.nodes[n].to_wire() for n in sorted(state.nodes)],
                 "moves": [state.moves[r].to_wire() for r in sorted(state.moves)],
+                "removed": sorted(state.removed),
             }
         )
 
@@ -528,7 +539,10 @@ class RegistryMachine:
             raise ValueError("not a registry snapshot: undecodable") from exc
         if isinstance(value, dict) and value.get("format") == 1:
             # Format 1 predates the node table and moves.
-            value = {**value, "format": _SNAPSHOT_FORMAT, "nodes": [], "moves": []}
+            value = {**value, "format": 2, "nodes": [], "moves": []}
+        if isinstance(value, dict) and value.get("format") == 2:
+            # Format 2 predates the tombstones of removed nodes.
+            value = {**value, "format": _SNAPSHOT_FORMAT, "removed": []}
         fields = _fields(value, _SNAPSHOT_KEYS, "registry snapshot")
         nodes = {}
         for wire in _as_array(fields["nodes"], "registry snapshot: nodes"):
@@ -540,6 +554,10 @@ class RegistryMachine:
             moves[move.range_id] = move
         if type(fields["format"]) is not int or fields["format"] != _SNAPSHOT_FORMAT:
             raise ValueError(f"registry snapshot: unknown format {fields['format']!r}")
+        removed = {
+            _check_node_id(node, "registry snapshot: removed")
+            for node in _as_array(fields["removed"], "registry snapshot: removed")
+        }
         ranges = None if fields["ranges"] is None else RangeMap.from_wire(fields["ranges"])
         version = fields["ranges_version"]
         next_seq = fields["next_seq"]
@@ -560,11 +578,11 @@ class RegistryMachine:
             if info.created_seq >= next_seq:
                 raise ValueError(f"registry snapshot: bucket {info.name!r} is from the future")
             buckets[info.name] = info
-        return RegistryState(ranges, version, buckets, next_seq, nodes, moves)
+        return RegistryState(ranges, version, buckets, next_seq, nodes, moves, removed)
 
 
 _SNAPSHOT_KEYS = frozenset(
-    {"format", "ranges", "ranges_version", "next_seq", "buckets", "nodes", "moves"}
+    {"format", "ranges", "ranges_version", "next_seq", "buckets", "nodes", "moves", "removed"}
 )
 
 

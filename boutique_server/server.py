@@ -236,6 +236,9 @@ class LineServer:
         self.stopping = False
         """Set when the node drains: new commands get ``ERR UNAVAILABLE`` (certainly not
         applied), commands already taken on run to their answer."""
+        self.removed = False
+        """Set (with ``stopping``) when the cluster removed this node: the refusal says
+        so, so a client knows to use another node rather than wait for this one."""
 
         self.closed = False
 
@@ -268,6 +271,10 @@ class LineServer:
 
     @property
     def stopping_reply(self) -> bytes:
+        if self.removed:
+            return render(
+                Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} was removed from the cluster")
+            )
         return render(Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} is stopping"))
 
     @property
