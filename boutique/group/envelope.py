@@ -38,7 +38,8 @@ RESULTS_KEPT = 256
 """Finished changes whose result stays readable; older ones are forgotten (a caller
 waiting that long has timed out already)."""
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+"""Version 2 adds the tombstones (`GroupState.removed`); version 1 is still read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,10 @@ class GroupState:
     """Changes not yet carried out, oldest first; the leader works on the first."""
     results: dict[int, str] = field(default_factory=dict)
     """Token -> "ok" or "error: ..." for the last `RESULTS_KEPT` finished changes."""
+    removed: set[int] = field(default_factory=set)
+    """Tombstones: members whose removal finished. Every member refuses them (no
+    connection, no forwarded request) and tells them they were removed; adding the id
+    again (`add_member`, an operator's explicit decision) lifts the tombstone."""
 
 
 class Envelope:
@@ -93,6 +98,8 @@ class Envelope:
                 addresses = parse_book(book)
                 if op == "leave":
                     self._cancel_joins(state, node)
+                else:
+                    state.removed.discard(node)
                 state.pending.append(Change(token, op, node))
                 state.book.update(addresses)
                 return None, state
@@ -101,6 +108,8 @@ class Envelope:
                     if change.token == token:
                         state.pending.remove(change)
                         self._record(state, token, result)
+                        if change.op == "leave" and result == "ok":
+                            state.removed.add(change.node)
                         return True, state
                 return False, state  # already finished (two leaders raced): no-op
             case _:
@@ -147,16 +156,25 @@ class Envelope:
                 [[c.token, c.op, c.node] for c in state.pending],
                 [[token, result] for token, result in state.results.items()],
                 self.user.snapshot(state.user),
+                sorted(state.removed),
             ]
         )
 
     def restore(self, data: bytes) -> GroupState:
+        removed: object = ()
         match decode_value(data):
             case (1, book, pending, results, bytes() as user_data):
+                pass
+            case (2, book, pending, results, bytes() as user_data, removed):
                 pass
             case _:
                 raise ValueError("not a group snapshot")
         state = GroupState(self.user.restore(user_data), parse_book(book))
+        match removed:
+            case list() | tuple() if all(type(n) is int and n > 0 for n in removed):
+                state.removed = set(removed)
+            case _:
+                raise ValueError("not a group snapshot: bad removed members")
         for item in pending:
             match item:
                 case (int() as token, ("join" | "leave") as op, int() as node):

@@ -349,7 +349,7 @@ class RaftHost:
             max_frame=self.settings.max_frame,
             tls=self.peer_tls,
             on_link_lost=self._on_link_lost,
-            on_removed=self._told_removed,
+            on_removed=self.learn_removed,
         )
 
     def load_groups(self) -> None:
@@ -369,7 +369,7 @@ class RaftHost:
         """This host was removed from its cluster or group (``removed_by`` set). Called
         once; must not await. The owner stops serving and shuts the host down."""
 
-    def _told_removed(self, peer: int) -> None:
+    def learn_removed(self, peer: int) -> None:
         if self.removed_by is not None:
             return  # every peer says so; acting once is enough
         self.removed_by = peer

@@ -199,7 +199,7 @@ class Node(RaftHost):
             )
             self.set_removed(frozenset(state.removed))
             if self.id in state.removed:
-                self._told_removed(self.id)  # it applied its own tombstone
+                self.learn_removed(self.id)  # it applied its own tombstone
         peers = {p: a for p, a in peers.items() if p not in self.removed_ids}
         if peers != self.peers:
             self.set_peers(peers)
