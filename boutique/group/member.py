@@ -138,6 +138,7 @@ class Member(Generic[C, R, Q, A]):
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.settings = settings if settings is not None else HostSettings()
         self._learned: dict[int, Address] = {}
+        self._nursery: trio.Nursery | None = None
         envelope = Envelope(machine)
         self.host = _LibraryHost(
             self,
@@ -201,6 +202,7 @@ class Member(Generic[C, R, Q, A]):
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
+                self._nursery = nursery
                 nursery.start_soon(duties.steward, self)
                 if self.joining:
                     nursery.start_soon(duties.learn_addresses, self)
@@ -442,6 +444,12 @@ class Member(Generic[C, R, Q, A]):
             source,
         )
         self.host.set_peers({})
+        # Often called from inside the host's turn (applying its own removal), where
+        # the loop must not be halted under its feet: halt it from a task.
+        if self._nursery is not None:
+            self._nursery.start_soon(self._halt)
+
+    async def _halt(self) -> None:
         self.host.halt()
 
     def _check_not_removed(self) -> None:

@@ -370,6 +370,7 @@ class RaftHost:
         once; must not await. The owner stops serving and shuts the host down."""
 
     def learn_removed(self, peer: int) -> None:
+        """``peer`` (this host's own id: its own records) says this host was removed."""
         if self.removed_by is not None:
             return  # every peer says so; acting once is enough
         self.removed_by = peer
