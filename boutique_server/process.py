@@ -9,7 +9,8 @@ signal during the drain cuts it short. SIGINT ignored at startup (a job started 
 the background from a script) stays ignored; SIGTERM is always honoured.
 
 A node that learns the cluster removed it (``Node.removed``) drains the same way, its
-clients told ``ERR UNAVAILABLE node ... was removed from the cluster``, and ``serve``
+clients told ``ERR UNAVAILABLE node ... was removed from the cluster`` (for at least
+``REMOVED_NOTICE`` seconds), and ``serve``
 returns a ``Stopped`` with ``removed`` set: the process exits with ``EXIT_REMOVED``.
 
 A stop signal that arrives while the node starts waits (``holding_stop_signals``) and
@@ -37,6 +38,12 @@ from boutique.runtime.router import Router
 from .server import LINGER_TIMEOUT, LineServer
 
 log = logging.getLogger("boutique")
+
+REMOVED_NOTICE = 1.0
+"""Seconds a removed node keeps answering its connected clients' new commands with
+``ERR UNAVAILABLE node ... was removed from the cluster`` before it closes them: its
+drain is often instant (it leads nothing), and a client should learn why, not just
+see its connection close."""
 
 HANDOVER_TIMEOUT = 3.0
 """Seconds a stopping node tries to hand its groups' leadership over."""
@@ -220,6 +227,8 @@ async def _drain_on_signal(received: AsyncIterator[int], node: Node, server: Lin
             handover_timeout=HANDOVER_TIMEOUT,
             settle_timeout=node.config.request_timeout,
         )
+        if removed:
+            await trio.sleep(REMOVED_NOTICE)
         nursery.cancel_scope.cancel()
     return Stopped(name, report, removed)
 
