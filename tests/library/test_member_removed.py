@@ -5,6 +5,7 @@ it had open, the group applied it, and its `status` still said follower.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -76,3 +77,21 @@ async def test_the_group_refuses_a_command_a_removed_member_forwards() -> None:
         leader.host._on_frame(gone.node_id, {"f": [[1, "w", group, body]]})
         await trio.sleep(0.3)
         assert await one.query("value") == await two.query("value") == 1
+
+
+def test_the_counter_example_exits_once_its_member_was_removed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from boutique.examples.run_counter import repl
+
+    class RemovedMember:
+        node_id = 3
+
+        def query(self, query: str) -> int:
+            raise Removed("member 3 was removed from group default")
+
+    stdin = io.StringIO("value\nvalue\n")
+    repl(RemovedMember(), stdin)  # type: ignore[arg-type]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["error: Removed: member 3 was removed from group default; stopping"]
+    assert stdin.readline() == "value\n"  # it stopped reading after the first
