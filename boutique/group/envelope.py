@@ -67,8 +67,8 @@ class GroupState:
     """Token -> "ok" or "error: ..." for the last `RESULTS_KEPT` finished changes."""
     removed: set[int] = field(default_factory=set)
     """Tombstones: members whose removal finished. Every member refuses them (no
-    connection, no forwarded request) and tells them they were removed; adding the id
-    again (`add_member`, an operator's explicit decision) lifts the tombstone."""
+    connection, no forwarded request) and tells them they were removed, and a join of
+    such an id is refused: a member that comes back is a new member, with a new id."""
 
 
 class Envelope:
@@ -96,10 +96,11 @@ class Envelope:
                 return data, state
             case ("m", "change", int() as token, ("join" | "leave") as op, int() as node, book):
                 addresses = parse_book(book)
+                if op == "join" and node in state.removed:
+                    self._record(state, token, f"error: {removed_rejoin(node)}")
+                    return None, state
                 if op == "leave":
                     self._cancel_joins(state, node)
-                else:
-                    state.removed.discard(node)
                 state.pending.append(Change(token, op, node))
                 state.book.update(addresses)
                 return None, state
@@ -188,6 +189,11 @@ class Envelope:
                 case _:
                     raise ValueError("not a group snapshot: bad result")
         return state
+
+
+def removed_rejoin(node: int) -> str:
+    """Why a removed id cannot join again."""
+    return f"node {node} was removed from the group; a member that comes back needs a new id"
 
 
 def book_to_wire(book: dict[int, Address]) -> list[WireValue]:

@@ -322,7 +322,8 @@ class Member(Generic[C, R, Q, A]):
         Every member learns the address; the new member (started with `join=True`, before
         or after this call) joins as a learner, catches up, and is then promoted. Returns
         once it votes. On `Timeout` the change goes on in the background; `remove_member`
-        cancels it.
+        cancels it. Raises `MembershipError` if `node_id` was removed from the group: a
+        member that comes back needs a new id.
         """
         if node_id <= 0:
             raise ValueError(f"a node id must be positive, not {node_id}")

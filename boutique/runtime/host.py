@@ -812,8 +812,8 @@ class RaftHost:
             self.transport.set_peers(self.peers)
 
     def set_removed(self, removed: frozenset[int]) -> None:
-        """The ids removed from the cluster or group, as the owner's records say (they
-        only grow): no longer peers, refused, and told so when they dial."""
+        """The ids removed from the cluster or group, as the owner's records say: no
+        longer peers, refused, and told so when they dial."""
         if removed == self.removed_ids:
             return
         self.removed_ids = frozenset(removed)

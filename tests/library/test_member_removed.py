@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import trio
 
-from boutique import HostSettings, Member, Removed, Unavailable
-from boutique.examples import Counter
-from boutique.machine import encode_value
+from boutique import HostSettings, Member, MembershipError, Removed, Unavailable
+from boutique.examples import Counter, KVStore
+from boutique.group.envelope import Envelope, GroupState
+from boutique.machine import MachineHost, encode_value
 from boutique.testing.local_cluster import free_ports
 
 SECRET = b"library-tests-secret-0123456789"
@@ -62,6 +63,9 @@ async def test_a_removed_member_learns_it_says_so_once_and_refuses(
         assert len(said) == 1, said
         assert said[0].startswith("member 3 of group default was removed from the group")
         assert await one.query("value") == await two.query("value") == 1
+        # Its id cannot come back as if it were the same member.
+        with pytest.raises(MembershipError, match="needs a new id"):
+            await two.add_member(gone.node_id, gone.host.listen, timeout=5)
 
 
 async def test_the_group_refuses_a_command_a_removed_member_forwards() -> None:
@@ -95,3 +99,22 @@ def test_the_counter_example_exits_once_its_member_was_removed(
     printed = capsys.readouterr().out.splitlines()
     assert printed == ["error: Removed: member 3 was removed from group default; stopping"]
     assert stdin.readline() == "value\n"  # it stopped reading after the first
+
+
+def test_the_envelope_keeps_tombstones_and_refuses_their_return() -> None:
+    host: MachineHost[GroupState, Any, Any, Any, Any] = MachineHost(Envelope(KVStore()))
+    commands: list[object] = [
+        ("m", "change", 1, "leave", 4, []),
+        ("m", "done", 1, "ok"),
+        ("m", "change", 2, "join", 4, [[4, "h4", 7104]]),
+    ]
+    for index, command in enumerate(commands, start=1):
+        host.apply_entry(index, encode_value(command))
+    assert host.state.removed == {4}
+    assert host.state.pending == []  # the join was refused, not queued
+    assert host.query(("m", "result", 2)) == (
+        "error: node 4 was removed from the group; a member that comes back needs a new id"
+    )
+    copy: MachineHost[GroupState, Any, Any, Any, Any] = MachineHost(Envelope(KVStore()))
+    copy.restore(host.snapshot())
+    assert copy.state.removed == {4}
