@@ -23,9 +23,11 @@ replicated records) is not let in: the acceptor answers its hello with a ``remov
 notice instead of a challenge, MAC'd like a challenge under its own role label (so only
 a holder of the secret can tell a node it was removed, and no challenge can be passed
 off as one), and closes. The acceptor logs that once per removed id, not per attempt;
-the dialer calls ``on_removed(peer)`` and stops dialing that peer. A wrong secret, wrong cluster, unknown or unexpected node id,
-malformed frame or a handshake slower than ``io_timeout`` (``handshake_timeout`` on the
-accepting side, shorter) closes the connection, logs a warning on the
+the dialer calls ``on_removed(peer)`` and stops dialing that peer.
+
+A wrong secret, wrong cluster, unknown or unexpected node id, malformed frame or a
+handshake slower than ``io_timeout`` (``handshake_timeout`` on the accepting side,
+shorter) closes the connection, logs a warning on the
 ``boutique.transport`` logger naming the peer's address, and counts in
 ``stats.auth_failures``. The secret must be long and random: a peer that can connect
 can collect MACs to guess a weak one offline.
