@@ -203,6 +203,8 @@ class Member(Generic[C, R, Q, A]):
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
                 self._nursery = nursery
+                if self.removed:
+                    nursery.start_soon(self._halt)  # learnt while its log was replayed
                 nursery.start_soon(duties.steward, self)
                 if self.joining:
                     nursery.start_soon(duties.learn_addresses, self)
