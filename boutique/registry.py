@@ -115,12 +115,13 @@ RegistryQuery: TypeAlias = (
     | tuple[Literal["nodes"]]
     | tuple[Literal["moves"]]
     | tuple[Literal["started"]]
+    | tuple[Literal["removed"]]
 )
 RegistryAnswer: TypeAlias = (
     Wire | list[Wire] | list[str] | list[list[object]] | list[int] | int | None
 )
 
-_SNAPSHOT_FORMAT = 3
+_SNAPSHOT_FORMAT = 4
 
 
 def validate_bucket_name(name: object) -> str:
@@ -381,7 +382,16 @@ class RegistryState:
     initial ranges). `next_seq` is the sequence number the next created bucket gets.
     """
 
-    __slots__ = ("buckets", "moves", "next_seq", "nodes", "ranges", "ranges_version", "started")
+    __slots__ = (
+        "buckets",
+        "moves",
+        "next_seq",
+        "nodes",
+        "ranges",
+        "ranges_version",
+        "removed",
+        "started",
+    )
 
     def __init__(
         self,
@@ -392,6 +402,7 @@ class RegistryState:
         nodes: dict[int, NodeInfo] | None = None,
         moves: dict[str, Move] | None = None,
         started: set[int] | None = None,
+        removed: set[int] | None = None,
     ) -> None:
         self.ranges = ranges
         self.ranges_version = ranges_version
@@ -404,6 +415,10 @@ class RegistryState:
         self.started: set[int] = set() if started is None else started
         """Nodes that have started with their storage (never forgotten, even once a
         node is removed: its id may not found anything again)."""
+        self.removed: set[int] = set() if removed is None else removed
+        """Tombstones: ids of nodes that were removed. Such an id is never admitted
+        again (a node that comes back is a new node with a new id), and peers tell a
+        node with such an id that it was removed (see ``runtime/transport.py``)."""
 
     def __repr__(self) -> str:
         return (
@@ -526,6 +541,8 @@ class RegistryMachine:
                 return [state.moves[r].to_wire() for r in sorted(state.moves)]
             case ("started",):
                 return sorted(state.started)
+            case ("removed",):
+                return sorted(state.removed)
             case _:
                 raise ValueError(f"not a registry query: {_short(query)}")
 
@@ -540,6 +557,7 @@ class RegistryMachine:
                 "nodes": [state.nodes[n].to_wire() for n in sorted(state.nodes)],
                 "moves": [state.moves[r].to_wire() for r in sorted(state.moves)],
                 "started": sorted(state.started),
+                "removed": sorted(state.removed),
             }
         )
 
@@ -552,8 +570,16 @@ class RegistryMachine:
             # Format 1 predates the node table and moves.
             value = {**value, "format": 2, "nodes": [], "moves": []}
         if isinstance(value, dict) and value.get("format") == 2:
-            # Format 2 predates the record of started nodes.
-            value = {**value, "format": _SNAPSHOT_FORMAT, "started": []}
+            # Format 2 predates the record of started nodes and the tombstones of
+            # removed nodes; format 3 held one of the two (never both).
+            value = {**value, "format": 3}
+        if isinstance(value, dict) and value.get("format") == 3:
+            value = {
+                "started": [],
+                "removed": [],
+                **value,
+                "format": _SNAPSHOT_FORMAT,
+            }
         fields = _fields(value, _SNAPSHOT_KEYS, "registry snapshot")
         nodes = {}
         for wire in _as_array(fields["nodes"], "registry snapshot: nodes"):
@@ -568,6 +594,10 @@ class RegistryMachine:
         started = {
             _check_node_id(node, "registry snapshot: started")
             for node in _as_array(fields["started"], "registry snapshot: started")
+        }
+        removed = {
+            _check_node_id(node, "registry snapshot: removed")
+            for node in _as_array(fields["removed"], "registry snapshot: removed")
         }
         ranges = None if fields["ranges"] is None else RangeMap.from_wire(fields["ranges"])
         version = fields["ranges_version"]
@@ -589,11 +619,21 @@ class RegistryMachine:
             if info.created_seq >= next_seq:
                 raise ValueError(f"registry snapshot: bucket {info.name!r} is from the future")
             buckets[info.name] = info
-        return RegistryState(ranges, version, buckets, next_seq, nodes, moves, started)
+        return RegistryState(ranges, version, buckets, next_seq, nodes, moves, started, removed)
 
 
 _SNAPSHOT_KEYS = frozenset(
-    {"format", "ranges", "ranges_version", "next_seq", "buckets", "nodes", "moves", "started"}
+    {
+        "format",
+        "ranges",
+        "ranges_version",
+        "next_seq",
+        "buckets",
+        "nodes",
+        "moves",
+        "started",
+        "removed",
+    }
 )
 
 

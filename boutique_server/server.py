@@ -252,6 +252,9 @@ class LineServer:
         applied), commands already taken on run to their answer."""
         self.metrics = NodeMetrics(self)
         """Counted for every reply; served over HTTP only with ``[metrics] port``."""
+        self.removed = False
+        """Set (with ``stopping``) when the cluster removed this node: the refusal says
+        so, so a client knows to use another node rather than wait for this one."""
 
         self.closed = False
 
@@ -284,6 +287,10 @@ class LineServer:
 
     @property
     def stopping_reply(self) -> bytes:
+        if self.removed:
+            return render(
+                Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} was removed from the cluster")
+            )
         return render(Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} is stopping"))
 
     @property

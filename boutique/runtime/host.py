@@ -30,6 +30,12 @@ A graceful stop (``runtime.drain``) sets ``stopping`` (peers' requests are refus
 certainly not applied), waits until ``busy`` is false, then ``halt``s the loop and
 sends each peer a goodbye frame; a peer that reads it retries elsewhere whatever it
 still waits for here. A new process greets its peers first, which ends the goodbye.
+
+Removed nodes: the owner calls ``set_removed`` with the ids its replicated records say
+were removed; they stop being peers, their connections close, requests they forward
+are refused, and the transport tells each one, when it dials, that it was removed.
+A host told so calls ``on_removed`` once (the owner stops it: see ``Node`` and
+``Member``); ``removed_by`` says which peer told it.
 """
 
 from __future__ import annotations
@@ -302,6 +308,10 @@ class RaftHost:
         as certainly not applied, so their nodes retry elsewhere."""
         self._halted = False
         self._serving = 0
+        self.removed_ids: frozenset[int] = frozenset()
+        """Node ids removed from the cluster or group (see ``set_removed``)."""
+        self.removed_by: int | None = None
+        """The peer that told this host it was removed (None: not removed)."""
         self._departed: set[int] = set()
         """Peers that said goodbye (see ``_peer_departed``); cleared by their next frame,
         which can only come from a restarted process."""
@@ -314,6 +324,8 @@ class RaftHost:
         try:
             self.load_groups()
             self.transport = self.make_transport()
+            if self.removed_ids:
+                self.transport.set_removed(self.removed_ids)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.peer_port = await nursery.start(self.transport.run, *self.listen)
@@ -340,6 +352,7 @@ class RaftHost:
             max_frame=self.settings.max_frame,
             tls=self.peer_tls,
             on_link_lost=self._on_link_lost,
+            on_removed=self.learn_removed,
         )
 
     def load_groups(self) -> None:
@@ -354,6 +367,17 @@ class RaftHost:
     def on_applied(self, group: GroupRuntime, restored: bool) -> None:
         """A watched group applied entries (``group.on_applied``) or, if ``restored``,
         installed a snapshot. Runs inside the loop; must not await."""
+
+    def on_removed(self) -> None:
+        """This host was removed from its cluster or group (``removed_by`` set). Called
+        once; must not await. The owner stops serving and shuts the host down."""
+
+    def learn_removed(self, peer: int) -> None:
+        """``peer`` (this host's own id: its own records) says this host was removed."""
+        if self.removed_by is not None:
+            return  # every peer says so; acting once is enough
+        self.removed_by = peer
+        self.on_removed()
 
     def open_group(
         self,
@@ -793,9 +817,19 @@ class RaftHost:
 
     def set_peers(self, peers: dict[int, Address]) -> None:
         """Change where peers live (members joined or left)."""
-        self.peers = dict(peers)
+        self.peers = {p: a for p, a in peers.items() if p not in self.removed_ids}
         if self.transport is not None:
             self.transport.set_peers(self.peers)
+
+    def set_removed(self, removed: frozenset[int]) -> None:
+        """The ids removed from the cluster or group, as the owner's records say: no
+        longer peers, refused, and told so when they dial."""
+        if removed == self.removed_ids:
+            return
+        self.removed_ids = frozenset(removed)
+        if self.transport is not None:
+            self.transport.set_removed(self.removed_ids)
+        self.set_peers(self.peers)
 
     async def call(
         self, group_id: str, fn: Callable[[GroupRuntime], Any], timeout: float
@@ -1074,6 +1108,11 @@ class RaftHost:
             return
         if self.stopping:
             self._answer_forward(peer, request_id, Rejected(f"node {self.id} is stopping"))
+            return
+        if peer in self.removed_ids:
+            # A removed node's requests are never served, whatever stream they came in
+            # (one opened before its removal included); the answer tells it why.
+            self._answer_forward(peer, request_id, Rejected(f"node {peer} was removed"))
             return
         if kind in ("w", "r"):
             # The common requests cost no task: the answer is sent from the loop.

@@ -6,6 +6,12 @@ closes the bucket's own Raft group; after a restart or a snapshot the whole cata
 reconciled with the groups on disk. A bucket leaves the registry only after its own group
 committed a tombstone (see ``Router.drop``); until then it stays open here. A new bucket's preferred leader (the first replica of
 its range) campaigns at once, so a bucket is writable one round trip after ``CREATE``.
+
+A node removed from the cluster (``ADMIN REMOVE-NODE``) learns it from a peer's
+transport when it next dials (its removal is applied by the others, not by it), or from
+the registry if it applies its own tombstone; it then logs one line and sets
+``removed``, and the process drains and exits (``boutique_server.process``). The other
+nodes refuse it and never admit its id again (``RegistryState.removed``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class Node(RaftHost):
         self._data_lock: IO[str] | None = None
         self.waiting_for_peers: str | None = None
         """Why this node does not serve yet (``founding.admit``), or None."""
+        self.removed = trio.Event()
+        """Set once this node learns that the cluster removed it (see ``on_removed``)."""
         super().__init__(
             me.id,
             secret=config.secret,
@@ -216,8 +224,28 @@ class Node(RaftHost):
             peers.update(
                 {n.id: (n.host, n.peer_port) for n in state.nodes.values() if n.id != self.id}
             )
+            self.set_removed(frozenset(state.removed))
+            if self.id in state.removed:
+                self.learn_removed(self.id)  # it applied its own tombstone
+        peers = {p: a for p, a in peers.items() if p not in self.removed_ids}
         if peers != self.peers:
             self.set_peers(peers)
+
+    def on_removed(self) -> None:
+        source = (
+            "its own copy of the registry"
+            if self.removed_by == self.id
+            else f"node {self.removed_by}"
+        )
+        log.warning(
+            "node %s (id %d) was removed from the cluster (told by %s): stopping; "
+            "its data directory %s is kept, and this id cannot join again",
+            self.me.name,
+            self.id,
+            source,
+            self.me.data_dir,
+        )
+        self.removed.set()
 
     def catalog(self) -> dict[str, BucketInfo]:
         """The bucket catalog as this node has applied it (may lag the cluster)."""
