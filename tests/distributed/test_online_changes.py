@@ -40,39 +40,49 @@ def ranges_listed(cluster: LocalCluster, via: str) -> dict[str, str]:
 
 
 class GrowAndShrink(Fault):
-    """Two nodes join and take over replicas; then they are drained and removed."""
+    """Two nodes join and take over replicas; then they are drained and removed. A
+    removed id never joins again, so every round brings two new nodes (n4 and n5, then
+    n6 and n7, ...)."""
 
     kind: ClassVar[str] = "grow-and-shrink"
 
+    def __init__(self) -> None:
+        self.round = 0
+        self.joined: tuple[str, str] = ("", "")
+
     def inject(self, ctx: NemesisContext) -> tuple[tuple[str, ...], str]:
         cluster = ctx.cluster
-        for name, node_id in (("n4", 4), ("n5", 5)):
+        first = 4 + 2 * self.round
+        self.round += 1
+        a, b = self.joined = (f"n{first}", f"n{first + 1}")
+        for name, node_id in ((a, first), (b, first + 1)):
             cluster.add_joiner(name, node_id)
             cluster.start(name)
-        wait_for(lambda: {"n4", "n5"} <= nodes_listed(cluster, "n1").keys(), what="the joiners")
+        wait_for(lambda: {a, b} <= nodes_listed(cluster, "n1").keys(), what="the joiners")
         wait_for(
-            lambda: all("meta learner" in nodes_listed(cluster, "n1")[n] for n in ("n4", "n5")),
+            lambda: all("meta learner" in nodes_listed(cluster, "n1")[n] for n in (a, b)),
             what="the joiners to follow the registry",
         )
-        assert admin(cluster, "n1", "ADMIN MOVE a-g n2 n4")[-1] == "OK"
-        assert admin(cluster, "n2", "ADMIN MOVE o-u n3 n5")[-1] == "OK"
-        assert admin(cluster, "n3", "ADMIN MOVE v-z n1 n4")[-1] == "OK"
+        assert admin(cluster, "n1", f"ADMIN MOVE a-g n2 {a}")[-1] == "OK"
+        assert admin(cluster, "n2", f"ADMIN MOVE o-u n3 {b}")[-1] == "OK"
+        assert admin(cluster, "n3", f"ADMIN MOVE v-z n1 {a}")[-1] == "OK"
         wait_for(lambda: admin(cluster, "n1", "ADMIN MOVES") == ["OK"], what="the moves")
         ranges = ranges_listed(cluster, "n1")
-        assert "n4" in ranges["a-g"] and "n5" in ranges["o-u"], ranges
-        return ("n4", "n5"), "n4 and n5 joined and took a-g, o-u, v-z replicas"
+        assert a in ranges["a-g"] and b in ranges["o-u"], ranges
+        return (a, b), f"{a} and {b} joined and took a-g, o-u, v-z replicas"
 
     def heal(self, ctx: NemesisContext) -> None:
         cluster = ctx.cluster
-        assert admin(cluster, "n1", "ADMIN REMOVE-NODE n4")[-1] == "OK"
-        assert admin(cluster, "n1", "ADMIN REMOVE-NODE n5")[-1] == "OK"
+        a, b = self.joined
+        assert admin(cluster, "n1", f"ADMIN REMOVE-NODE {a}")[-1] == "OK"
+        assert admin(cluster, "n1", f"ADMIN REMOVE-NODE {b}")[-1] == "OK"
         wait_for(
-            lambda: not {"n4", "n5"} & nodes_listed(cluster, "n1").keys(),
+            lambda: not {a, b} & nodes_listed(cluster, "n1").keys(),
             timeout=90,
-            what="n4 and n5 to be drained and removed",
+            what=f"{a} and {b} to be drained and removed",
         )
-        for name in ("n4", "n5"):
-            cluster.forget(name)
+        for name in (a, b):
+            cluster.forget(name)  # it exits by itself (code 5) once told it was removed
 
 
 class TransferLeaders(Fault):
