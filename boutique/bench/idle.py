@@ -9,6 +9,12 @@ leaders and gone quiet; bounded by ``settle``), then measures each node's CPU ov
 the number of buckets that exist afterwards (``BUCKETS``; a CREATE that timed out may
 or may not have made its bucket), so it includes the Python objects of each group, its state
 machine and the SQLite page cache that came with it.
+
+The CREATEs go in slices of ``SLICE`` buckets, each timed on its own, so a per-CREATE
+cost that grows with the bucket count shows as falling rates slice after slice. At the
+end it times ``BUCKETS`` and ``STATUS`` on every node, then kills the first node and
+times its restart until it serves a write to the last bucket created (``--no-restart``
+skips that). It measures; it never changes what it measures.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from .cluster import (
     run_pipelined,
 )
 
+SLICE = 10_000
+"""Buckets per timed slice of the creation."""
 CREATE_CONNECTIONS = 32
 CREATE_DEPTH = 32
 SETTLE_WINDOW = 1.0
@@ -50,6 +58,13 @@ class IdleResult:
     cpu: dict[str, float | None]
     rss_before: dict[str, int | None]
     rss_after: dict[str, int | None]
+    slices: list[tuple[int, float]] = field(default_factory=list)
+    """(buckets, seconds) of each slice of the creation, in order."""
+    buckets_latency: dict[str, float | None] = field(default_factory=dict)
+    status_latency: dict[str, float | None] = field(default_factory=dict)
+    restart_seconds: float | None = None
+    """From the restart of the first node until it served a write (None: not run or
+    it never did)."""
     busy: str = ""
     others: float | None = None
     settle_trace: list[str] = field(default_factory=list)
@@ -86,8 +101,28 @@ class IdleResult:
             f"idle CPU:    {cpu} (% of one core over {self.seconds:g} s)",
             f"RSS:         {memory}",
             f"per bucket:  {per_bucket}",
+            f"slices:      {self.slice_line()}",
+            f"BUCKETS:     {_latencies(self.buckets_latency)}",
+            f"STATUS:      {_latencies(self.status_latency)}",
+            "restart:     "
+            + ("not run" if self.restart_seconds is None else f"{self.restart_seconds:.1f} s")
+            + " from start until the first node served a write",
             self.busy,
         ]
+
+    def slice_line(self) -> str:
+        """CREATE/s of each slice, and the last slice's rate over the first's."""
+        rates = [n / s for n, s in self.slices if s > 0]
+        text = ", ".join(f"{r:,.0f}" for r in rates) + " CREATE/s per slice"
+        if len(rates) > 1:
+            text += f" (last/first {rates[-1] / rates[0]:.2f})"
+        return text
+
+
+def _latencies(values: dict[str, float | None]) -> str:
+    return ", ".join(
+        f"{n} {'failed' if v is None else f'{v * 1000:.0f} ms'}" for n, v in values.items()
+    )
 
 
 def run_idle(
@@ -97,6 +132,7 @@ def run_idle(
     *,
     settle: float = 120.0,
     echo: bool = False,
+    restart: bool = True,
 ) -> IdleResult:
     pids = cluster.pids()
     addresses = list(cluster.addresses.values())
@@ -105,11 +141,20 @@ def run_idle(
 
     names = bucket_names(buckets, "idle")
     lines = [b"CREATE %s\n" % name.encode() for name in names]
-    began = time.monotonic()
-    replies = run_pipelined(
-        addresses, lines, connections=CREATE_CONNECTIONS, depth=CREATE_DEPTH, timeout=600.0
-    )
-    create_seconds = time.monotonic() - began
+    replies: Counter[str] = Counter()
+    slices: list[tuple[int, float]] = []
+    for start in range(0, len(lines), SLICE):
+        chunk = lines[start : start + SLICE]
+        began = time.monotonic()
+        replies += run_pipelined(
+            addresses, chunk, connections=CREATE_CONNECTIONS, depth=CREATE_DEPTH, timeout=600.0
+        )
+        slices.append((len(chunk), time.monotonic() - began))
+        if echo:
+            print(
+                f"  slice {len(slices)}: {len(chunk)} CREATEs in {slices[-1][1]:.1f} s", flush=True
+            )
+    create_seconds = sum(s for _, s in slices)
     if echo:
         print(f"  created {replies.get('OK', 0)} buckets in {create_seconds:.1f} s", flush=True)
 
@@ -134,7 +179,7 @@ def run_idle(
     time.sleep(seconds)
     cpu = meter.stop()
     rss_after = {name: rss_bytes(pid) for name, pid in pids.items()}
-    return IdleResult(
+    result = IdleResult(
         buckets=buckets,
         existing=_count_buckets(cluster),
         seconds=seconds,
@@ -148,7 +193,41 @@ def run_idle(
         busy=meter.machine_line(),
         others=meter.others,
         quiet_sample=_quiet_sample(cluster),
+        slices=slices,
+        buckets_latency=_timed(cluster, "buckets"),
+        status_latency=_timed(cluster, "status"),
     )
+    if restart and cluster.local is not None and names:
+        result.restart_seconds = _restart(cluster, names[-1])
+    return result
+
+
+def _timed(cluster: BenchCluster, action: str) -> dict[str, float | None]:
+    """Seconds each node took to answer ``action`` (None: it failed)."""
+    out: dict[str, float | None] = {}
+    for node, address in cluster.addresses.items():
+        out[node] = None
+        with contextlib.suppress(ClientError, OSError), Client(*address, timeout=60.0) as client:
+            began = time.monotonic()
+            getattr(client, action)()
+            out[node] = time.monotonic() - began
+    return out
+
+
+def _restart(cluster: BenchCluster, bucket: str, limit: float = 120.0) -> float | None:
+    """Kill the first node, start it again, and time until it serves a write to
+    ``bucket`` (through itself, so its groups must be loaded and led somewhere)."""
+    name = cluster.names[0]
+    cluster.kill(name)
+    began = time.monotonic()
+    cluster.start(name)
+    address = cluster.addresses[name]
+    while time.monotonic() - began < limit:
+        with contextlib.suppress(ClientError, OSError), Client(*address, timeout=5.0) as client:
+            client.put(bucket, "~restart", "1")
+            return time.monotonic() - began
+        time.sleep(0.05)
+    return None
 
 
 def _settled(previous: dict[str, float | None], now: dict[str, float | None]) -> bool:
