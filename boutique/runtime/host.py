@@ -277,6 +277,10 @@ class RaftHost:
         self._carry: set[str] = set()
         self._building: set[str] = set()
         """Groups with a snapshot being built: each gets one piece per turn."""
+        self.changed: set[str] = set()
+        """Groups opened, or that applied entries or a snapshot, since a subclass last
+        took this set (``Node`` does, to find fenced buckets): so it never has to look
+        at every group to find the few whose state changed."""
         self._forwards: dict[int, _Forward] = {}
         """Requests sent to peers and not yet answered, by id."""
         self._links_lost: dict[int, float] = {}
@@ -394,6 +398,7 @@ class RaftHost:
         self.groups[group_id] = group
         self.active.add(group_id)
         self._carry.add(group_id)
+        self.changed.add(group_id)
         self._wakeup.set()
         # The preferred leader campaigns at once: a new group is usable in one round
         # trip instead of after an election timeout.
@@ -407,6 +412,7 @@ class RaftHost:
         self.active.discard(group_id)
         self._carry.discard(group_id)
         self._building.discard(group_id)
+        self.changed.discard(group_id)
         if group is not None:
             group.close("group removed from this node")
         assert self.storage is not None
@@ -637,6 +643,8 @@ class RaftHost:
                 continue
             if group.build is not None:
                 self._building.add(group.group_id)
+            if ready.committed_entries or ready.snapshot is not None:
+                self.changed.add(group.group_id)
             if group.track_applied and (group.on_applied or ready.snapshot is not None):
                 watched.append((group, ready.snapshot is not None))
             if group.node.has_ready():
