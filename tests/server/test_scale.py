@@ -22,7 +22,7 @@ class _NoWalk(dict[str, Any]):
     def _walked(self, *args: object) -> NoReturn:
         raise AssertionError("walked every group")
 
-    __iter__ = items = values = keys = _walked  # type: ignore[assignment]
+    __iter__ = items = values = keys = _walked
 
 
 def _no_walk(served: Served) -> Any:
