@@ -9,7 +9,7 @@ and it runs again each time the heap grew by a quarter: creating 30,000 buckets 
 The policy: after each full collection, ``gc.freeze()`` moves its survivors to the
 permanent generation, which later collections skip, so the next one walks only what
 was allocated since. Frozen objects that later become cyclic garbage are not freed
-while frozen, so once the frozen count has doubled since the last thaw, the next full
+while frozen, so once the heap has doubled since the last whole-heap collection, the next full
 collection runs over everything again (``gc.unfreeze()`` first): leaked cycles stay
 below the live heap, and the cost of the rare whole-heap walks, shared over the
 objects that doubled it, stays constant per object.
@@ -22,17 +22,27 @@ point installs it (not a library object: tests run many nodes in one process).
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Any
 
 __all__ = ["FreezeSurvivors"]
 
 
+MIN_BLOCKS = 200_000
+"""Below this many allocated blocks a whole-heap collection is cheap: no thaw rule."""
+
+
 class FreezeSurvivors:
-    """The gc callback of the policy above; ``install`` it once per process."""
+    """The gc callback of the policy above; ``install`` it once per process.
+
+    The heap's size is read with ``sys.getallocatedblocks()`` (a walk over the
+    allocator's arenas, a few thousand at most), never with ``gc.get_freeze_count()``
+    or ``gc.get_objects()``, which walk every object: the point is not to do that."""
 
     def __init__(self) -> None:
-        self.thawed_at = 0
-        """The frozen count right after the last whole-heap collection."""
+        self.baseline = 0
+        """Allocated blocks after the last whole-heap collection (0: the next full
+        collection walks the whole heap)."""
         self.thaws = 0
         self.freezes = 0
         self._installed = False
@@ -52,15 +62,15 @@ class FreezeSurvivors:
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase != "stop" or info.get("generation") != 2:
             return
-        frozen = gc.get_freeze_count()
-        if frozen > 2 * max(self.thawed_at, 10_000):
+        blocks = sys.getallocatedblocks()
+        if self.baseline and blocks > 2 * max(self.baseline, MIN_BLOCKS):
             # The next full collection walks the whole heap again and frees what died
             # while frozen; its survivors are frozen then.
             gc.unfreeze()
-            self.thawed_at = 0
+            self.baseline = 0
             self.thaws += 1
             return
         gc.freeze()
         self.freezes += 1
-        if self.thawed_at == 0:
-            self.thawed_at = gc.get_freeze_count()
+        if not self.baseline:
+            self.baseline = blocks
