@@ -30,6 +30,7 @@ from .cluster import (
     BenchCluster,
     CpuMeter,
     bucket_names,
+    cpu_seconds,
     fmt_mb,
     rss_bytes,
     run_pipelined,
@@ -60,6 +61,9 @@ class IdleResult:
     rss_after: dict[str, int | None]
     slices: list[tuple[int, float]] = field(default_factory=list)
     """(buckets, seconds) of each slice of the creation, in order."""
+    slice_cpu: list[float] = field(default_factory=list)
+    """CPU seconds all nodes used in each slice: its growth shows a per-CREATE cost
+    that grows with the bucket count even on a machine busy with other work."""
     buckets_latency: dict[str, float | None] = field(default_factory=dict)
     status_latency: dict[str, float | None] = field(default_factory=dict)
     restart_seconds: float | None = None
@@ -116,6 +120,9 @@ class IdleResult:
         text = ", ".join(f"{r:,.0f}" for r in rates) + " CREATE/s per slice"
         if len(rates) > 1:
             text += f" (last/first {rates[-1] / rates[0]:.2f})"
+        costs = [1000 * c / n for c, (n, _) in zip(self.slice_cpu, self.slices, strict=False) if n]
+        if costs:
+            text += "; node CPU per CREATE " + ", ".join(f"{c:.2f}" for c in costs) + " ms"
         return text
 
 
@@ -143,13 +150,16 @@ def run_idle(
     lines = [b"CREATE %s\n" % name.encode() for name in names]
     replies: Counter[str] = Counter()
     slices: list[tuple[int, float]] = []
+    slice_cpu: list[float] = []
     for start in range(0, len(lines), SLICE):
         chunk = lines[start : start + SLICE]
+        cpu_before = _total_cpu(pids)
         began = time.monotonic()
         replies += run_pipelined(
             addresses, chunk, connections=CREATE_CONNECTIONS, depth=CREATE_DEPTH, timeout=600.0
         )
         slices.append((len(chunk), time.monotonic() - began))
+        slice_cpu.append(_total_cpu(pids) - cpu_before)
         if echo:
             print(
                 f"  slice {len(slices)}: {len(chunk)} CREATEs in {slices[-1][1]:.1f} s", flush=True
@@ -194,12 +204,17 @@ def run_idle(
         others=meter.others,
         quiet_sample=_quiet_sample(cluster),
         slices=slices,
+        slice_cpu=slice_cpu,
         buckets_latency=_timed(cluster, "buckets"),
         status_latency=_timed(cluster, "status"),
     )
     if restart and cluster.local is not None and names:
         result.restart_seconds = _restart(cluster, names[-1])
     return result
+
+
+def _total_cpu(pids: dict[str, int]) -> float:
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids.values())
 
 
 def _timed(cluster: BenchCluster, action: str) -> dict[str, float | None]:
