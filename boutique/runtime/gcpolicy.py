@@ -41,7 +41,8 @@ class FreezeSurvivors:
     allocator's arenas, a few thousand at most), never with ``gc.get_freeze_count()``
     or ``gc.get_objects()``, which walk every object: the point is not to do that."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_blocks: int = MIN_BLOCKS) -> None:
+        self.min_blocks = min_blocks
         self.baseline = 0
         """Allocated blocks after the last whole-heap collection (0: the next full
         collection walks the whole heap)."""
@@ -71,7 +72,7 @@ class FreezeSurvivors:
         if phase != "stop" or info.get("generation") != 2:
             return
         blocks = sys.getallocatedblocks()
-        if self.baseline and blocks > 2 * max(self.baseline, MIN_BLOCKS):
+        if self.baseline and blocks > 2 * max(self.baseline, self.min_blocks):
             # The next full collection walks the whole heap again and frees what died
             # while frozen; its survivors are frozen then.
             gc.unfreeze()
