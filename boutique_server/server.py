@@ -499,7 +499,7 @@ class LineServer:
         return Ok()
 
     def status_lines(self) -> list[str]:
-        status = self.node.status()
+        status = self.node.status(group_limit=STATUS_GROUP_LIMIT)
         config = self.config
         names = {n.id: n.name for n in config.nodes}
         lines = [f"node {status['node']} id {status['id']} cluster {config.cluster_name}"]
@@ -527,15 +527,16 @@ class LineServer:
         for group_id, reason in status["quarantined"].items():
             lines.append(f"quarantined {group_id} {reason}")
         groups: dict[str, dict[str, Any]] = status["groups"]
-        for shown, (group_id, g) in enumerate(groups.items()):
-            if shown >= STATUS_GROUP_LIMIT:
-                lines.append(f"... and {len(groups) - shown} more groups")
-                break
+        counts: dict[str, int] = status["group_counts"]
+        for group_id, g in groups.items():
             leader = names.get(g["leader"], "none")
             lines.append(
                 f"group {group_id} role {g['role']} leader {leader} term {g['term']} "
                 f"commit {g['commit']} applied {g['applied']}{' quiet' if g['quiet'] else ''}"
             )
+        if counts["total"] > len(groups):
+            lines.append(f"... and {counts['total'] - len(groups)} more groups")
+        lines.append("groups " + " ".join(f"{k} {v}" for k, v in counts.items()))
         return lines
 
 

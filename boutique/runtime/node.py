@@ -300,7 +300,9 @@ class Node(RaftHost):
 
     # --- Inspection ---------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, group_limit: int | None = None) -> dict[str, Any]:
+        """What STATUS shows. ``groups`` holds the first ``group_limit`` groups (all if
+        None); ``group_counts`` counts them all."""
         peers = {}
         for node in self.config.nodes:
             if node.id != self.id and self.transport is not None:
@@ -309,7 +311,8 @@ class Node(RaftHost):
             "node": self.me.name,
             "id": self.id,
             "peers": peers,
-            "groups": self.group_status(),
+            "groups": self.group_status(group_limit),
+            "group_counts": self.group_counts(),
             "quarantined": dict(sorted(self.quarantined.items())),
             "counters": dataclasses.asdict(self.counters),
         }
