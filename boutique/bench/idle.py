@@ -69,6 +69,7 @@ class IdleResult:
     restart_seconds: float | None = None
     """From the restart of the first node until it served a write (None: not run or
     it never did)."""
+    restart_tried: bool = False
     busy: str = ""
     others: float | None = None
     settle_trace: list[str] = field(default_factory=list)
@@ -109,7 +110,13 @@ class IdleResult:
             f"BUCKETS:     {_latencies(self.buckets_latency)}",
             f"STATUS:      {_latencies(self.status_latency)}",
             "restart:     "
-            + ("not run" if self.restart_seconds is None else f"{self.restart_seconds:.1f} s")
+            + (
+                f"{self.restart_seconds:.1f} s"
+                if self.restart_seconds is not None
+                else "NEVER (gave up)"
+                if self.restart_tried
+                else "not run"
+            )
             + " from start until the first node served a write",
             self.busy,
         ]
@@ -209,6 +216,7 @@ def run_idle(
         status_latency=_timed(cluster, "status"),
     )
     if restart and cluster.local is not None and names:
+        result.restart_tried = True
         result.restart_seconds = _restart(cluster, names[-1])
     return result
 
