@@ -20,7 +20,8 @@ as Elixir users do with `pistis`, `raft` or `rafted_value` on `ra`::
   (`data_dir`); found a group or `join` one.
 - Errors say what is known: `Unavailable`/`NoQuorum` (not applied), `Timeout`
   (maybe applied), `CommandError` (the machine raised, on every replica alike),
-  `NotLeader` (only with `forward=False`), `MembershipError`.
+  `NotLeader` (only with `forward=False`), `MembershipError`, `Removed` (this member
+  was removed from its group).
 
 Names are imported on first use, so `import boutique.raft` (the sans-I/O core) does
 not pull in trio.
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
         MemberStatus,
         NoQuorum,
         NotLeader,
+        Removed,
         Timeout,
         Unavailable,
     )
@@ -58,6 +60,7 @@ __all__ = [
     "MembershipError",
     "NoQuorum",
     "NotLeader",
+    "Removed",
     "StateMachine",
     "Timeout",
     "Unavailable",

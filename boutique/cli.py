@@ -207,7 +207,8 @@ def reply_json(reply: Reply) -> dict[str, Any]:
     """One reply as a JSON-ready object.
 
     Success: ``{"ok": true, ...}`` with ``value`` (GET; null for a missing key),
-    ``pairs`` (SCAN: ``[key, value]`` lists) or ``items`` (everything else). Failure:
+    ``pairs`` (SCAN: ``[key, value]`` lists), ``status`` (STATUS, which ``--json`` sends
+    as ``STATUS JSON``: the object) or ``items`` (everything else). Failure:
     ``{"ok": false, "error": code, "message": text, "maybe_applied": bool}`` where code
     is ``NOT FOUND``, ``COMMAND NOT IMPLEMENTED`` or the ``ERR`` code. Bytes that are
     not UTF-8 appear as ``{"base64": "..."}``.
@@ -218,6 +219,11 @@ def reply_json(reply: Reply) -> dict[str, Any]:
     if raw.end == PONG:
         return {"ok": True, "reply": "PONG"}
     items = _decoded_items(reply)
+    if reply.command == b"STATUS" and len(items) == 1 and items[0].startswith(b"{"):
+        try:
+            return {"ok": True, "status": json.loads(items[0])}
+        except ValueError:
+            pass  # not STATUS JSON after all: shown as items
     if reply.command == b"GET" and len(raw.items) == 1:
         return {"ok": True, "value": None if raw.items[0] == b"" else _json_bytes(items[0])}
     if reply.command == b"SCAN":
@@ -271,6 +277,8 @@ PRINTERS: dict[str, Callable[[Reply, TextIO], None]] = {
 
 def run_one(session: Session, line: bytes, printer: Callable[[Reply, TextIO], None]) -> int:
     """Send one command, print its reply, and say how it went as an exit status."""
+    if printer is print_json and _is_plain_status(line):
+        line = b"STATUS JSON"  # the machine-readable form of the same facts
     try:
         reply = session.run(line)
     except Unreachable as exc:
@@ -279,6 +287,14 @@ def run_one(session: Session, line: bytes, printer: Callable[[Reply, TextIO], No
     printer(reply, sys.stdout)
     sys.stdout.flush()
     return EXIT_OK if reply.ok else EXIT_ERROR_REPLY
+
+
+def _is_plain_status(line: bytes) -> bool:
+    try:
+        args = split_args(line)
+    except WireError:
+        return False
+    return [a.upper() for a in args] == [b"STATUS"]
 
 
 def _report_unreachable(exc: Unreachable, printer: Callable[[Reply, TextIO], None]) -> None:

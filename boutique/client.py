@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Generic, Self, TypeAlias, TypeVar
 
 import trio
 
+from boutique.status import NodeStatus
 from boutique.wire import (
     COMMAND_NOT_IMPLEMENTED,
     DEFAULT_MAX_REPLY_LINE,
@@ -275,6 +276,17 @@ def decode_text(raw: RawReply) -> list[str]:
     return [_read(parse_value, line).decode("utf-8", "replace") for line in raw.items]
 
 
+def decode_status_json(raw: RawReply) -> NodeStatus:
+    """A STATUS JSON reply: one line of JSON, parsed."""
+    lines = decode_text(raw)
+    if len(lines) != 1:
+        raise ProtocolViolation(f"STATUS JSON: expected one line, got {len(lines)}")
+    try:
+        return NodeStatus.from_json(lines[0])
+    except ValueError as exc:
+        raise ProtocolViolation(str(exc)) from None
+
+
 def _raw(raw: RawReply) -> RawReply:
     return raw
 
@@ -417,6 +429,10 @@ class _Requests:
         return _request(decode_text, b"STATUS")
 
     @staticmethod
+    def status_info() -> Request[NodeStatus]:
+        return _request(decode_status_json, b"STATUS", b"JSON")
+
+    @staticmethod
     def auth(password: Data) -> Request[None]:
         return _request(decode_ok, b"AUTH", _b(password))
 
@@ -508,6 +524,9 @@ class _PipelineBase:
 
     def status(self) -> Self:
         return self._add(_R.status())
+
+    def status_info(self) -> Self:
+        return self._add(_R.status_info())
 
 
 class Pipeline(_PipelineBase):
@@ -815,6 +834,10 @@ class Client:
         """The server's status lines (nodes, ranges, leaders, terms, commit indexes)."""
         return self._run(_R.status())
 
+    def status_info(self) -> NodeStatus:
+        """The same facts as ``status``, parsed (``STATUS JSON``)."""
+        return self._run(_R.status_info())
+
     def auth(self, password: Data) -> None:
         """Log in. ``AuthError`` if the password is wrong."""
         return self._run(_R.auth(password))
@@ -1079,6 +1102,10 @@ class AsyncClient:
     async def status(self) -> list[str]:
         """The server's status lines (nodes, ranges, leaders, terms, commit indexes)."""
         return await self._run(_R.status())
+
+    async def status_info(self) -> NodeStatus:
+        """The same facts as ``status``, parsed (``STATUS JSON``)."""
+        return await self._run(_R.status_info())
 
     async def auth(self, password: Data) -> None:
         """Log in. ``AuthError`` if the password is wrong."""

@@ -85,6 +85,9 @@ class NodeConfig:
     client_port: int
     peer_port: int
     data_dir: Path
+    metrics_port: int | None = None
+    """``[[node]] metrics_port``: this node's metrics port, instead of ``[metrics] port``
+    (several nodes on one host each need their own). 0: off for this node."""
 
     @property
     def client_address(self) -> tuple[str, int]:
@@ -151,6 +154,10 @@ class ClusterConfig:
     unsafe_local_reads: bool = False
     """A deliberately planted bug for the distributed test harness: serve bucket reads
     from a replica's local state without ReadIndex. Never on in production."""
+    metrics_port: int = 0
+    """``[metrics] port``: serve Prometheus metrics over HTTP there (0: off)."""
+    metrics_host: str = "127.0.0.1"
+    """``[metrics] host``: the address the metrics endpoint listens on."""
     source: str = "<config>"
 
     def client_tls_files(self, name: str) -> tuple[Path, Path] | None:
@@ -166,6 +173,10 @@ class ClusterConfig:
             return None
         ca, cert, key = self.tls_files
         return Path(ca), Path(cert.replace("{name}", name)), Path(key.replace("{name}", name))
+
+    def metrics_port_of(self, me: NodeConfig) -> int:
+        """The port ``me`` serves metrics on (0: none): its own, else ``[metrics] port``."""
+        return self.metrics_port if me.metrics_port is None else me.metrics_port
 
     @property
     def range_map(self) -> RangeMap:
@@ -209,6 +220,7 @@ _TOP_KEYS = frozenset(
         "server",
         "testing",
         "tls",
+        "metrics",
         "node",
     }
 )
@@ -232,8 +244,11 @@ _SERVER_KEYS = frozenset(
         "tls_key",
     }
 )
+_METRICS_KEYS = frozenset({"port", "host"})
 _TESTING_KEYS = frozenset({"fault_injection", "unsafe_local_reads"})
-_NODE_KEYS = frozenset({"name", "id", "host", "client_port", "peer_port", "data_dir"})
+_NODE_KEYS = frozenset(
+    {"name", "id", "host", "client_port", "peer_port", "data_dir", "metrics_port"}
+)
 
 _MISSING: Any = object()
 
@@ -419,6 +434,12 @@ class _Loader:
         server = top.subtable("server", _SERVER_KEYS)
         testing = top.subtable("testing", _TESTING_KEYS)
         tls = top.subtable("tls", _TLS_KEYS)
+        metrics = top.subtable("metrics", _METRICS_KEYS)
+        metrics_host = metrics.string("host", "127.0.0.1")
+        if any(c.isspace() for c in metrics_host):
+            raise metrics.error(
+                "host", f"expected a host name or address, got {_show(metrics_host)}"
+            )
         base_dir = Path(top.string("data_dir", "data"))
         nodes = self.nodes(top, base_dir)
         node_ids = [node.id for node in nodes]
@@ -487,6 +508,8 @@ class _Loader:
             fault_injection=testing.boolean("fault_injection", False),
             unsafe_local_reads=testing.boolean("unsafe_local_reads", False),
             tls_files=self.tls_files(tls),
+            metrics_port=metrics.integer("port", 0, 65535, 0),
+            metrics_host=metrics_host,
             source=self.source,
         )
 
@@ -526,6 +549,14 @@ class _Loader:
                 if owner is not None:
                     raise table.error(key, f"port {port} on {host} is already {owner}")
                 ports[(host, port)] = table.name(key)
+            metrics_port = table.integer("metrics_port", 0, 65535, None)
+            if metrics_port:
+                owner = ports.get((host, metrics_port))
+                if owner is not None:
+                    raise table.error(
+                        "metrics_port", f"port {metrics_port} on {host} is already {owner}"
+                    )
+                ports[(host, metrics_port)] = table.name("metrics_port")
             data_dir = table.string("data_dir", None)
             nodes.append(
                 NodeConfig(
@@ -535,6 +566,7 @@ class _Loader:
                     client_port,
                     peer_port,
                     base_dir / name if data_dir is None else Path(data_dir),
+                    metrics_port,
                 )
             )
         return tuple(nodes)

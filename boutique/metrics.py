@@ -4,7 +4,8 @@ A ``Registry`` holds named metrics; ``render()`` produces the text a Prometheus 
 scrapes (format 0.0.4: ``# HELP``, ``# TYPE``, then one sample per line). Counting is
 cheap on purpose, since the store counts every request: a counter is a dict of floats
 keyed by label values, a histogram a list of bucket counts found by bisection.
-Gauges are read when rendered, from a callback, so nothing has to keep them current.
+Gauges are read when rendered, from a callback, so nothing has to keep them current;
+so are ``ReadCounter``s, counters some other object already keeps as plain ints.
 
 Label values are escaped as the format wants (backslash, double quote, newline).
 The number of label combinations is the caller's to bound: label only by things of
@@ -111,6 +112,24 @@ class Gauge(Metric):
             yield f"{self.name}{_label_text(self.labels, labels)} {_number(value)}"
 
 
+class ReadCounter(Gauge):
+    """A counter kept elsewhere (a plain ``int`` some object already counts), read when
+    rendered like a gauge. Named without ``_total``, like ``Counter``."""
+
+    kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], Iterable[tuple[Labels, float]]],
+        labels: Sequence[str] = (),
+    ) -> None:
+        if name.endswith("_total"):
+            raise ValueError("name a counter without _total; it is added when rendered")
+        super().__init__(name + "_total", help_text, read, labels)
+
+
 class Histogram(Metric):
     """How often observations fell at or below each bound, their count and their sum."""
 
@@ -188,6 +207,17 @@ class Registry:
         labels: Sequence[str] = (),
     ) -> Gauge:
         metric = Gauge(name, help_text, read, labels)
+        self.add(metric)
+        return metric
+
+    def read_counter(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], Iterable[tuple[Labels, float]]],
+        labels: Sequence[str] = (),
+    ) -> ReadCounter:
+        metric = ReadCounter(name, help_text, read, labels)
         self.add(metric)
         return metric
 

@@ -17,7 +17,9 @@ The plan a move follows, driven by the meta leader (``runtime/mover.py``):
    step, when every bucket has moved.
 
 A node leaves with ``("drain_node", id)``: the mover moves each of its ranges to another
-node, and ``("remove_node", id)`` is only accepted once nothing lists it any more.
+node, and ``("remove_node", id)`` is only accepted once nothing lists it any more. A
+removed id is kept as a tombstone (``RegistryState.removed``) and never admitted again:
+a node that comes back after its removal joins as a new node, with a new id.
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ def add_node(state: RegistryState, wire: object) -> tuple[str, list[Any]]:
     info = NodeInfo.from_wire(wire)
     if info.leaving:
         raise ValueError("a node cannot join as leaving")
+    if info.id in state.removed:
+        raise ValueError(
+            f"node id {info.id} was removed from the cluster; a node that joins again "
+            "needs a new id (and an empty data directory)"
+        )
     known = state.nodes.get(info.id)
     if known is not None:
         if (known.name, known.host, known.client_port, known.peer_port) != (
@@ -172,6 +179,7 @@ def remove_node(state: RegistryState, node_id: object) -> bool:
         if info.id in (move.frm, move.to):
             raise ValueError(f"node {info.name} takes part in the move of range {move.range_id}")
     del state.nodes[info.id]
+    state.removed.add(info.id)
     return True
 
 

@@ -34,6 +34,10 @@ Commands (reply in parentheses):
     ("set_ranges", ranges, version)  the same if the ranges version is `version`, else
                                      ("stale", current version): a bootstrap proposes
                                      version 0 so only the first proposal wins
+    ("node_started", id)             (True if newly recorded) node `id` has started with
+                                     its storage; a node whose storage is later found
+                                     empty must not found anything again (see
+                                     `boutique.runtime.founding`)
 Queries:
     ("lookup", name)                 info or None
     ("list",)                        all bucket names, sorted
@@ -41,6 +45,7 @@ Queries:
     ("ranges",)                      the range map's wire form, or None if not set yet
     ("range_for", name)              the wire form of the range `name` falls in, or None
     ("ranges_version",)              how many times the range map was set (0: never)
+    ("started",)                     the ids recorded by "node_started", sorted
 
 Changing a range map replaces where *new* buckets go; each existing bucket keeps the
 replicas recorded in its `BucketInfo` until something moves it. Online changes (split a
@@ -97,7 +102,8 @@ RegistryCommand: TypeAlias = tuple[object, ...]
 """("create", name), ("drop", name[, group]), ("set_ranges", ranges[, version]), and the online
 changes of `boutique.placement`: ("add_node", info), ("drain_node", id),
 ("remove_node", id), ("start_move", range, frm, to), ("set_bucket_replicas", name,
-group, replicas), ("finish_move", range), ("split_range", range, at)."""
+group, replicas), ("finish_move", range), ("split_range", range, at), ("node_started",
+id)."""
 RegistryReply: TypeAlias = object
 RegistryQuery: TypeAlias = (
     tuple[Literal["lookup"], str]
@@ -108,10 +114,14 @@ RegistryQuery: TypeAlias = (
     | tuple[Literal["ranges_version"]]
     | tuple[Literal["nodes"]]
     | tuple[Literal["moves"]]
+    | tuple[Literal["started"]]
+    | tuple[Literal["removed"]]
 )
-RegistryAnswer: TypeAlias = Wire | list[Wire] | list[str] | list[list[object]] | int | None
+RegistryAnswer: TypeAlias = (
+    Wire | list[Wire] | list[str] | list[list[object]] | list[int] | int | None
+)
 
-_SNAPSHOT_FORMAT = 2
+_SNAPSHOT_FORMAT = 4
 
 
 def validate_bucket_name(name: object) -> str:
@@ -372,7 +382,16 @@ class RegistryState:
     initial ranges). `next_seq` is the sequence number the next created bucket gets.
     """
 
-    __slots__ = ("buckets", "moves", "next_seq", "nodes", "ranges", "ranges_version")
+    __slots__ = (
+        "buckets",
+        "moves",
+        "next_seq",
+        "nodes",
+        "ranges",
+        "ranges_version",
+        "removed",
+        "started",
+    )
 
     def __init__(
         self,
@@ -382,6 +401,8 @@ class RegistryState:
         next_seq: int = 1,
         nodes: dict[int, NodeInfo] | None = None,
         moves: dict[str, Move] | None = None,
+        started: set[int] | None = None,
+        removed: set[int] | None = None,
     ) -> None:
         self.ranges = ranges
         self.ranges_version = ranges_version
@@ -391,6 +412,13 @@ class RegistryState:
         """Cluster members and their addresses (see `boutique.placement`)."""
         self.moves: dict[str, Move] = {} if moves is None else moves
         """Pending replica moves, by range id."""
+        self.started: set[int] = set() if started is None else started
+        """Nodes that have started with their storage (never forgotten, even once a
+        node is removed: its id may not found anything again)."""
+        self.removed: set[int] = set() if removed is None else removed
+        """Tombstones: ids of nodes that were removed. Such an id is never admitted
+        again (a node that comes back is a new node with a new id), and peers tell a
+        node with such an id that it was removed (see ``runtime/transport.py``)."""
 
     def __repr__(self) -> str:
         return (
@@ -481,6 +509,12 @@ class RegistryMachine:
                 return placement.finish_move(state, range_id), state
             case ("split_range", range_id, at):
                 return placement.split_range(state, range_id, at), state
+            case ("node_started", node_id):
+                node = _check_node_id(node_id, "node_started")
+                if node in state.started:
+                    return False, state
+                state.started.add(node)
+                return True, state
             case _:
                 raise ValueError(f"not a registry command: {_short(command)}")
 
@@ -505,6 +539,10 @@ class RegistryMachine:
                 return [state.nodes[n].to_wire() for n in sorted(state.nodes)]
             case ("moves",):
                 return [state.moves[r].to_wire() for r in sorted(state.moves)]
+            case ("started",):
+                return sorted(state.started)
+            case ("removed",):
+                return sorted(state.removed)
             case _:
                 raise ValueError(f"not a registry query: {_short(query)}")
 
@@ -518,6 +556,8 @@ class RegistryMachine:
                 "buckets": [state.buckets[name].to_wire() for name in sorted(state.buckets)],
                 "nodes": [state.nodes[n].to_wire() for n in sorted(state.nodes)],
                 "moves": [state.moves[r].to_wire() for r in sorted(state.moves)],
+                "started": sorted(state.started),
+                "removed": sorted(state.removed),
             }
         )
 
@@ -528,7 +568,18 @@ class RegistryMachine:
             raise ValueError("not a registry snapshot: undecodable") from exc
         if isinstance(value, dict) and value.get("format") == 1:
             # Format 1 predates the node table and moves.
-            value = {**value, "format": _SNAPSHOT_FORMAT, "nodes": [], "moves": []}
+            value = {**value, "format": 2, "nodes": [], "moves": []}
+        if isinstance(value, dict) and value.get("format") == 2:
+            # Format 2 predates the record of started nodes and the tombstones of
+            # removed nodes; format 3 held one of the two (never both).
+            value = {**value, "format": 3}
+        if isinstance(value, dict) and value.get("format") == 3:
+            value = {
+                "started": [],
+                "removed": [],
+                **value,
+                "format": _SNAPSHOT_FORMAT,
+            }
         fields = _fields(value, _SNAPSHOT_KEYS, "registry snapshot")
         nodes = {}
         for wire in _as_array(fields["nodes"], "registry snapshot: nodes"):
@@ -540,6 +591,14 @@ class RegistryMachine:
             moves[move.range_id] = move
         if type(fields["format"]) is not int or fields["format"] != _SNAPSHOT_FORMAT:
             raise ValueError(f"registry snapshot: unknown format {fields['format']!r}")
+        started = {
+            _check_node_id(node, "registry snapshot: started")
+            for node in _as_array(fields["started"], "registry snapshot: started")
+        }
+        removed = {
+            _check_node_id(node, "registry snapshot: removed")
+            for node in _as_array(fields["removed"], "registry snapshot: removed")
+        }
         ranges = None if fields["ranges"] is None else RangeMap.from_wire(fields["ranges"])
         version = fields["ranges_version"]
         next_seq = fields["next_seq"]
@@ -560,11 +619,21 @@ class RegistryMachine:
             if info.created_seq >= next_seq:
                 raise ValueError(f"registry snapshot: bucket {info.name!r} is from the future")
             buckets[info.name] = info
-        return RegistryState(ranges, version, buckets, next_seq, nodes, moves)
+        return RegistryState(ranges, version, buckets, next_seq, nodes, moves, started, removed)
 
 
 _SNAPSHOT_KEYS = frozenset(
-    {"format", "ranges", "ranges_version", "next_seq", "buckets", "nodes", "moves"}
+    {
+        "format",
+        "ranges",
+        "ranges_version",
+        "next_seq",
+        "buckets",
+        "nodes",
+        "moves",
+        "started",
+        "removed",
+    }
 )
 
 

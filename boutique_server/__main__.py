@@ -25,7 +25,7 @@ from boutique.runtime.peertls import PeerTLSError
 from boutique.storage.errors import DataFileError
 
 from .process import StartupError, holding_stop_signals, serve, stop_signals, stopped_line
-from .supervisor import run_all
+from .supervisor import EXIT_REMOVED, run_all
 
 log = logging.getLogger("boutique")
 
@@ -60,6 +60,7 @@ environment variables:
 exit codes:
   0  stopped gracefully        2  bad flag or configuration
   1  stopped, but not cleanly  3  unreadable data file     4  cannot listen or start
+  5  removed from the cluster (ADMIN REMOVE-NODE): drained and stopped; data kept
 """
 
 
@@ -319,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 1  # Ctrl-C before the node could handle it
     log.info(stopped_line(me, stopped))
+    if stopped.removed:
+        return EXIT_REMOVED
     return 0 if stopped.report is not None else 1
 
 

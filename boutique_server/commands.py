@@ -176,7 +176,10 @@ class Quit:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """``STATUS``: lines of text about nodes, ranges and groups, then ``OK``."""
+    """``STATUS``: lines of text about nodes, ranges and groups, then ``OK``.
+    ``STATUS JSON``: the same facts as one line of JSON, then ``OK``."""
+
+    as_json: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,16 @@ storage is closed and ``serve`` returns normally (the process exits 0). A second
 signal during the drain cuts it short. SIGINT ignored at startup (a job started in
 the background from a script) stays ignored; SIGTERM is always honoured.
 
+A node that learns the cluster removed it (``Node.removed``) drains the same way, its
+clients told ``ERR UNAVAILABLE node ... was removed from the cluster`` (for at least
+``REMOVED_NOTICE`` seconds), and ``serve``
+returns a ``Stopped`` with ``removed`` set: the process exits with ``EXIT_REMOVED``.
+
 A stop signal that arrives while the node starts waits (``holding_stop_signals``) and
-drains it as soon as it serves. A startup failure is raised as ``StartupError`` naming the config file, the node, the
-role (client or peer listener) and the address: never a bare ``[Errno 98]``.
+drains it as soon as it serves. With ``[metrics] port`` (or the node's ``metrics_port``)
+set, it also serves ``GET /metrics`` there (see ``metrics_http``). A startup failure is
+raised as ``StartupError`` naming the config file, the node, the role (client, peer or
+metrics listener) and the address: never a bare ``[Errno 98]``.
 """
 
 from __future__ import annotations
@@ -30,9 +37,16 @@ from boutique.runtime.join import register
 from boutique.runtime.node import META_GROUP, Node
 from boutique.runtime.router import Router
 
+from .metrics_http import MetricsServer
 from .server import LINGER_TIMEOUT, LineServer
 
 log = logging.getLogger("boutique")
+
+REMOVED_NOTICE = 1.0
+"""Seconds a removed node keeps answering its connected clients' new commands with
+``ERR UNAVAILABLE node ... was removed from the cluster`` before it closes them: its
+drain is often instant (it leads nothing), and a client should learn why, not just
+see its connection close."""
 
 HANDOVER_TIMEOUT = 3.0
 """Seconds a stopping node tries to hand its groups' leadership over."""
@@ -49,6 +63,8 @@ class Stopped:
 
     signal_name: str
     report: DrainReport | None
+    removed: bool = False
+    """The node stopped because the cluster removed it, not because of a signal."""
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:
@@ -140,6 +156,22 @@ async def serve(
                 node.peer_port,
                 me.data_dir,
             )
+            metrics_port = config.metrics_port_of(me)
+            if metrics_port:
+                metrics = MetricsServer(server.metrics.render, config.metrics_host, metrics_port)
+                try:
+                    await nursery.start(metrics.run)
+                except BaseException as exc:
+                    cause = _sole_cause(exc)
+                    if isinstance(cause, OSError):
+                        # The endpoint's own message wraps the socket's: report the latter.
+                        if isinstance(cause.__cause__, OSError):
+                            cause = cause.__cause__
+                        key = "metrics.port" if me.metrics_port is None else "metrics_port"
+                        raise _listen_error(
+                            cause, source, me, "metrics", config.metrics_host, metrics_port, key
+                        ) from None
+                    raise
             nursery.start_soon(_announce_when_serving, node, f"{config.listen_host}:{port}")
             stopped = await _drain_on_signal(received, node, server)
             if stopped.report is not None:
@@ -166,11 +198,34 @@ async def _announce_when_serving(node: Node, address: str) -> None:
     )
 
 
+async def _first_stop(signals: AsyncIterator[int], node: Node) -> str | None:
+    """Wait for a stop signal (its name) or for the node's removal (None)."""
+    name: str | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            nonlocal name
+            name = signal.Signals(await anext(signals)).name
+            nursery.cancel_scope.cancel()
+
+        async def on_removed() -> None:
+            await node.removed.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_signal)
+        nursery.start_soon(on_removed)
+    return name
+
+
 async def _drain_on_signal(received: AsyncIterator[int], node: Node, server: LineServer) -> Stopped:
     signals = aiter(received)
-    signum = await anext(signals)
-    name = signal.Signals(signum).name
-    log.info("node %s: %s received: stopping (handing over leadership)", node.me.name, name)
+    first = await _first_stop(signals, node)
+    removed = first is None
+    name = "removed" if first is None else first
+    if removed:
+        server.removed = True  # Node.on_removed logged the one line about it
+    else:
+        log.info("node %s: %s received: stopping (handing over leadership)", node.me.name, name)
     server.stopping = True
     report: DrainReport | None = None
     async with trio.open_nursery() as nursery:
@@ -191,8 +246,10 @@ async def _drain_on_signal(received: AsyncIterator[int], node: Node, server: Lin
             handover_timeout=HANDOVER_TIMEOUT,
             settle_timeout=node.config.request_timeout,
         )
+        if removed:
+            await trio.sleep(REMOVED_NOTICE)
         nursery.cancel_scope.cancel()
-    return Stopped(name, report)
+    return Stopped(name, report, removed)
 
 
 def stopped_line(me: NodeConfig, stopped: Stopped) -> str:
@@ -207,7 +264,8 @@ def stopped_line(me: NodeConfig, stopped: Stopped) -> str:
         parts.append("some requests had no outcome in time")
     else:
         parts.append("every request taken on was answered")
+    why = "removed from the cluster" if stopped.removed else stopped.signal_name
     return (
-        f"node {me.name} stopped ({stopped.signal_name}): {', '.join(parts)}, storage "
+        f"node {me.name} stopped ({why}): {', '.join(parts)}, storage "
         f"closed, in {report.seconds:.2f}s"
     )

@@ -30,6 +30,7 @@ Multi-line replies are items then ``OK`` (see ``boutique.wire``):
     KEYS      one key per line (value form), OK
     SCAN      one ``key value`` line per pair (two arguments in argument form), OK
     HELP, STATUS  lines of text (text form), OK
+    STATUS JSON   one line: a JSON object (ASCII, see ``boutique.status``), OK
 
 ``render`` raises ``LocalProtocolError`` when *this* side asks for a reply the protocol
 cannot carry. This module must never do I/O, read the clock, or raise while parsing
@@ -260,6 +261,14 @@ def _admin(args: list[bytes]) -> Admin:
         raise ArgumentError("SYNTAX", "admin arguments must be UTF-8") from None
 
 
+def _status(args: list[bytes]) -> Status:
+    if not args:
+        return Status()
+    if args[0].upper() != b"JSON":
+        raise ArgumentError("SYNTAX", "STATUS or STATUS JSON")
+    return Status(as_json=True)
+
+
 def _fault(args: list[bytes]) -> Fault:
     action = args[0].upper().decode("ascii", "replace")
     if action not in ("BLOCK", "HEAL") or (action == "HEAL" and len(args) > 1):
@@ -293,7 +302,7 @@ _COMMANDS: dict[bytes, _Spec] = {
     b"PING": _Spec(0, 0, lambda a: Ping()),
     b"HELP": _Spec(0, 0, lambda a: Help()),
     b"QUIT": _Spec(0, 0, lambda a: Quit()),
-    b"STATUS": _Spec(0, 0, lambda a: Status()),
+    b"STATUS": _Spec(0, 1, lambda a: _status(a)),
     b"AUTH": _Spec(1, 1, lambda a: Auth(a[0])),
     b"FAULT": _Spec(1, 16, lambda a: _fault(a)),
     b"ADMIN": _Spec(1, 6, lambda a: _admin(a)),
@@ -313,6 +322,7 @@ HELP_TEXT: tuple[str, ...] = (
     "  (a long KEYS or SCAN reply ends with ERR MORE and the request that continues it)",
     "  PING                           PONG",
     "  STATUS                         nodes, ranges, leaders, terms, commit indexes",
+    "  STATUS JSON                    the same as one line of JSON",
     "  AUTH password                  log in, if the server wants a password",
     "  ADMIN NODES|RANGES|MOVES       the cluster's layout",
     "  ADMIN ADD-NODE name id host client_port peer_port    register a joining node",

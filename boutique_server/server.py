@@ -48,6 +48,7 @@ import hmac
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,9 +70,18 @@ from boutique.runtime.router import (
     Router,
     Unavailable,
 )
+from boutique.status import (
+    GROUP_LIMIT,
+    EdgeStatus,
+    GroupStatus,
+    NodeStatus,
+    PeerEdgeStatus,
+    RangeStatus,
+)
 from boutique.wire import ErrorCode, request_line
 
 from . import commands as cmd
+from .node_metrics import NodeMetrics
 from .protocol import (
     HELP_TEXT,
     Error,
@@ -104,7 +114,7 @@ AUTH_FAILURE_DELAY = 0.25
 """Seconds the first wrong password's reply waits; each further one waits twice as long
 (up to ``AUTH_FAILURE_DELAY_MAX``). The reader waits too, so guesses cannot pile up."""
 AUTH_FAILURE_DELAY_MAX = 2.0
-STATUS_GROUP_LIMIT = 50
+STATUS_GROUP_LIMIT = GROUP_LIMIT
 
 
 class _Done:
@@ -136,8 +146,11 @@ class _Done:
 
 @dataclass(slots=True)
 class _Slot:
-    """One reply position in the connection's output order."""
+    """One reply position in the connection's output order: the request it answers
+    and when that was read (``time.perf_counter()``), for the metrics."""
 
+    event: cmd.Command | ProtocolError
+    started: float
     done: _Done = field(default_factory=_Done)
     data: bytes = b""
     close_after: bool = False
@@ -236,6 +249,11 @@ class LineServer:
         self.stopping = False
         """Set when the node drains: new commands get ``ERR UNAVAILABLE`` (certainly not
         applied), commands already taken on run to their answer."""
+        self.metrics = NodeMetrics(self)
+        """Counted for every reply; served over HTTP only with ``[metrics] port``."""
+        self.removed = False
+        """Set (with ``stopping``) when the cluster removed this node: the refusal says
+        so, so a client knows to use another node rather than wait for this one."""
 
         self.closed = False
 
@@ -268,6 +286,10 @@ class LineServer:
 
     @property
     def stopping_reply(self) -> bytes:
+        if self.removed:
+            return render(
+                Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} was removed from the cluster")
+            )
         return render(Error(ErrorCode.UNAVAILABLE, f"node {self.me.name} is stopping"))
 
     @property
@@ -427,6 +449,8 @@ class LineServer:
                     return Pong()
                 case cmd.Help():
                     return Text(HELP_TEXT)
+                case cmd.Status(as_json=True):
+                    return Text([self.status_snapshot().to_json()])
                 case cmd.Status():
                     return Text(self.status_lines())
                 case cmd.Quit() | cmd.Auth():
@@ -499,45 +523,58 @@ class LineServer:
         return Ok()
 
     def status_lines(self) -> list[str]:
+        """The STATUS text reply (see ``boutique.status``)."""
+        return self.status_snapshot().to_lines()
+
+    def status_snapshot(self) -> NodeStatus:
+        """What STATUS and STATUS JSON report, taken now."""
         status = self.node.status(group_limit=STATUS_GROUP_LIMIT)
         config = self.config
         names = {n.id: n.name for n in config.nodes}
-        lines = [f"node {status['node']} id {status['id']} cluster {config.cluster_name}"]
-        lines.append(f"clients {self.clients} of {config.max_connections}")
-        lines.append(
-            f"edge unauthenticated {self.unauthenticated.count} of {config.max_unauthenticated}"
-            f" refused {self.refused} auth-failures {self.auth_failures}"
-            f" auth-timeouts {self.auth_timeouts}"
-        )
         transport = self.node.transport
+        peer_edge = None
         if transport is not None:
             stats = transport.stats
-            lines.append(
-                f"peer-edge handshakes-refused {stats.handshakes_refused}"
-                f" auth-failures {stats.auth_failures}"
-            )
-        counters = " ".join(f"{k.replace('_', '-')} {v}" for k, v in status["counters"].items())
-        lines.append(f"loop {counters}")
-        for peer, up in sorted(status["peers"].items()):
-            lines.append(f"peer {peer} {'up' if up else 'DOWN'}")
-        for rng in config.ranges:
-            replicas = ",".join(names.get(r, str(r)) for r in rng.replicas)
-            lines.append(f"range {rng.id} replicas {replicas}")
-        # Always shown, before the (capped) group list: an operator must see them.
-        for group_id, reason in status["quarantined"].items():
-            lines.append(f"quarantined {group_id} {reason}")
+            peer_edge = PeerEdgeStatus(stats.handshakes_refused, stats.auth_failures)
         groups: dict[str, dict[str, Any]] = status["groups"]
         counts: dict[str, int] = status["group_counts"]
-        for group_id, g in groups.items():
-            leader = names.get(g["leader"], "none")
-            lines.append(
-                f"group {group_id} role {g['role']} leader {leader} term {g['term']} "
-                f"commit {g['commit']} applied {g['applied']}{' quiet' if g['quiet'] else ''}"
-            )
-        if counts["total"] > len(groups):
-            lines.append(f"... and {counts['total'] - len(groups)} more groups")
-        lines.append("groups " + " ".join(f"{k} {v}" for k, v in counts.items()))
-        return lines
+        return NodeStatus(
+            node=status["node"],
+            id=status["id"],
+            cluster=config.cluster_name,
+            clients=self.clients,
+            max_connections=config.max_connections,
+            edge=EdgeStatus(
+                unauthenticated=self.unauthenticated.count,
+                max_unauthenticated=config.max_unauthenticated,
+                refused=self.refused,
+                auth_failures=self.auth_failures,
+                auth_timeouts=self.auth_timeouts,
+            ),
+            peer_edge=peer_edge,
+            loop=dict(status["counters"]),
+            peers=dict(status["peers"]),
+            ranges=tuple(
+                RangeStatus(rng.id, tuple(names.get(r, str(r)) for r in rng.replicas))
+                for rng in config.ranges
+            ),
+            quarantined=dict(status["quarantined"]),
+            groups=tuple(
+                GroupStatus(
+                    id=group_id,
+                    role=g["role"],
+                    leader=names.get(g["leader"]),
+                    term=g["term"],
+                    commit=g["commit"],
+                    applied=g["applied"],
+                    quiet=bool(g["quiet"]),
+                )
+                for group_id, g in groups.items()
+            ),
+            groups_total=counts["total"],
+            groups_quiet=counts["quiet"],
+            group_counts=dict(counts),
+        )
 
 
 class _Connection:
@@ -698,7 +735,7 @@ class _Connection:
                         return
 
     async def _dispatch(self, event: cmd.Command | ProtocolError, nursery: trio.Nursery) -> None:
-        slot = _Slot()
+        slot = _Slot(event, time.perf_counter())
         # A bound on replies by count and by bytes: past either, stop reading.
         while len(self.replies) >= self.limit or not self._has_byte_room():
             self._room = trio.Event()
@@ -756,6 +793,7 @@ class _Connection:
 
     def _finish(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
+        self.server.metrics.answered(slot.event, slot.started, data)
         self._account(len(data))
         slot.done.set()
         self._flush()
@@ -836,6 +874,7 @@ class _Connection:
     def _command_done(self, slot: _Slot) -> None:
         """A command has its reply in ``slot``: the writer may send it, and the command
         no longer counts against ``max_in_flight``."""
+        self.server.metrics.answered(slot.event, slot.started, slot.data)
         self._account(len(slot.data))
         slot.done.set()
         self.in_flight.release()

@@ -6,6 +6,8 @@ it again after a backoff that doubles up to ``MAX_BACKOFF`` (reset once the node
 run for ``STABLE_AFTER`` seconds); the other nodes keep serving, as a cluster with a
 minority down does. A child that exits with a usage or configuration error (code 2) is
 not restarted: the supervisor stops them all and exits 2, since a restart cannot help.
+A child that exits because the cluster removed it (code 5) is not restarted either; the
+others keep running.
 
 SIGTERM or SIGINT to the supervisor stops every child gracefully: each gets one SIGTERM
 and drains (hands leadership over, answers what it took on), and is killed only if it
@@ -39,6 +41,8 @@ STOP_TIMEOUT = 20.0
 """Seconds a child may take to drain after SIGTERM before it is killed."""
 POLL = 0.1
 EXIT_USAGE = 2
+EXIT_REMOVED = 5
+"""``boutique_server.process.EXIT_REMOVED``: the node was removed from the cluster."""
 
 
 def child_command(
@@ -151,6 +155,14 @@ class Supervisor:
                     )
                     self.exit_code = EXIT_USAGE
                     return
+                if code == EXIT_REMOVED:
+                    log.info(
+                        "node %s (pid %d) was removed from the cluster: not restarting it",
+                        child.name,
+                        process.pid,
+                    )
+                    child.restart_at = None
+                    continue
                 if now - child.started_at >= STABLE_AFTER:
                     child.backoff = FIRST_BACKOFF
                 child.restart_at = now + child.backoff

@@ -136,6 +136,18 @@ def test_one_shot_commands(server: LocalCluster) -> None:
     assert (unknown.returncode, unknown.stdout) == (1, b"COMMAND NOT IMPLEMENTED\n")
 
 
+def test_json_status_is_the_status_object(server: LocalCluster) -> None:
+    got = run_cli(server, "--json", "status")
+    assert got.returncode == 0, got.stderr
+    reply = json.loads(got.stdout)
+    assert reply["ok"] is True
+    status = reply["status"]
+    assert (status["node"], status["id"]) == ("n1", 1)
+    assert any(g["id"] == "meta" and g["role"] == "leader" for g in status["groups"])
+    # Without --json, STATUS stays the text people read.
+    assert run_cli(server, "STATUS").stdout.startswith(b"node n1 id 1 cluster ")
+
+
 def test_values_from_stdin_and_files_keep_every_byte(server: LocalCluster, tmp_path: Path) -> None:
     data = bytes(range(256)) * 3
     assert run_cli(server, "CREATE", "files").returncode == 0

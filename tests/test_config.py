@@ -463,3 +463,51 @@ def test_single_node_without_secret_gets_a_random_one() -> None:
     assert first.secret != second.secret
     assert [r.replicas for r in first.ranges] == [(7,)] * 4
     assert RangeMap(first.ranges) == first.range_map
+
+
+# The metrics endpoint
+
+
+def test_metrics_are_off_by_default() -> None:
+    config = parse(BASE)
+    assert config.metrics_port == 0
+    assert config.metrics_host == "127.0.0.1"
+    assert all(config.metrics_port_of(node) == 0 for node in config.nodes)
+
+
+def test_metrics_port_and_node_override() -> None:
+    text = '[metrics]\nport = 9100\nhost = "0.0.0.0"\n' + BASE.replace(
+        "peer_port = 5042", "peer_port = 5042\nmetrics_port = 9102"
+    ).replace("peer_port = 5043", "peer_port = 5043\nmetrics_port = 0")
+    config = parse(f'secret = "{SECRET}"\n' + text.replace(f'secret = "{SECRET}"\n', ""))
+    assert config.metrics_host == "0.0.0.0"
+    ports = [config.metrics_port_of(node) for node in config.nodes]
+    assert ports == [9100, 9102, 0]
+
+
+METRICS_BROKEN = [
+    ('[metrics]\nport = "x"\n', "metrics.port", "expected an integer 0-65535"),
+    ("[metrics]\nport = 70000\n", "metrics.port", "expected an integer 0-65535"),
+    ("[metrics]\nport = -1\n", "metrics.port", "expected an integer 0-65535"),
+    ('[metrics]\nhost = ""\n', "metrics.host", "empty"),
+    ('[metrics]\nhost = "a b"\n', "metrics.host", "host name or address"),
+    ("[metrics]\nprot = 9100\n", "metrics.prot", "did you mean"),
+    ("metrics = 9100\n", "metrics", "expected a table"),
+]
+
+
+@pytest.mark.parametrize(("table", "field", "fragment"), METRICS_BROKEN)
+def test_broken_metrics_table_names_the_field(table: str, field: str, fragment: str) -> None:
+    # Top-level keys come before the tables, so the secret goes first.
+    with pytest.raises(ConfigError) as caught:
+        parse(f'secret = "{SECRET}"\n' + table + NODES)
+    assert caught.value.field == field, str(caught.value)
+    assert fragment in caught.value.problem, str(caught.value)
+
+
+def test_node_metrics_port_clashing_with_another_port_is_named() -> None:
+    text = BASE.replace("peer_port = 5042", "peer_port = 5042\nmetrics_port = 4041")
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    assert caught.value.field == "node[1].metrics_port"
+    assert "already node[0].client_port" in caught.value.problem

@@ -86,6 +86,28 @@ def test_drain_then_remove() -> None:
     assert 4 not in state.nodes
 
 
+def test_a_removed_id_is_tombstoned_and_never_admitted_again() -> None:
+    machine, state = _registry()
+    n4 = NodeInfo(4, "n4", "127.0.0.1", 4004, 5004)
+    _apply(machine, state, "add_node", n4.to_wire())
+    _apply(machine, state, "drain_node", 4)
+    _apply(machine, state, "remove_node", 4)
+    assert state.removed == {4}
+    assert machine.query(state, ("removed",)) == [4]
+    # The same node coming back (same id, same addresses), or another one reusing the
+    # id, is a new node: it needs a new id.
+    assert "was removed" in _refused(machine, state, "add_node", n4.to_wire())
+    other = NodeInfo(4, "n9", "127.0.0.1", 4009, 5009)
+    assert "needs a new id" in _refused(machine, state, "add_node", other.to_wire())
+    # The tombstone survives a snapshot, so a node that catches up from one knows it.
+    restored = machine.restore(machine.snapshot(state))
+    assert restored.removed == {4}
+    assert "was removed" in _refused(machine, restored, "add_node", n4.to_wire())
+    # The same machine under a new id is welcome.
+    again = NodeInfo(5, "n4", "127.0.0.1", 4004, 5004)
+    assert _apply(machine, state, "add_node", again.to_wire())[0] == "added"
+
+
 def test_split_relabels_buckets_and_keeps_every_name_in_one_range() -> None:
     machine, state = _registry()
     for name in ("apples", "figs", "grapes"):

@@ -379,12 +379,20 @@ def test_good_snapshot_restores() -> None:
     assert RegistryMachine().restore(good_snapshot()).next_seq == 2
 
 
+def test_a_format_2_snapshot_restores_without_tombstones() -> None:
+    restored = RegistryMachine().restore(good_snapshot(format=2, nodes=[], moves=[]))
+    assert restored.removed == set()
+    assert restored.next_seq == 2
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"\xc1",
         encode_value([1, 2]),
         good_snapshot(format=2),
+        good_snapshot(format=3, nodes=[], moves=[], removed=[0]),
+        good_snapshot(format=3, nodes=[], moves=[], removed="4"),
         good_snapshot(extra=1),
         good_snapshot(next_seq=1),  # the bucket's seq is not below next_seq
         good_snapshot(ranges=None),  # version 1 but no ranges

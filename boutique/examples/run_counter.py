@@ -15,7 +15,8 @@ into any of them (one command per line; replies are printed on stdout):
     quit                      stop this member (so does Ctrl-C or end of input)
 
 In a terminal the prompt is `counter[N]> `. Errors are printed as
-`error: <kind>: <message>` and the member keeps running. It uses `BlockingMember`, the
+`error: <kind>: <message>` and the member keeps running, except `Removed`: a member
+removed from the group prints that error and exits. It uses `BlockingMember`, the
 library's API for code that is not async. With `--data-dir` the member keeps its log on
 disk and restarts with its state; without, a restarted member catches up from the
 others. The README's library section runs exactly these commands in a test, so change
@@ -32,7 +33,7 @@ from typing import TextIO
 
 from boutique.command_line import add_version
 from boutique.examples.counter import Counter, CounterCommand
-from boutique.group import BlockingMember, GroupError
+from boutique.group import BlockingMember, GroupError, Removed
 
 DEMO_SECRET = "boutique-counter-demo-secret"
 
@@ -128,6 +129,9 @@ def repl(member: BlockingMember[CounterCommand, int, str, int], stdin: TextIO) -
             return
         try:
             reply = handle(member, line)
+        except Removed as exc:
+            print(f"error: Removed: {exc}; stopping", flush=True)
+            return  # it serves nothing any more
         except GroupError as exc:
             reply = f"error: {type(exc).__name__}: {exc}"
         except (ValueError, argparse.ArgumentTypeError) as exc:

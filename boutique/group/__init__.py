@@ -21,6 +21,7 @@ from .errors import (
     MembershipError,
     NoQuorum,
     NotLeader,
+    Removed,
     Timeout,
     Unavailable,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "MembershipError",
     "NoQuorum",
     "NotLeader",
+    "Removed",
     "Timeout",
     "Unavailable",
 ]

@@ -11,6 +11,10 @@ next to the user's commands, by wrapping the user's machine in an `Envelope`:
                                             address book
     ("m", "done", token, result)            the leader finished change `token`
                                             ("ok" or "error: why")
+    ("m", "rejoin", leave, join, node, book) queue the removal of `node` (token
+                                            `leave`) and its addition (token `join`)
+                                            in one entry: a member that lost its
+                                            state comes back as a new learner
 
 Queries are `("u", query)` (answer: msgpack bytes) or `("m", "book")`,
 `("m", "pending")`, `("m", "result", token)`.
@@ -38,7 +42,8 @@ RESULTS_KEPT = 256
 """Finished changes whose result stays readable; older ones are forgotten (a caller
 waiting that long has timed out already)."""
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+"""Version 2 adds the tombstones (`GroupState.removed`); version 1 is still read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,10 @@ class GroupState:
     """Changes not yet carried out, oldest first; the leader works on the first."""
     results: dict[int, str] = field(default_factory=dict)
     """Token -> "ok" or "error: ..." for the last `RESULTS_KEPT` finished changes."""
+    removed: set[int] = field(default_factory=set)
+    """Tombstones: members whose removal finished. Every member refuses them (no
+    connection, no forwarded request) and tells them they were removed, and a join of
+    such an id is refused: a member that comes back is a new member, with a new id."""
 
 
 class Envelope:
@@ -91,9 +100,20 @@ class Envelope:
                 return data, state
             case ("m", "change", int() as token, ("join" | "leave") as op, int() as node, book):
                 addresses = parse_book(book)
+                if op == "join" and node in state.removed:
+                    self._record(state, token, f"error: {removed_rejoin(node)}")
+                    return None, state
                 if op == "leave":
                     self._cancel_joins(state, node)
                 state.pending.append(Change(token, op, node))
+                state.book.update(addresses)
+                return None, state
+            case ("m", "rejoin", int() as leave, int() as join, int() as node, book):
+                addresses = parse_book(book)
+                # One entry, so a retried request can never put a leave after the join.
+                self._cancel_joins(state, node)
+                state.pending.append(Change(leave, "leave", node))
+                state.pending.append(Change(join, "join", node))
                 state.book.update(addresses)
                 return None, state
             case ("m", "done", int() as token, str() as result):
@@ -101,6 +121,13 @@ class Envelope:
                     if change.token == token:
                         state.pending.remove(change)
                         self._record(state, token, result)
+                        readmitted = any(
+                            c.op == "join" and c.node == change.node for c in state.pending
+                        )
+                        if change.op == "leave" and result == "ok" and not readmitted:
+                            # A leave with a join of the same node queued behind it is
+                            # a re-admission ("rejoin"), not a removal: no tombstone.
+                            state.removed.add(change.node)
                         return True, state
                 return False, state  # already finished (two leaders raced): no-op
             case _:
@@ -147,16 +174,25 @@ class Envelope:
                 [[c.token, c.op, c.node] for c in state.pending],
                 [[token, result] for token, result in state.results.items()],
                 self.user.snapshot(state.user),
+                sorted(state.removed),
             ]
         )
 
     def restore(self, data: bytes) -> GroupState:
+        removed: object = ()
         match decode_value(data):
             case (1, book, pending, results, bytes() as user_data):
+                pass
+            case (2, book, pending, results, bytes() as user_data, removed):
                 pass
             case _:
                 raise ValueError("not a group snapshot")
         state = GroupState(self.user.restore(user_data), parse_book(book))
+        match removed:
+            case list() | tuple() if all(type(n) is int and n > 0 for n in removed):
+                state.removed = set(removed)
+            case _:
+                raise ValueError("not a group snapshot: bad removed members")
         for item in pending:
             match item:
                 case (int() as token, ("join" | "leave") as op, int() as node):
@@ -170,6 +206,11 @@ class Envelope:
                 case _:
                     raise ValueError("not a group snapshot: bad result")
         return state
+
+
+def removed_rejoin(node: int) -> str:
+    """Why a removed id cannot join again."""
+    return f"node {node} was removed from the group; a member that comes back needs a new id"
 
 
 def book_to_wire(book: dict[int, Address]) -> list[WireValue]:

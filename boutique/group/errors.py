@@ -24,6 +24,7 @@ __all__ = [
     "MembershipError",
     "NoQuorum",
     "NotLeader",
+    "Removed",
     "Timeout",
     "Unavailable",
 ]
@@ -50,6 +51,11 @@ class Unavailable(GroupError):
     """The request certainly had no effect: no leader could take it in time."""
 
     maybe_applied = False
+
+
+class Removed(Unavailable):
+    """This member was removed from its group: it serves nothing any more, and its
+    process should be stopped. Certainly not applied."""
 
 
 class NoQuorum(Unavailable):

@@ -9,12 +9,19 @@ member and survive a change of leader.
 Every member's peer list is its start-up `members` merged with the replicated address
 book, so a member added at one node becomes reachable from all of them.
 
+A removed member is refused by the others as soon as they apply its removal (no
+connection, no request it forwards is served, even through a connection opened
+before), and told so when it dials; it learns it from them or from its own log, logs
+one line, stops its connections and serves nothing more: `command`, `query` and
+`wait_ready` raise `Removed`, and `status().role` is "removed".
+
 This module never blocks the event loop and never opens files itself (the host opens
 the storage this module chooses).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -32,11 +39,13 @@ from boutique.storage import MemoryNodeStorage
 from boutique.storage.sqlite import SqliteStorage
 
 from . import duties
-from .envelope import Address, Envelope, book_to_wire
-from .errors import CommandError, MembershipError, NotLeader, Timeout, Unavailable
+from .envelope import Address, Envelope, GroupState, book_to_wire
+from .errors import CommandError, MembershipError, NotLeader, Removed, Timeout, Unavailable
 from .routing import RequestRouter, settle
 
 __all__ = ["Member", "MemberStatus"]
+
+log = logging.getLogger("boutique.group")
 
 C = TypeVar("C")
 R = TypeVar("R")
@@ -55,7 +64,8 @@ class MemberStatus:
     node_id: int
     group: str
     role: str
-    """One of: leader, follower, candidate, pre-candidate."""
+    """One of: leader, follower, candidate, pre-candidate; "removed" once this member
+    knows it was removed from the group."""
     leader: int | None
     term: int
     commit_index: int
@@ -76,16 +86,24 @@ class _LibraryHost(RaftHost):
 
     def load_groups(self) -> None:
         assert self.storage is not None
+        if self.member.group_id in self.storage.groups():
+            # The storage remembers the group: its term, vote and log are its own.
+            self.open_member_group(found=False)
+        # Otherwise nothing is hosted until `duties.admit` has decided, from the other
+        # members' answers, whether this is the group's first start (see `admission`).
+
+    def open_member_group(self, *, found: bool, campaign: bool = False) -> None:
+        """Host the member's group: as a founding voter if `found`, else as whatever
+        the storage holds (empty: a member waiting to be added). With `campaign`, the
+        lowest founder campaigns at once, so a new group has a leader after one round
+        trip instead of an election timeout."""
         member = self.member
-        fresh = member.group_id not in self.storage.groups()
         founders = tuple(sorted(member.founders))
         self.open_group(
             member.group_id,
             founders,
-            bootstrap_voters=not member.joining,
-            # The lowest founder campaigns at once, so a new group has a leader after
-            # one round trip instead of an election timeout.
-            campaign=fresh and not member.joining and self.id == founders[0],
+            bootstrap_voters=found,
+            campaign=found and campaign and self.id == founders[0],
             # One group per host: heartbeats are cheap, and a group that never goes quiet
             # notices a dead leader by itself, without the transport's help.
             quiesce=False,
@@ -94,6 +112,9 @@ class _LibraryHost(RaftHost):
 
     def on_applied(self, group: GroupRuntime, restored: bool) -> None:
         self.member.refresh_peers()
+
+    def on_removed(self) -> None:
+        self.member.stop_as_removed()
 
 
 class Member(Generic[C, R, Q, A]):
@@ -120,11 +141,14 @@ class Member(Generic[C, R, Q, A]):
         self.node_id = node_id
         self.group_id = group
         self.joining = join
+        self.rejoining = False
+        """Set while this member, which lost its state, is removed and added back."""
         self.static_members: dict[int, Address] = _check_members(node_id, members)
         self.founders = frozenset(self.static_members)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.settings = settings if settings is not None else HostSettings()
         self._learned: dict[int, Address] = {}
+        self._nursery: trio.Nursery | None = None
         envelope = Envelope(machine)
         self.host = _LibraryHost(
             self,
@@ -162,6 +186,10 @@ class Member(Generic[C, R, Q, A]):
           message is accepted. Make it long and random.
         - `data_dir`: None keeps the log in memory (a restarted member catches up from
           its peers); a directory makes the member durable (SQLite, fsync per batch).
+          A member whose storage has no record of the group asks the others first: it
+          founds the group only if every founder answers and none has held an
+          election; if the group exists and lists it as a voter, it lost its state and
+          comes back as a new learner (removed and added again) before it votes.
         - `join=True`: do not found the group; wait to be added by `add_member` at an
           existing member. Also needed to restart an in-memory member that was added
           after the group was founded.
@@ -188,9 +216,13 @@ class Member(Generic[C, R, Q, A]):
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.host.run)
+                self._nursery = nursery
+                if self.removed:
+                    nursery.start_soon(self._halt)  # learnt while its log was replayed
                 nursery.start_soon(duties.steward, self)
-                if self.joining:
-                    nursery.start_soon(duties.learn_addresses, self)
+                if self.group_id not in self.host.groups:
+                    nursery.start_soon(duties.admit, self)
+                nursery.start_soon(duties.learn_addresses, self)
                 try:
                     yield self
                 finally:
@@ -224,6 +256,7 @@ class Member(Generic[C, R, Q, A]):
         proposed here: `NotLeader` (with a hint) if this member does not lead.
         """
         data = encode_value(("u", command))
+        self._check_not_removed()
         if forward:
             reply = await self.router.route("w", data, timeout)
         else:
@@ -243,6 +276,7 @@ class Member(Generic[C, R, Q, A]):
         # Round-trip the query so it reaches the machine in the same shape whether it is
         # served here or forwarded (arrays as tuples), and fails early if not plain.
         body = decode_value(encode_value(("u", query)))
+        self._check_not_removed()
         answer = await self.router.route("r", body, timeout)
         return cast(A, decode_value(answer))
 
@@ -272,7 +306,7 @@ class Member(Generic[C, R, Q, A]):
         return MemberStatus(
             node_id=self.node_id,
             group=self.group_id,
-            role=raft.role.value,
+            role="removed" if self.removed else raft.role.value,
             leader=raft.lead or None,
             term=raft.term,
             commit_index=raft.log.committed,
@@ -283,14 +317,20 @@ class Member(Generic[C, R, Q, A]):
         )
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until this member belongs to the group's membership and knows a leader.
+        """Wait until this member belongs to the group's membership and knows a leader
+        (a member that lost its state and is being re-admitted: until it votes again).
 
         Raises `Timeout` (maybe_applied False) if that takes longer than `timeout`."""
         with trio.move_on_after(timeout):
             while True:
-                raft = self._group().node.raft
-                if raft.lead and self.node_id in raft.conf.members():
-                    return
+                self._check_not_removed()
+                group = self.host.groups.get(self.group_id)
+                raft = group.node.raft if group is not None else None
+                if raft is not None and raft.lead:
+                    # A member being re-admitted is ready once it votes again.
+                    conf = raft.conf
+                    if self.node_id in (conf.voters if self.rejoining else conf.members()):
+                        return
                 await trio.sleep(self.settings.tick_interval)
         raise Timeout(f"member {self.node_id} is not ready", maybe_applied=False)
 
@@ -304,7 +344,8 @@ class Member(Generic[C, R, Q, A]):
         Every member learns the address; the new member (started with `join=True`, before
         or after this call) joins as a learner, catches up, and is then promoted. Returns
         once it votes. On `Timeout` the change goes on in the background; `remove_member`
-        cancels it.
+        cancels it. Raises `MembershipError` if `node_id` was removed from the group: a
+        member that comes back needs a new id.
         """
         if node_id <= 0:
             raise ValueError(f"a node id must be positive, not {node_id}")
@@ -348,6 +389,8 @@ class Member(Generic[C, R, Q, A]):
         request = ("m", "change", token, op, node_id, book_to_wire(book))
         await self.router.route("w", encode_value(request), timeout)
         while True:
+            if node_id == self.node_id and self.removed:
+                return  # it removed itself, and the others told it so
             remaining = deadline - trio.current_time()
             if remaining <= 0:
                 raise Timeout(f"the change of node {node_id} goes on in the background")
@@ -363,8 +406,10 @@ class Member(Generic[C, R, Q, A]):
         # The change is committed; wait (briefly) until this member applied it too, so
         # `status()` right after the call shows it.
         while trio.current_time() < deadline:
+            if node_id == self.node_id:
+                return
             conf = self._group().node.raft.conf
-            if node_id == self.node_id or (node_id in conf.voters) == (op == "join"):
+            if (node_id in conf.voters) == (op == "join"):
                 return
             await trio.sleep(self.settings.tick_interval)
 
@@ -384,15 +429,70 @@ class Member(Generic[C, R, Q, A]):
     def refresh_peers(self) -> None:
         """Make the transport's peers match the known addresses (called after every
         applied batch, so an address added anywhere reaches every member)."""
+        self.host.set_removed(frozenset(self._removed_members()))
+        if self.node_id in self.host.removed_ids:
+            self.host.learn_removed(self.node_id)  # it applied its own removal
         peers = {n: a for n, a in self.addresses().items() if n != self.node_id}
         if peers != self.host.peers:
             self.host.set_peers(peers)
 
+    def _removed_members(self) -> set[int]:
+        """Tombstoned members, and those whose removal took effect in the Raft
+        membership but is not recorded as done yet (refused from that moment on)."""
+        group = self.host.groups.get(self.group_id)
+        if group is None:
+            return set(self.host.removed_ids)
+        state: GroupState = group.host.state
+        members = group.node.raft.conf.members()
+        # A leave followed by a join of the same node is a re-admission (a member that
+        # lost its state, see ``admission``): it is out only until the join.
+        coming_back = {c.node for c in state.pending if c.op == "join"}
+        leaving = {
+            c.node
+            for c in state.pending
+            if c.op == "leave" and c.node not in members and c.node not in coming_back
+        }
+        return {*state.removed, *leaving}
+
+    # --- Removal ------------------------------------------------------------------------
+
+    @property
+    def removed(self) -> bool:
+        """True once this member knows it was removed from the group."""
+        return self.host.removed_by is not None
+
+    def stop_as_removed(self) -> None:
+        """Called once, when this member learns it was removed: say so, close every
+        connection and stop the host's loop (what it still waited for is settled)."""
+        by = self.host.removed_by
+        source = "its own log" if by == self.node_id else f"member {by}"
+        log.warning(
+            "member %d of group %s was removed from the group (told by %s): it serves "
+            "nothing more; stop its process",
+            self.node_id,
+            self.group_id,
+            source,
+        )
+        self.host.set_peers({})
+        # Often called from inside the host's turn (applying its own removal), where
+        # the loop must not be halted under its feet: halt it from a task.
+        if self._nursery is not None:
+            self._nursery.start_soon(self._halt)
+
+    async def _halt(self) -> None:
+        self.host.halt()
+
+    def _check_not_removed(self) -> None:
+        if self.removed:
+            raise Removed(f"member {self.node_id} was removed from group {self.group_id}")
+
     # --- Internals ----------------------------------------------------------------------
 
     def in_group(self) -> bool:
-        """Whether this member is a voter or learner of the group, as far as it knows."""
-        return self.node_id in self._group().node.raft.conf.members()
+        """Whether this member is a voter or learner of the group, as far as it knows
+        (False while it does not host the group yet)."""
+        group = self.host.groups.get(self.group_id)
+        return group is not None and self.node_id in group.node.raft.conf.members()
 
     def election_timeout(self) -> float:
         """The shortest election timeout, in seconds."""
@@ -403,7 +503,10 @@ class Member(Generic[C, R, Q, A]):
         if group is None:
             if self.group_id in self.host.quarantined:
                 raise Unavailable(self.host.quarantine_message(self.group_id))
-            raise Unavailable("the member is not running")
+            raise Unavailable(
+                "the member does not host its group: it is stopped, or still asking the "
+                "other members whether it may found the group or must rejoin it"
+            )
         return group
 
     def _candidates(self) -> set[int]:

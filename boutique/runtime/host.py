@@ -30,6 +30,12 @@ A graceful stop (``runtime.drain``) sets ``stopping`` (peers' requests are refus
 certainly not applied), waits until ``busy`` is false, then ``halt``s the loop and
 sends each peer a goodbye frame; a peer that reads it retries elsewhere whatever it
 still waits for here. A new process greets its peers first, which ends the goodbye.
+
+Removed nodes: the owner calls ``set_removed`` with the ids its replicated records say
+were removed; they stop being peers, their connections close, requests they forward
+are refused, and the transport tells each one, when it dials, that it was removed.
+A host told so calls ``on_removed`` once (the owner stops it: see ``Node`` and
+``Member``); ``removed_by`` says which peer told it.
 """
 
 from __future__ import annotations
@@ -299,11 +305,18 @@ class RaftHost:
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
         self.counters = HostCounters()
+        self.on_sync: Callable[[float], None] | None = None
+        """Told how many seconds each storage commit (fsync) took: the metrics'
+        histogram, when a server serves metrics."""
         self.stopping = False
         """Set by the drain (``runtime.drain``): requests forwarded by peers are refused
         as certainly not applied, so their nodes retry elsewhere."""
         self._halted = False
         self._serving = 0
+        self.removed_ids: frozenset[int] = frozenset()
+        """Node ids removed from the cluster or group (see ``set_removed``)."""
+        self.removed_by: int | None = None
+        """The peer that told this host it was removed (None: not removed)."""
         self._departed: set[int] = set()
         """Peers that said goodbye (see ``_peer_departed``); cleared by their next frame,
         which can only come from a restarted process."""
@@ -316,6 +329,8 @@ class RaftHost:
         try:
             self.load_groups()
             self.transport = self.make_transport()
+            if self.removed_ids:
+                self.transport.set_removed(self.removed_ids)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.peer_port = await nursery.start(self.transport.run, *self.listen)
@@ -342,6 +357,7 @@ class RaftHost:
             max_frame=self.settings.max_frame,
             tls=self.peer_tls,
             on_link_lost=self._on_link_lost,
+            on_removed=self.learn_removed,
         )
 
     def load_groups(self) -> None:
@@ -356,6 +372,17 @@ class RaftHost:
     def on_applied(self, group: GroupRuntime, restored: bool) -> None:
         """A watched group applied entries (``group.on_applied``) or, if ``restored``,
         installed a snapshot. Runs inside the loop; must not await."""
+
+    def on_removed(self) -> None:
+        """This host was removed from its cluster or group (``removed_by`` set). Called
+        once; must not await. The owner stops serving and shuts the host down."""
+
+    def learn_removed(self, peer: int) -> None:
+        """``peer`` (this host's own id: its own records) says this host was removed."""
+        if self.removed_by is not None:
+            return  # every peer says so; acting once is enough
+        self.removed_by = peer
+        self.on_removed()
 
     def open_group(
         self,
@@ -586,8 +613,16 @@ class RaftHost:
                 self.counters.snapshots_taken += 1
         assert self.storage is not None
         if self.storage.pending_writes():
-            self.counters.syncs += 1
-            self.storage.commit()
+            self._sync()
+
+    def _sync(self) -> None:
+        """Commit storage (one fsync for every group), counted and timed."""
+        assert self.storage is not None
+        self.counters.syncs += 1
+        started = time.perf_counter()
+        self.storage.commit()
+        if self.on_sync is not None:
+            self.on_sync(time.perf_counter() - started)
 
     def _cycle(self, dirty: set[str]) -> set[str]:
         """One Ready cycle for the ``dirty`` groups; returns those with more to do."""
@@ -626,8 +661,7 @@ class RaftHost:
         # Snapshot chunks written ahead are synced as they come, never all at the end.
         must_sync = wrote_ahead or any(ready.must_sync for _, ready in readies)
         if must_sync and self.storage.pending_writes():
-            self.counters.syncs += 1
-            self.storage.commit()
+            self._sync()
         for group, ready in readies:
             for msg in ready.persisted_messages:
                 outgoing[msg.to][group.group_id].append(msg)
@@ -792,9 +826,19 @@ class RaftHost:
 
     def set_peers(self, peers: dict[int, Address]) -> None:
         """Change where peers live (members joined or left)."""
-        self.peers = dict(peers)
+        self.peers = {p: a for p, a in peers.items() if p not in self.removed_ids}
         if self.transport is not None:
             self.transport.set_peers(self.peers)
+
+    def set_removed(self, removed: frozenset[int]) -> None:
+        """The ids removed from the cluster or group, as the owner's records say: no
+        longer peers, refused, and told so when they dial."""
+        if removed == self.removed_ids:
+            return
+        self.removed_ids = frozenset(removed)
+        if self.transport is not None:
+            self.transport.set_removed(self.removed_ids)
+        self.set_peers(self.peers)
 
     async def call(
         self, group_id: str, fn: Callable[[GroupRuntime], Any], timeout: float
@@ -1039,7 +1083,9 @@ class RaftHost:
         Kinds: ``"w"`` propose ``body`` (command bytes); ``"r"`` linearizable read of
         query ``body``; ``"c"`` membership change ``[change type, node]`` (leader only);
         ``"s"`` the leader's view of the group (members, match, commit); ``"t"`` hand
-        leadership to node ``body``.
+        leadership to node ``body``; ``"p"`` this node's own view of the group, whatever
+        its role (``local_view``), or None if it does not host the group: what a node
+        that lost its state asks before it may found or rejoin a group.
         """
         match kind:
             case "w" if isinstance(body, bytes):
@@ -1058,6 +1104,9 @@ class RaftHost:
                 return await self.call(group_id, _leader_view, timeout)
             case "t" if type(body) is int:
                 return await self.transfer_leader(group_id, body, timeout)
+            case "p":
+                group = self.groups.get(group_id)
+                return Applied(None if group is None else local_view(group))
         return Rejected(f"malformed request of kind {kind!r}")
 
     def _on_forward_request(self, peer: int, request: object) -> None:
@@ -1068,6 +1117,11 @@ class RaftHost:
             return
         if self.stopping:
             self._answer_forward(peer, request_id, Rejected(f"node {self.id} is stopping"))
+            return
+        if peer in self.removed_ids:
+            # A removed node's requests are never served, whatever stream they came in
+            # (one opened before its removal included); the answer tells it why.
+            self._answer_forward(peer, request_id, Rejected(f"node {peer} was removed"))
             return
         if kind in ("w", "r"):
             # The common requests cost no task: the answer is sent from the loop.
@@ -1132,6 +1186,19 @@ class RaftHost:
             counts[raft.role.value] += 1
             quiet += raft.quiesced
         return {"total": len(self.groups), **counts, "quiet": quiet}
+
+
+def local_view(group: GroupRuntime) -> dict[str, Any]:
+    """This node's own, possibly stale, view of a group: its term and membership. A
+    term above 1 means the group has held an election (pre-vote makes the first one
+    need a majority of founders)."""
+    raft = group.node.raft
+    return {
+        "term": raft.term,
+        "voters": sorted(raft.conf.voters),
+        "learners": sorted(raft.conf.learners),
+        "leader": raft.lead,
+    }
 
 
 def _leader_view(group: GroupRuntime) -> dict[str, Any]:

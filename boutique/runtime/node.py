@@ -6,6 +6,12 @@ closes the bucket's own Raft group; after a restart or a snapshot the whole cata
 reconciled with the groups on disk. A bucket leaves the registry only after its own group
 committed a tombstone (see ``Router.drop``); until then it stays open here. A new bucket's preferred leader (the first replica of
 its range) campaigns at once, so a bucket is writable one round trip after ``CREATE``.
+
+A node removed from the cluster (``ADMIN REMOVE-NODE``) learns it from a peer's
+transport when it next dials (its removal is applied by the others, not by it), or from
+the registry if it applies its own tombstone; it then logs one line and sets
+``removed``, and the process drains and exits (``boutique_server.process``). The other
+nodes refuse it and never admit its id again (``RegistryState.removed``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ class Node(RaftHost):
         self._fenced: set[str] = set()
         """Bucket groups hosted here whose tombstone is applied (see
         ``fenced_but_listed``)."""
+        self.waiting_for_peers: str | None = None
+        """Why this node does not serve yet (``founding.admit``), or None."""
+        self.removed = trio.Event()
+        """Set once this node learns that the cluster removed it (see ``on_removed``)."""
         super().__init__(
             me.id,
             secret=config.secret,
@@ -105,6 +115,19 @@ class Node(RaftHost):
         self._update_peers()
         self.mover = Mover(self, Router(self))
         nursery.start_soon(self.mover.run)
+        nursery.start_soon(self._found_then_record, Router(self))
+
+    async def _found_then_record(self, router: Any) -> None:
+        """A node whose data directory is empty hosts nothing until ``founding.admit``
+        says it may (or raises, which stops the node); then the registry's record of
+        started nodes is kept up to date, so a later wipe is recognised."""
+        from . import founding
+
+        if META_GROUP not in self.groups:
+            await founding.admit(self, router)
+            self.open_groups()
+            self._update_peers()
+        await founding.record_started(self, router)
 
     def _machine_for(self, group_id: str) -> StateMachine[Any, Any, Any, Any, Any]:
         if group_id == META_GROUP:
@@ -120,6 +143,18 @@ class Node(RaftHost):
     # --- Groups -------------------------------------------------------------------------
 
     def load_groups(self) -> None:
+        assert self.storage is not None
+        in_config = any(n.id == self.id for n in self.config.nodes)
+        alone = len(self.config.nodes) == 1
+        if in_config and not alone and META_GROUP not in self.storage.groups():
+            # An empty data directory: a new cluster, or this node's state was lost.
+            # Nothing is hosted until ``founding.admit`` tells them apart (a node
+            # alone in its config has nobody to ask: its cluster is new).
+            return
+        self.open_groups()
+
+    def open_groups(self) -> None:
+        """Host the meta group and every bucket group the storage or registry holds."""
         assert self.storage is not None
         meta_voters = self.config.meta_replicas
         founder = self.id in meta_voters and any(n.id == self.id for n in self.config.nodes)
@@ -192,8 +227,28 @@ class Node(RaftHost):
             peers.update(
                 {n.id: (n.host, n.peer_port) for n in state.nodes.values() if n.id != self.id}
             )
+            self.set_removed(frozenset(state.removed))
+            if self.id in state.removed:
+                self.learn_removed(self.id)  # it applied its own tombstone
+        peers = {p: a for p, a in peers.items() if p not in self.removed_ids}
         if peers != self.peers:
             self.set_peers(peers)
+
+    def on_removed(self) -> None:
+        source = (
+            "its own copy of the registry"
+            if self.removed_by == self.id
+            else f"node {self.removed_by}"
+        )
+        log.warning(
+            "node %s (id %d) was removed from the cluster (told by %s): stopping; "
+            "its data directory %s is kept, and this id cannot join again",
+            self.me.name,
+            self.id,
+            source,
+            self.me.data_dir,
+        )
+        self.removed.set()
 
     def catalog(self) -> dict[str, BucketInfo]:
         """The bucket catalog as this node has applied it (may lag the cluster)."""

@@ -279,6 +279,10 @@ class Router:
         """Propose a registry command (placement changes) through the meta group."""
         return await self._write(META_GROUP, self._meta_replicas(), command)
 
+    async def registry_read(self, query: tuple[Any, ...]) -> Any:
+        """A linearizable registry query through the meta group."""
+        return await self._read(META_GROUP, self._meta_replicas(), query)
+
     async def group_request(
         self, group: str, replicas: tuple[int, ...], kind: str, body: Any
     ) -> Any:
@@ -303,6 +307,15 @@ class Router:
                 raise GroupFenced(group) from None
         return await self._route(group, replicas, "r", query, bucket)
 
+    def _why(self, reason: str) -> str:
+        """``reason``, and why this node does not serve yet if it is still waiting."""
+        waiting = self.node.waiting_for_peers
+        return (
+            reason
+            if waiting is None
+            else f"{reason} (node {self.node.me.name} does not serve yet: {waiting})"
+        )
+
     async def _route(
         self, group: str, replicas: tuple[int, ...], kind: str, body: Any, bucket: str | None
     ) -> Any:
@@ -316,7 +329,7 @@ class Router:
         while True:
             remaining = deadline - trio.current_time()
             if remaining <= 0:
-                raise Unavailable(last_reason)
+                raise Unavailable(self._why(last_reason))
             outcome: Outcome
             if target == node.id:
                 outcome = await node.execute_local(group, kind, body, remaining)
@@ -336,9 +349,13 @@ class Router:
                     last_reason = reason
                     if replicas == (node.id,) and group in node.quarantined:
                         # Its only replica took it out of service: waiting helps nobody.
-                        raise Unavailable(reason)
+                        raise Unavailable(self._why(reason))
                     tried.append(target)
                     target = self._next_replica(replicas, tried)
+                    if len(tried) >= len(replicas) and node.waiting_for_peers is not None:
+                        # Every replica refused and this node cannot help yet: say so
+                        # now rather than after the whole request timeout.
+                        raise Unavailable(self._why(reason))
                     if len(tried) >= len(replicas):
                         await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
                         backoff = min(backoff * 2, 0.2)

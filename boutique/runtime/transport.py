@@ -16,9 +16,18 @@ cluster secret, without ever sending it (the Erlang cookie idea, done safely)::
 
 ``fields`` binds the protocol, the cluster name, both node ids and both fresh 32-byte
 nonces, so a MAC cannot be replayed on another connection nor reflected back at its
-sender in the other role. A wrong secret, wrong cluster, unknown or unexpected node id,
-malformed frame or a handshake slower than ``io_timeout`` (``handshake_timeout`` on the
-accepting side, shorter) closes the connection, logs a warning on the
+sender in the other role.
+
+A node that the cluster removed (its id is in ``removed``, set by the owner from its
+replicated records) is not let in: the acceptor answers its hello with a ``removed``
+notice instead of a challenge, MAC'd like a challenge under its own role label (so only
+a holder of the secret can tell a node it was removed, and no challenge can be passed
+off as one), and closes. The acceptor logs that once per removed id, not per attempt;
+the dialer calls ``on_removed(peer)`` and stops dialing that peer.
+
+A wrong secret, wrong cluster, unknown or unexpected node id, malformed frame or a
+handshake slower than ``io_timeout`` (``handshake_timeout`` on the accepting side,
+shorter) closes the connection, logs a warning on the
 ``boutique.transport`` logger naming the peer's address, and counts in
 ``stats.auth_failures``. The secret must be long and random: a peer that can connect
 can collect MACs to guess a weak one offline.
@@ -124,10 +133,16 @@ class TransportStats:
     callback_errors: int = 0
     """Exceptions raised by ``on_frame``, ``on_suspect`` or ``on_link_lost`` (logged,
     then ignored)."""
+    removed_refused: int = 0
+    """Handshakes from removed nodes answered with a ``removed`` notice."""
 
 
 class _HandshakeError(Exception):
     """The other end did not prove it belongs to this cluster."""
+
+
+class _RemovedError(Exception):
+    """The acceptor proved it holds the secret and said this node was removed."""
 
 
 def _mac(
@@ -296,6 +311,7 @@ class PeerTransport:
         max_queue_age: float = 2.0,
         on_suspect: Callable[[int], None] | None = None,
         on_link_lost: Callable[[int], None] | None = None,
+        on_removed: Callable[[int], None] | None = None,
         io_timeout: float = 2.0,
         handshake_timeout: float = 1.0,
         max_pending_handshakes: int = 64,
@@ -327,6 +343,11 @@ class PeerTransport:
         self._on_frame = on_frame
         self._on_suspect = on_suspect
         self._on_link_lost = on_link_lost
+        self._on_removed = on_removed
+        self.removed: frozenset[int] = frozenset()
+        """Ids the cluster removed: refused with a ``removed`` notice (``set_removed``)."""
+        self._told_removed: set[int] = set()
+        """Removed ids whose refusal was logged already (one line per id)."""
         self._queue_limit = queue_limit
         self._queue_byte_limit = queue_byte_limit
         self._heartbeat_interval = heartbeat_interval
@@ -493,7 +514,11 @@ class PeerTransport:
     def set_peers(self, peers: Mapping[int, Address]) -> None:
         """Replace the membership: connect to new peers, forget removed ones (their
         queues are dropped and their connections closed), redial moved ones."""
-        wanted = {peer: address for peer, address in peers.items() if peer != self.node_id}
+        wanted = {
+            peer: address
+            for peer, address in peers.items()
+            if peer != self.node_id and peer not in self.removed
+        }
         for peer in wanted:
             if not 0 < peer <= _MAX_NODE_ID:
                 raise ValueError(f"peer ids must be positive 64-bit ints, got {peer}")
@@ -520,6 +545,15 @@ class PeerTransport:
                     out.scope.cancel()
             if self._nursery is not None:
                 self._start_sender(out)
+
+    def set_removed(self, removed: frozenset[int]) -> None:
+        """Refuse these node ids from now on, telling them they were removed; their
+        connections are closed and they stop being peers (see the module docstring)."""
+        self.removed = frozenset(removed)
+        if any(peer in self.removed for peer in self._outbound):
+            self.set_peers({p: o.address for p, o in self._outbound.items()})
+        for peer in [p for p in self._inbound if p in self.removed]:
+            self._inbound.pop(peer).cancel()
 
     # --- Sending --------------------------------------------------------------------
 
@@ -550,6 +584,20 @@ class PeerTransport:
                     try:
                         if await self._dial_session(stream, out, where):
                             delay = self._reconnect_min
+                    except _RemovedError:
+                        logger.info(
+                            "node %d: peer %d at %s says this node was removed from the cluster",
+                            self.node_id,
+                            out.peer,
+                            where,
+                        )
+                        if self._on_removed is not None:
+                            try:
+                                self._on_removed(out.peer)
+                            except Exception:
+                                self.stats.callback_errors += 1
+                                logger.exception("node %d: on_removed failed", self.node_id)
+                        return  # nobody will let a removed node in again
                     finally:
                         await trio.aclose_forcefully(stream)
                 await trio.sleep(delay * (0.5 + self._rng.random() / 2))
@@ -646,6 +694,16 @@ class PeerTransport:
             raise _HandshakeError(
                 f"{exc} (refused: wrong cluster name, or node {self.node_id} unknown to it?)"
             ) from None
+        if isinstance(frame, dict) and frame.get("type") == "removed":
+            notice = _expect(frame, "removed", _CHALLENGE)
+            if notice["cluster"] != self.cluster or notice["node"] != peer:
+                raise _HandshakeError("a removed notice for another cluster or node")
+            expected = _mac(
+                self._secret, b"removed", self.cluster, self.node_id, peer, nonce_a, notice["nonce"]
+            )
+            if not hmac.compare_digest(notice["mac"], expected):
+                raise _HandshakeError("a removed notice with a bad MAC (wrong cluster secret?)")
+            raise _RemovedError
         challenge = _expect(frame, "challenge", _CHALLENGE)
         if challenge["cluster"] != self.cluster:
             raise _HandshakeError(f"wrong cluster {challenge['cluster'][:80]!r}")
@@ -745,6 +803,8 @@ class PeerTransport:
                 with trio.fail_after(self._handshake_timeout):
                     channel = await self._secure(stream)
                     peer = await self._accept_handshake(channel, decoder)
+            except _RemovedError:
+                return  # logged once per node in _tell_removed
             except (_HandshakeError, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
                 self._auth_failed(f"refused connection from {where}", exc, self._inbound_log)
                 return
@@ -760,10 +820,12 @@ class PeerTransport:
         if hello["cluster"] != self.cluster:
             raise _HandshakeError(f"wrong cluster {hello['cluster'][:80]!r}")
         dialer: int = hello["node"]
-        if dialer not in self._outbound:
-            raise _HandshakeError(f"unknown node id {dialer}")
         nonce_a = hello["nonce"]
         nonce_b = secrets.token_bytes(_NONCE_BYTES)
+        if dialer in self.removed:
+            await self._tell_removed(stream, dialer, nonce_a, nonce_b)
+        if dialer not in self._outbound:
+            raise _HandshakeError(f"unknown node id {dialer}")
         mac_b = _mac(
             self._secret, b"acceptor", self.cluster, dialer, self.node_id, nonce_a, nonce_b
         )
@@ -785,6 +847,28 @@ class PeerTransport:
         if dialer not in self._outbound:
             raise _HandshakeError(f"node {dialer} was removed during the handshake")
         return dialer
+
+    async def _tell_removed(
+        self, stream: trio.abc.Stream, dialer: int, nonce_a: bytes, nonce_b: bytes
+    ) -> None:
+        """Answer a removed node's hello with the signed notice, then give up on it."""
+        mac = _mac(self._secret, b"removed", self.cluster, dialer, self.node_id, nonce_a, nonce_b)
+        notice = {
+            "type": "removed",
+            "protocol": PROTOCOL,
+            "cluster": self.cluster,
+            "node": self.node_id,
+            "nonce": nonce_b,
+            "mac": mac,
+        }
+        await stream.send_all(encode_frame(notice))
+        self.stats.removed_refused += 1
+        if dialer not in self._told_removed:
+            self._told_removed.add(dialer)
+            logger.info(
+                "node %d: node %d was removed from the cluster; told it so", self.node_id, dialer
+            )
+        raise _RemovedError
 
     async def _receive(
         self, stream: trio.abc.Stream, peer: int, decoder: FrameDecoder, where: str

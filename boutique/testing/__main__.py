@@ -2,8 +2,12 @@
 
     python -m boutique.testing --seeds 5000                 # every scenario, seeds 0..4999
     python -m boutique.testing --seed 17 --scenario chaos   # replay one run exactly
+    python -m boutique.testing --seeds 100 --scenario figure8 --variant commit_old_term
 
-A failing run prints the one-line command that replays it.
+A failing run prints the one-line command that replays it. ``--variant NAME`` runs a
+deliberately broken core from ``boutique.testing.broken`` instead of the real one (to
+replay how a check catches it, or to measure how many seeds it takes); with a variant,
+failing runs are the expected outcome.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 
 from boutique.command_line import add_version, plain
 
+from .broken import VARIANTS, Variant
 from .simulation import SCENARIOS, run_simulation
 
 
@@ -33,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="limit to these scenarios (repeatable)",
     )
+    parser.add_argument(
+        "--variant", choices=sorted(VARIANTS), help="run a deliberately broken core"
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="print every run")
     args = parser.parse_args(argv)
+    variant = VARIANTS[args.variant] if args.variant else Variant()
     scenarios = args.scenario or sorted(SCENARIOS)
     seeds = (
         [args.seed]
@@ -45,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = failures = 0
     for scenario in scenarios:
         for seed in seeds:
-            result = run_simulation(seed, scenario)
+            result = run_simulation(
+                seed, scenario, node_class=variant.node_class, raft_class=variant.raft_class
+            )
             runs += 1
             if not result.passed:
                 failures += 1
                 print(result.summary())
-                print(f"  replay: {result.replay_command()}")
+                print(f"  replay: {result.replay_command(args.variant)}")
             elif args.verbose or args.seed is not None:
                 print(result.summary())
     elapsed = time.perf_counter() - started

@@ -1,8 +1,12 @@
 """Deliberately broken Raft variants, to prove the simulator's checks can fail.
 
 Each variant breaks one rule the Raft paper depends on. ``tests/sim`` runs them
-through the simulator and requires every one to be caught; they are shipped in the
-package so a failing seed can be replayed with ``--variant``. Never use them otherwise.
+through the simulator's randomized sweep and requires every one to be caught; they are
+shipped in the package so a failing seed can be replayed with ``--variant NAME``.
+Never use them otherwise.
+
+The names in ``VARIANTS`` are short, snake_case and stable: other tools (replay
+commands, a whole-node simulator's planted bugs) refer to them.
 """
 
 from __future__ import annotations
@@ -62,6 +66,40 @@ class ReadsWithoutReadIndex(Raft):
         self.read_states.append(ReadState(self.log.committed, context))
 
 
+class ReadIndexWithoutQuorum(Raft):
+    """A leader takes a proper read index but releases the read at once, without the
+    heartbeat round that proves it still leads (thesis §6.4 step 3): a deposed leader
+    that has not heard of its successor serves stale reads."""
+
+    def flush_reads(self) -> None:
+        super().flush_reads()
+        for read_round in self.read_rounds.values():
+            read_round.acks |= self.conf.voters
+        self._release_confirmed_reads()
+
+
+class NoConfChangeFence(Raft):
+    """A new leader accepts a membership change before an entry of its own term has
+    committed (the single-server change bug, thesis §4.1 errata): a change inherited
+    unapplied from the previous leader and a new one can then both be in flight."""
+
+    def become_leader(self) -> None:
+        super().become_leader()
+        self.pending_conf_index = 0
+
+
+class ReadIndexSurvivesTermChange(Raft):
+    """Keeps queued reads and unconfirmed read rounds across a change of role or term:
+    a round begun by a deposed leader is confirmed by acknowledgements it collects when
+    it leads again later, and releases a read index older than what was committed
+    meanwhile."""
+
+    def _reset(self, term: int) -> None:
+        pending, rounds = self.pending_reads, self.read_rounds
+        super()._reset(term)
+        self.pending_reads, self.read_rounds = pending, rounds
+
+
 @dataclass(frozen=True, slots=True)
 class Variant:
     node_class: type[RawNode] = RawNode
@@ -69,8 +107,11 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "commit-old-term": Variant(raft_class=CommitsOldTermByCounting),
-    "forget-vote": Variant(node_class=ForgetsToPersistVote),
-    "truncate-on-overlap": Variant(raft_class=TruncatesOnOverlap),
-    "read-without-readindex": Variant(raft_class=ReadsWithoutReadIndex),
+    "commit_old_term": Variant(raft_class=CommitsOldTermByCounting),
+    "forget_vote": Variant(node_class=ForgetsToPersistVote),
+    "truncate_on_overlap": Variant(raft_class=TruncatesOnOverlap),
+    "read_without_readindex": Variant(raft_class=ReadsWithoutReadIndex),
+    "read_index_without_quorum": Variant(raft_class=ReadIndexWithoutQuorum),
+    "no_conf_change_fence": Variant(raft_class=NoConfChangeFence),
+    "read_index_survives_term_change": Variant(raft_class=ReadIndexSurvivesTermChange),
 }

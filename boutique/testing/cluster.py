@@ -241,6 +241,7 @@ class SimCluster:
         if not sim.up:
             done("fail", "node down")
             return
+        self.checker.observe_read_asked(context)
         try:
             sim.raft_node().read_index(context)
         except Exception as exc:  # NotLeaderError
@@ -314,6 +315,7 @@ class SimCluster:
                 sim.writes.pop(index).done("unknown", "covered by an installed snapshot")
         self._apply(sim, ready)
         for read_state in ready.read_states:
+            self.checker.observe_read_state(sim.id, read_state.index, read_state.context)
             sim.ready_reads.append((read_state.index, read_state.context))
         node.advance(ready)
         self.checker.observe_commit(sim.id, node.raft.log.committed)
@@ -339,6 +341,8 @@ class SimCluster:
             except Exception:
                 prev_term = None
             self.checker.observe_persisted(sim.id, ready.entries, prev_term)
+            if sim.raft.role is Role.LEADER:
+                self.checker.observe_leader_append(sim.raft, ready.entries)
             storage.append(ready.entries)
             term = ready.hard_state.term if ready.hard_state is not None else sim.persisted.term
             self.checker.observe_log_end(sim.id, term, storage.last_index())

@@ -15,13 +15,22 @@ moment it could first be broken, so a violation is reported at the step that cau
   before you acknowledge", and §5.3's "truncate only on conflict").
 * Commit-index monotonicity: within one incarnation of a node, and across restarts
   relative to what it persisted, the commit index never goes back.
+* Read safety (§6.4 / thesis §6.4): a read index released for a read is at least every
+  index committed anywhere before the read was asked, so serving the state machine at
+  that index is linearizable. Checked on the index itself, not only on the values a
+  client happened to see: a stale read index is a bug even when the node applied
+  past it by luck.
+* One membership change at a time (thesis §4.1 and its errata): a leader appends a
+  configuration change only when every earlier one in its log is applied. A new
+  leader may have inherited an unapplied one, which is why it waits for an entry of
+  its own term to commit; two changes in flight let two disjoint majorities form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boutique.raft import NONE, Entry, HardState, Role
+from boutique.raft import NONE, Entry, EntryType, HardState, Role
 from boutique.raft.core import Raft
 
 
@@ -46,6 +55,8 @@ class InvariantChecker:
         self.applied: dict[int, Entry] = {}
         self.commits: dict[int, int] = {}
         self.acks: dict[int, tuple[int, int]] = {}
+        self.max_commit = 0
+        self.read_floors: dict[bytes, int] = {}
         self.checks = 0
 
     def fail(self, message: str) -> None:
@@ -151,6 +162,7 @@ class InvariantChecker:
         if commit < previous:
             self.fail(f"commit index of node {node} went back from {previous} to {commit}")
         self.commits[node] = commit
+        self.max_commit = max(self.max_commit, commit)
 
     def observe_restart(self, node: int, persisted: HardState) -> None:
         """A restarted node starts from its persisted commit index, which it may lower."""
@@ -167,3 +179,41 @@ class InvariantChecker:
             )
         if new.commit < previous.commit:
             self.fail(f"node {node} persisted commit {new.commit} after {previous.commit}")
+
+    # --- Read safety --------------------------------------------------------------------
+
+    def observe_read_asked(self, context: bytes) -> None:
+        """A client asks a linearizable read tagged ``context`` (unique per run)."""
+        self.read_floors[context] = self.max_commit
+
+    def observe_read_state(self, node: int, index: int, context: bytes) -> None:
+        self.checks += 1
+        floor = self.read_floors.get(context)
+        if floor is not None and index < floor:
+            self.fail(
+                f"read safety: node {node} released read {context.hex()} at index {index}, "
+                f"but index {floor} was committed before the read was asked"
+            )
+
+    # --- Membership ---------------------------------------------------------------------
+
+    def observe_leader_append(self, raft: Raft, entries: list[Entry]) -> None:
+        """``raft`` leads and is persisting ``entries`` it appended itself."""
+        for entry in entries:
+            if entry.type is not EntryType.CONF_CHANGE or entry.term != raft.term:
+                continue
+            self.checks += 1
+            applied = raft.log.applied
+            if entry.index - 1 <= applied:
+                continue
+            pending = [
+                e.index
+                for e in raft.log.slice(max(applied + 1, raft.log.first_index()), entry.index)
+                if e.type is EntryType.CONF_CHANGE
+            ]
+            if pending:
+                self.fail(
+                    f"one membership change at a time: leader {raft.id} of term {raft.term} "
+                    f"appended change {entry.index} while change {pending[0]} was not applied "
+                    f"(applied {applied})"
+                )

@@ -115,6 +115,9 @@ class LoopbackTransport:
     def set_peers(self, peers: dict[int, Any]) -> None:
         """Membership is whoever runs on the network: nothing to connect."""
 
+    def set_removed(self, removed: frozenset[int]) -> None:
+        """Removal is not simulated here: the host refuses removed nodes' requests."""
+
 
 class LoopbackHost(RaftHost):
     """A real ``RaftHost`` whose peers are on a ``LoopbackNetwork``. ``kwargs`` as for

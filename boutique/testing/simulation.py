@@ -6,6 +6,9 @@ leader emerges and a fresh write commits on every live voter within a bounded nu
 steps. Safety invariants are checked at every step; the client history is checked for
 linearizability at the end. The same seed and scenario replay the same run exactly:
 ``python -m boutique.testing --seed S --scenario NAME``.
+
+Most faults are single steps (a crash, a cut, a transfer) undone later; the faults in
+``PATTERNS`` are multi-step sequences from ``patterns``, each run alone.
 """
 
 from __future__ import annotations
@@ -16,11 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from boutique.raft import (
-    ChangeType,
-    ConfChange,
     InvalidConfChangeError,
     NotLeaderError,
-    ProposalDroppedError,
     RawNode,
     Role,
 )
@@ -30,6 +30,7 @@ from .cluster import SimCluster, SimOptions
 from .invariants import InvariantViolation
 from .linearizability import CheckResult, check_kv_history
 from .network import LinkFaults
+from .patterns import Figure8, MembershipFailover, Pattern, Usurp, propose_membership_change
 from .workload import Clients
 
 FAULTS = (
@@ -43,7 +44,21 @@ FAULTS = (
     "transfer",
     "membership",
     "short_reign",
+    "usurp",
+    "membership_failover",
+    "figure8",
 )
+
+CHAOS_FAULTS = FAULTS[: FAULTS.index("short_reign") + 1]
+"""Chaos keeps the single-step faults, so its regression seeds replay as they did."""
+
+PATTERNS: dict[str, type[Pattern]] = {
+    "usurp": Usurp,
+    "membership_failover": MembershipFailover,
+    "figure8": Figure8,
+}
+"""Faults that are multi-step sequences (see ``patterns``); one runs at a time, and no
+other fault starts meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +85,7 @@ SCENARIOS: dict[str, Scenario] = {
             ("lossy_links",),
             links=LinkFaults(drop=0.1, duplicate=0.05, max_delay=4),
         ),
-        Scenario("partitions", ("partition", "isolate_leader", "one_way")),
+        Scenario("partitions", ("partition", "isolate_leader", "one_way", "usurp")),
         Scenario(
             "crashes",
             ("crash", "crash_leader", "crash_all"),
@@ -107,7 +122,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("transfers", ("transfer", "crash", "lossy_links")),
         Scenario(
             "membership",
-            ("membership", "crash", "partition"),
+            ("membership", "crash", "partition", "membership_failover"),
             options=SimOptions(pool=5, voters=3, snapshot_every=25),
             fault_rate=0.05,
         ),
@@ -120,14 +135,14 @@ SCENARIOS: dict[str, Scenario] = {
             # Figure 8 of the paper: leaders come and go while entries trickle one per
             # message, so an old-term entry can sit on a majority without a newer one.
             "figure8",
-            ("short_reign", "isolate_leader", "partition", "crash"),
+            ("short_reign", "isolate_leader", "partition", "crash", "figure8"),
             options=SimOptions(pool=5, voters=5, max_entries_per_msg=1, max_inflight_msgs=1),
             links=LinkFaults(drop=0.05, max_delay=4),
             fault_rate=0.08,
         ),
         Scenario(
             "chaos",
-            FAULTS,
+            CHAOS_FAULTS,
             options=SimOptions(
                 pool=5,
                 voters=5,
@@ -194,6 +209,8 @@ class Nemesis:
         self.counts: dict[str, int] = {}
         self.short_reigns = 0
         self.last_leader: tuple[int, int] | None = None
+        self.pattern: Pattern | None = None
+        self.queued: str | None = None
 
     def step(self) -> None:
         now = self.cluster.now
@@ -202,9 +219,23 @@ class Nemesis:
             self._undo(item[1], item[2])
         if self.short_reigns:
             self._cut_reign_short()
+        if self.queued is not None:
+            # A pattern runs alone: it waits until every earlier fault was undone.
+            if self.undo or self.short_reigns:
+                return
+            fault, self.queued = self.queued, None
+            if self._start(fault):
+                self.counts[fault] = self.counts.get(fault, 0) + 1
+        if self.pattern is not None:
+            self.pattern.step()
+            if not self.pattern.done:
+                return
+            self.pattern = None
         if self.scenario.faults and self.rng.random() < self.scenario.fault_rate:
             fault = self.rng.choice(self.scenario.faults)
-            if self._start(fault):
+            if fault in PATTERNS:
+                self.queued = fault
+            elif self._start(fault):
                 self.counts[fault] = self.counts.get(fault, 0) + 1
 
     def _cut_reign_short(self) -> None:
@@ -221,6 +252,10 @@ class Nemesis:
 
     def heal(self) -> None:
         self.short_reigns = 0
+        self.queued = None
+        if self.pattern is not None:
+            self.pattern.stop()
+            self.pattern = None
         for _, kind, arg in list(self.undo):
             if kind != "crash":
                 self._undo(kind, arg)
@@ -301,42 +336,14 @@ class Nemesis:
         elif fault == "short_reign":
             self.short_reigns += self.rng.randint(1, 4)
         elif fault == "membership":
-            return self._change_membership(leader)
+            return leader is not None and propose_membership_change(leader, ids, self.rng)
+        elif fault in PATTERNS:
+            pattern = PATTERNS[fault](cluster, random.Random(self.rng.getrandbits(64)))
+            if not pattern.start():
+                return False
+            self.pattern = pattern
         else:
             raise ValueError(f"unknown fault {fault!r}")
-        return True
-
-    def _change_membership(self, leader: Any) -> bool:
-        if leader is None:
-            return False
-        raft = leader.raft
-        conf = raft.conf
-        outsiders = [n for n in self.cluster.nodes if n not in conf.members()]
-        caught_up = [
-            n
-            for n in conf.learners
-            if n in raft.progress and raft.progress[n].match >= raft.log.committed
-        ]
-        choices: list[ConfChange] = []
-        if outsiders:
-            choices.append(ConfChange.single(ChangeType.ADD_LEARNER, self.rng.choice(outsiders)))
-        if caught_up:
-            choices.append(ConfChange.single(ChangeType.ADD_VOTER, self.rng.choice(caught_up)))
-        if len(conf.voters) > 3:
-            # Sometimes the leader removes itself (thesis §4.2.2).
-            choices.append(
-                ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.voters)))
-            )
-        if conf.learners:
-            choices.append(
-                ConfChange.single(ChangeType.REMOVE, self.rng.choice(sorted(conf.learners)))
-            )
-        if not choices:
-            return False
-        try:
-            leader.raft_node().propose_conf_change(self.rng.choice(choices))
-        except (ProposalDroppedError, InvalidConfChangeError, NotLeaderError):
-            return False
         return True
 
 

@@ -257,9 +257,10 @@ def command_exactly_once(child: Child, command: list[Any]) -> Any:
 
 
 def wait_until_local(child: Child, query: Any, expected: Any) -> None:
-    """Wait until the member's own copy answers `query` with `expected` (it caught up)."""
+    """Wait until the member's own copy answers `query` with `expected` (it caught up).
+    A member that lost its state has no copy until it is re-admitted: Unavailable."""
     end = time.monotonic() + 10
-    while (answer := child.ok("local", query)) != expected:
+    while (answer := child.call("local", query).get("ok", "unavailable")) != expected:
         assert time.monotonic() < end, f"member {child.node} stuck at {answer!r}"
         time.sleep(0.05)
 

@@ -4,7 +4,7 @@ The section is written in docs/library.md between `<!-- library-example -->` and
 `<!-- /library-example -->`; once pasted into README.md it is checked there too (once,
 if both copies are the same). How the text is read:
 
-- A ```console block: every `$ ` line is a command. `pip install ...` is skipped (the
+- A ```console block: every `$ ` line is a command. The install line is skipped (the
   suite runs installed). `python -m boutique.examples.run_counter ...` starts that
   member as its own process, the "terminal" of its `--id`. Any other command fails the
   test, so no untested command creeps into the text.
@@ -158,11 +158,15 @@ class Terminal:
             self.process.wait()
 
 
+INSTALL = "python3 -m venv .venv && . .venv/bin/activate && pip install -e ."
+"""The docs' install line: skipped, as the suite runs with boutique installed."""
+
+
 def run_console(block: Block, terminals: dict[int, Terminal], workdir: Path) -> None:
     for line in block.lines:
         assert line.startswith("$ "), f"a console line without a prompt: {line!r}"
         command = line[2:].strip()
-        if command.startswith("pip install "):
+        if command.startswith("pip install ") or command == INSTALL:
             continue  # the suite runs with the package installed
         assert command.startswith(RUN_COUNTER), f"an untested command in the docs: {command}"
         terminal = Terminal(command, workdir)

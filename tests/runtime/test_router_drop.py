@@ -43,6 +43,7 @@ class FakeNode:
     cut_off: set[str] = field(default_factory=set)
     writes: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     stale_catalog: dict[str, BucketInfo] | None = None
+    waiting_for_peers: str | None = None
 
     def catalog(self) -> dict[str, BucketInfo]:
         if self.stale_catalog is not None:

@@ -112,11 +112,12 @@ def _start_and_fail(args: list[str], cwd: Path) -> tuple[int, str]:
     return process.returncode, process.stderr
 
 
-@pytest.mark.parametrize("role", ["clients", "peers"])
+@pytest.mark.parametrize("role", ["clients", "peers", "metrics"])
 def test_a_port_in_use_names_the_file_node_role_and_address(tmp_path: Path, role: str) -> None:
-    cluster = LocalCluster(tmp_path, nodes=1)
+    (metrics_port,) = free_ports(1)
+    cluster = LocalCluster(tmp_path, nodes=1, extra=f"\n[metrics]\nport = {metrics_port}")
     node = cluster.nodes["n1"]
-    port = node.client_port if role == "clients" else node.peer_port
+    port = {"clients": node.client_port, "peers": node.peer_port, "metrics": metrics_port}[role]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
@@ -124,7 +125,7 @@ def test_a_port_in_use_names_the_file_node_role_and_address(tmp_path: Path, role
             ["--config", str(cluster.config_path), "--node", "n1"], tmp_path
         )
     assert code == 4, err
-    key = "client_port" if role == "clients" else "peer_port"
+    key = {"clients": "client_port", "peers": "peer_port", "metrics": "metrics.port"}[role]
     assert (
         f"{cluster.config_path}: node n1: cannot listen for {role} on 127.0.0.1:{port} ({key}): "
         "Address already in use"

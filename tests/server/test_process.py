@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from boutique.config import NodeConfig
 from boutique.runtime.drain import DrainReport
@@ -20,8 +21,8 @@ ME = NodeConfig("a-g", 1, "127.0.0.1", 4041, 5041, Path("data"))
 
 
 def _fakes() -> tuple[Any, Any]:
-    node = SimpleNamespace(me=ME, config=SimpleNamespace(request_timeout=5.0))
-    server = SimpleNamespace(stopping=False, busy=lambda: False)
+    node = SimpleNamespace(me=ME, config=SimpleNamespace(request_timeout=5.0), removed=trio.Event())
+    server = SimpleNamespace(stopping=False, removed=False, busy=lambda: False)
     return node, server
 
 
@@ -40,6 +41,28 @@ async def test_the_first_signal_drains_and_refuses_new_commands(
     await send.send(signal.SIGTERM)
     stopped = await process._drain_on_signal(receive, node, server)
     assert stopped == Stopped("SIGTERM", report)
+
+
+async def test_a_removed_node_drains_says_why_and_lingers_for_its_clients(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    report = DrainReport(led=0, still_leading=0, unsettled=False, seconds=0.0)
+
+    async def drain(host: Any, **kwargs: Any) -> DrainReport:
+        # Clients are refused, and told why, before anything else.
+        assert server.stopping and server.removed
+        return report
+
+    monkeypatch.setattr(process, "drain", drain)
+    node, server = _fakes()
+    _, receive = trio.open_memory_channel[int](2)  # no signal comes
+    node.removed.set()
+    began = trio.current_time()
+    stopped = await process._drain_on_signal(receive, node, server)
+    assert stopped == Stopped("removed", report, removed=True)
+    # Its connected clients get the removed reply for a while, not a bare close.
+    assert trio.current_time() - began >= process.REMOVED_NOTICE
+    assert stopped_line(ME, stopped).startswith("node a-g stopped (removed from the cluster): ")
 
 
 async def test_a_second_signal_cuts_the_drain_short(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,7 @@ from boutique.machine import CommandFailed
 from boutique.runtime import join
 from boutique.runtime.group import Applied
 from boutique.runtime.router import CommandRejected, OutcomeUnknown, Unavailable
+from boutique.status import NodeStatus
 from boutique.wire import parse_value, render_value, request_line
 from boutique_server.protocol import HELP_TEXT, Text, render
 
@@ -244,6 +245,36 @@ async def test_ping_help_status(served: Served) -> None:
         "range v-z replicas local",
     ]
     assert any(line.startswith("group meta role leader leader local term ") for line in lines)
+
+
+async def test_status_json_holds_what_status_says(served: Served) -> None:
+    conn = await served.connect()
+    await conn.send(b"STATUS\nstatus json\nSTATUS XML\n")
+    text, as_json, bad = await conn.replies(3)
+    assert bad.end == b"ERR SYNTAX STATUS or STATUS JSON"
+    [line] = as_json.items
+    status = NodeStatus.from_json(line)
+
+    # The same snapshot model renders both: the JSON, as text, is the text reply
+    # (the loop counters move between the two requests, so they are left out).
+    def steady(lines: list[str]) -> list[str]:
+        return [entry for entry in lines if not entry.startswith("loop ")]
+
+    assert steady(status.to_lines()) == steady([item.decode() for item in text.items])
+    assert status.clients == 1 and status.groups_total >= 1
+    assert status.ranges[0].replicas == ("local",)
+
+
+async def test_client_status_info_is_parsed(served: Served) -> None:
+    async with AsyncClient("127.0.0.1", served.port) as client:
+        info = await client.status_info()
+        assert isinstance(info, NodeStatus)
+        assert info.node == "local"
+        assert [g.role for g in info.groups if g.id == "meta"] == ["leader"]
+        async with client.pipeline() as pipe:
+            pipe.status_info()
+            pipe.ping()
+        assert isinstance(pipe.results[0], NodeStatus)
 
 
 async def test_quit_answers_ok_then_closes(served: Served) -> None:

@@ -1,9 +1,11 @@
 """Figure 8 of the Raft paper (§5.4.2), played through the simulator step by step.
 
 A leader must not commit an entry of an earlier term by counting replicas: a later
-leader may still overwrite it. Random fault schedules reach this corner too rarely, so
-the paper's sequence is scripted here with cuts, crashes and explicit campaigns, and run
-twice: the real core must stay safe, and ``CommitsOldTermByCounting`` must be caught.
+leader may still overwrite it. The paper's exact sequence is scripted here with cuts,
+crashes and explicit campaigns, and run twice: the real core must stay safe, and
+``CommitsOldTermByCounting`` must be caught. (The ``figure8`` scenario's randomized
+``Figure8`` pattern reaches the same corner by seed; ``test_broken_variants.py`` checks
+that the sweep catches it too.)
 """
 
 from __future__ import annotations

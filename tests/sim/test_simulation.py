@@ -1,6 +1,6 @@
 """The seed sweep: every scenario over many seeds, every invariant, every history.
 
-``BOUTIQUE_SIM_SEEDS`` sets the seeds per scenario (default 100, so 1,100 runs); a
+``BOUTIQUE_SIM_SEEDS`` sets the seeds per scenario (default 100, so 1,200 runs); a
 longer sweep is ``python -m boutique.testing --seeds 10000``. A failing run prints the
 one-line command that replays it.
 """
