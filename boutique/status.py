@@ -82,6 +82,9 @@ class NodeStatus:
     """At most ``GROUP_LIMIT`` of them."""
     groups_total: int
     groups_quiet: int = 0
+    group_counts: dict[str, int] = field(default_factory=dict)
+    """Every group counted (``total``, one count per role, ``quiet``): one pass, so a
+    node with 100,000 groups still answers at once."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys of a newer server's JSON this client does not know (kept, not dropped)."""
 
@@ -115,6 +118,8 @@ class NodeStatus:
             )
         if self.groups_total > len(self.groups):
             lines.append(f"... and {self.groups_total - len(self.groups)} more groups")
+        if self.group_counts:
+            lines.append("groups " + " ".join(f"{k} {v}" for k, v in self.group_counts.items()))
         return lines
 
     def to_json(self) -> str:
@@ -149,6 +154,9 @@ class NodeStatus:
                 groups=tuple(GroupStatus(**g) for g in data["groups"]),
                 groups_total=int(data["groups_total"]),
                 groups_quiet=int(data.get("groups_quiet", 0)),
+                group_counts={
+                    str(k): int(v) for k, v in dict(data.get("group_counts", {})).items()
+                },
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:

@@ -20,6 +20,7 @@ import trio
 
 from boutique.command_line import add_version, package_version
 from boutique.config import ClusterConfig, ConfigError, NodeConfig, load_config, single_node_config
+from boutique.runtime.gcpolicy import FreezeSurvivors
 from boutique.runtime.peertls import PeerTLSError
 from boutique.storage.errors import DataFileError
 
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 me.id,
                 _role(args),
             )
+            # Full collections must not walk every bucket's objects again and again.
+            FreezeSurvivors().install()
             try:
                 stopped = trio.run(partial(serve, join=args.join, source=source), config, me)
             except BaseExceptionGroup as group:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import logging
 import math
 import os
@@ -529,7 +528,7 @@ class LineServer:
 
     def status_snapshot(self) -> NodeStatus:
         """What STATUS and STATUS JSON report, taken now."""
-        status = self.node.status()
+        status = self.node.status(group_limit=STATUS_GROUP_LIMIT)
         config = self.config
         names = {n.id: n.name for n in config.nodes}
         transport = self.node.transport
@@ -538,6 +537,7 @@ class LineServer:
             stats = transport.stats
             peer_edge = PeerEdgeStatus(stats.handshakes_refused, stats.auth_failures)
         groups: dict[str, dict[str, Any]] = status["groups"]
+        counts: dict[str, int] = status["group_counts"]
         return NodeStatus(
             node=status["node"],
             id=status["id"],
@@ -569,10 +569,11 @@ class LineServer:
                     applied=g["applied"],
                     quiet=bool(g["quiet"]),
                 )
-                for group_id, g in itertools.islice(groups.items(), STATUS_GROUP_LIMIT)
+                for group_id, g in groups.items()
             ),
-            groups_total=len(groups),
-            groups_quiet=sum(1 for g in groups.values() if g["quiet"]),
+            groups_total=counts["total"],
+            groups_quiet=counts["quiet"],
+            group_counts=dict(counts),
         )
 
 

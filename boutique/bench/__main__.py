@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=120.0,
         help="longest wait for the groups to go quiet (default 120 s)",
     )
+    idle.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="skip timing the first node's restart at the end",
+    )
     _cluster_args(idle, nodes=1)
 
     big = modes.add_parser(
@@ -412,7 +417,14 @@ def mode_idle(args: argparse.Namespace, ledger: Ledger) -> int:
     _print(["boutique benchmark: idle buckets", *machine_lines()])
     with BenchCluster(ledger, cluster_spec(args)) as cluster:
         _print(cluster.describe())
-        result = run_idle(cluster, args.buckets, args.seconds, settle=args.settle, echo=True)
+        result = run_idle(
+            cluster,
+            args.buckets,
+            args.seconds,
+            settle=args.settle,
+            echo=True,
+            restart=not args.no_restart,
+        )
         _print(result.report_lines())
     return 0
 

@@ -48,6 +48,9 @@ class Node(RaftHost):
         self.config = config
         self.me = me
         self._data_lock: IO[str] | None = None
+        self._fenced: set[str] = set()
+        """Bucket groups hosted here whose tombstone is applied (see
+        ``fenced_but_listed``)."""
         self.waiting_for_peers: str | None = None
         """Why this node does not serve yet (``founding.admit``), or None."""
         self.removed = trio.Event()
@@ -258,16 +261,27 @@ class Node(RaftHost):
     def fenced_but_listed(self) -> list[BucketInfo]:
         """Buckets whose group this node leads, that the group's tombstone fenced, but
         that the registry (as applied here) still lists: DROPs cut short between their
-        two steps. Finishing them is idempotent (see ``Mover``)."""
+        two steps. Finishing them is idempotent (see ``Mover``).
+
+        Called every mover round: it looks only at the groups that changed since the
+        last call (``changed``) and the fenced ones it keeps, never at every group,
+        so its cost does not grow with the number of buckets."""
+        changed, self.changed = self.changed, set()
+        for group_id in changed:
+            group = self.groups.get(group_id)
+            if group_id != META_GROUP and group is not None and _fenced(group):
+                self._fenced.add(group_id)
         catalog = self.catalog()
         found = []
-        for group_id, group in self.groups.items():
-            if group_id == META_GROUP or group.node.raft.role is not Role.LEADER:
+        for group_id in list(self._fenced):
+            group = self.groups.get(group_id)
+            if group is None or not _fenced(group):
+                self._fenced.discard(group_id)  # closed here: nothing left to finish
                 continue
-            if not getattr(group.host.state, "dropped", False):
-                continue
+            # Kept while unlisted too: after a restart the registry may not have
+            # replayed the bucket's create yet.
             info = catalog.get(group_id.split("/")[1])
-            if info is not None and info.group == group_id:
+            if info is not None and info.group == group_id and group.node.raft.role is Role.LEADER:
                 found.append(info)
         return found
 
@@ -341,7 +355,9 @@ class Node(RaftHost):
 
     # --- Inspection ---------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, group_limit: int | None = None) -> dict[str, Any]:
+        """What STATUS shows. ``groups`` holds the first ``group_limit`` groups (all if
+        None); ``group_counts`` counts them all."""
         peers = {}
         for node in self.config.nodes:
             if node.id != self.id and self.transport is not None:
@@ -350,10 +366,15 @@ class Node(RaftHost):
             "node": self.me.name,
             "id": self.id,
             "peers": peers,
-            "groups": self.group_status(),
+            "groups": self.group_status(group_limit),
+            "group_counts": self.group_counts(),
             "quarantined": dict(sorted(self.quarantined.items())),
             "counters": dataclasses.asdict(self.counters),
         }
+
+
+def _fenced(group: GroupRuntime) -> bool:
+    return bool(getattr(group.host.state, "dropped", False))
 
 
 def _peer_tls(config: ClusterConfig, me: NodeConfig) -> PeerTLS | None:
