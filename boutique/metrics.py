@@ -20,8 +20,10 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 Labels = tuple[str, ...]
+M = TypeVar("M", bound="Metric")
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -177,16 +179,14 @@ class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, Metric] = {}
 
-    def add(self, metric: Metric) -> Metric:
+    def add(self, metric: M) -> M:
         if metric.name in self._metrics:
             raise ValueError(f"metric {metric.name} is already registered")
         self._metrics[metric.name] = metric
         return metric
 
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
-        metric = Counter(name, help_text, labels)
-        self.add(metric)
-        return metric
+        return self.add(Counter(name, help_text, labels))
 
     def histogram(
         self,
@@ -195,9 +195,7 @@ class Registry:
         labels: Sequence[str] = (),
         buckets: Sequence[float] = LATENCY_BUCKETS,
     ) -> Histogram:
-        metric = Histogram(name, help_text, labels, buckets)
-        self.add(metric)
-        return metric
+        return self.add(Histogram(name, help_text, labels, buckets))
 
     def gauge(
         self,
@@ -206,9 +204,7 @@ class Registry:
         read: Callable[[], Iterable[tuple[Labels, float]]],
         labels: Sequence[str] = (),
     ) -> Gauge:
-        metric = Gauge(name, help_text, read, labels)
-        self.add(metric)
-        return metric
+        return self.add(Gauge(name, help_text, read, labels))
 
     def read_counter(
         self,
@@ -217,9 +213,7 @@ class Registry:
         read: Callable[[], Iterable[tuple[Labels, float]]],
         labels: Sequence[str] = (),
     ) -> ReadCounter:
-        metric = ReadCounter(name, help_text, read, labels)
-        self.add(metric)
-        return metric
+        return self.add(ReadCounter(name, help_text, read, labels))
 
     def render(self) -> str:
         lines: list[str] = []
