@@ -333,6 +333,11 @@ class Node(RaftHost):
             self._reconcile_all(close=True)
             self._update_peers()
             return
+        # The registry state is already past the whole batch, so reconciling against
+        # it mid-batch would open a bucket created later in the same batch as a
+        # non-founder (empty, never bootstrapped: a group that can never elect). So
+        # the creates are handled first, and one reconcile comes at the end.
+        reconcile = False
         for _, data, reply in group.on_applied:
             if isinstance(reply, CommandFailed):
                 continue
@@ -342,7 +347,7 @@ class Node(RaftHost):
                     info = BucketInfo.from_wire(reply[1])
                     if self.id in info.replicas:
                         self._open_bucket(info, founding=True)
-                case "create":
+                case "create" | "node_started":
                     pass
                 case "drop" if reply:
                     self._close_if_not_ours(command[1])
@@ -351,7 +356,9 @@ class Node(RaftHost):
                 case "add_node" | "remove_node" | "drain_node":
                     self._update_peers()
                 case _:
-                    self._reconcile_all(close=False)
+                    reconcile = True
+        if reconcile:
+            self._reconcile_all(close=False)
 
     # --- Inspection ---------------------------------------------------------------------
 

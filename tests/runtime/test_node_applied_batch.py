@@ -1,0 +1,66 @@
+"""A batch of registry entries applied in one turn: a bucket created in it is founded
+(bootstrapped) here, whatever else the batch holds.
+
+The registry state is already past the whole batch when the node looks at it; once,
+an entry before the create in the same batch (a `node_started` record, common at a
+cluster's birth) reconciled the catalog first and opened the new bucket as a
+non-founder: an empty group with no members, which could never elect, so the bucket
+answered `ERR UNAVAILABLE not the leader` forever.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from boutique.config import parse_config
+from boutique.machine import encode_value
+from boutique.runtime.node import META_GROUP, Node
+from boutique.storage.memory import MemoryNodeStorage
+
+CONFIG = """
+cluster_name = "t"
+secret = "a secret for this test"
+replication = 3
+splits = ["h", "o", "v"]
+[[node]]
+name = "n1"
+id = 1
+host = "127.0.0.1"
+client_port = 4041
+peer_port = 5041
+[[node]]
+name = "n2"
+id = 2
+host = "127.0.0.1"
+client_port = 4042
+peer_port = 5042
+[[node]]
+name = "n3"
+id = 3
+host = "127.0.0.1"
+client_port = 4043
+peer_port = 5043
+"""
+
+
+def test_a_bucket_created_in_a_batch_after_a_node_started_record_is_founded(
+    tmp_path: Path,
+) -> None:
+    config = parse_config(CONFIG, base_dir=tmp_path)
+    node = Node(config, config.nodes[0])
+    node.storage = MemoryNodeStorage()
+    node.open_groups()
+    meta = node.groups[META_GROUP]
+    batch = [("node_started", 2), ("create", "apples")]
+    meta.on_applied.clear()
+    first = meta.host.applied_index + 1
+    for index, command in enumerate(batch, start=first):
+        data = encode_value(command)
+        meta.on_applied.append((index, data, meta.host.apply_entry(index, data)))
+    node.on_applied(meta, False)
+    group_id = node.catalog()["apples"].group
+    bucket = node.groups[group_id]
+    # Founded: its log starts with the founding membership (a non-founder's is empty
+    # until a leader fills it, and this group has no other way to get a leader).
+    assert bucket.storage.last_index() > 0
+    assert bucket.campaign_when_ready  # n1 is its preferred leader
