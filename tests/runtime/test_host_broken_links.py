@@ -10,8 +10,6 @@ with a stand-in transport and ``MockClock``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
@@ -19,10 +17,10 @@ import trio.testing
 from boutique.examples.counter import Counter
 from boutique.raft.messages import Heartbeat
 from boutique.runtime.codec import encode_batch
-from boutique.runtime.framing import encode_frame
 from boutique.runtime.group import Applied, Pending, Rejected, Unknown
 from boutique.runtime.host import LINK_LOSS_GRACE, RaftHost, _Read
-from boutique.storage import MemoryNodeStorage
+from boutique.testing.host_doubles import RecordingTransport
+from boutique.testing.host_doubles import make_host as make_recording_host
 
 BROKE = "the connection to node 2 broke before it answered"
 
@@ -32,37 +30,9 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-class LiveTransport:
-    """Takes every frame and calls every peer reachable, as after a peer reconnected."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, Any]] = []
-
-    def send(self, peer: int, payload: object, *, now: bool = False) -> bool:
-        encode_frame(payload)
-        self.frames.append((peer, payload))
-        return True
-
-    def connected(self, peer: int) -> bool:
-        return True
-
-    def reachable(self, peer: int) -> bool:
-        return True
-
-
 def make_host() -> RaftHost:
-    host = RaftHost(
-        1,
-        secret=b"s" * 32,
-        cluster_name="test",
-        peers={2: ("127.0.0.1", 1), 3: ("127.0.0.1", 2)},
-        listen=("127.0.0.1", 0),
-        open_storage=MemoryNodeStorage,
-        machine_for=lambda group: Counter(),
-    )
-    host.transport = LiveTransport()  # type: ignore[assignment]
-    host.storage = MemoryNodeStorage()
-    return host
+    """Every frame taken and every peer reachable, as after a peer reconnected."""
+    return make_recording_host(RecordingTransport(), machine_for=lambda group: Counter())
 
 
 def tick(host: RaftHost) -> None:

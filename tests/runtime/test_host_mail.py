@@ -4,47 +4,8 @@ requests at once."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-
-from boutique.runtime.framing import encode_frame
 from boutique.runtime.group import Applied, Pending, Rejected, Unknown
-from boutique.runtime.host import RaftHost
-
-
-class RecordingTransport:
-    """Takes frames like ``PeerTransport.send`` (same encoding errors) and keeps them."""
-
-    def __init__(self, accept: bool = True) -> None:
-        self.accept = accept
-        self.frames: list[tuple[int, Any]] = []
-
-    def send(self, peer: int, payload: object, *, now: bool = False) -> bool:
-        encode_frame(payload)  # raises TypeError for what msgpack cannot carry
-        if self.accept:
-            self.frames.append((peer, payload))
-        return self.accept
-
-    def connected(self, peer: int) -> bool:
-        return True
-
-    def reachable(self, peer: int) -> bool:
-        return True
-
-
-def make_host(transport: RecordingTransport) -> RaftHost:
-    host = RaftHost(
-        1,
-        secret=b"s" * 32,
-        cluster_name="test",
-        peers={2: ("127.0.0.1", 1), 3: ("127.0.0.1", 2)},
-        listen=("127.0.0.1", 0),
-        open_storage=lambda: pytest.fail("storage is not used here"),
-        machine_for=lambda group: pytest.fail("no group is opened here"),
-    )
-    host.transport = transport  # type: ignore[assignment]
-    return host
+from boutique.testing.host_doubles import RecordingTransport, make_host
 
 
 async def test_requests_and_answers_for_one_peer_share_one_frame() -> None:

@@ -5,41 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from boutique.runtime.framing import encode_frame
 from boutique.runtime.group import Applied, Pending, Rejected
-from boutique.runtime.host import GOODBYE, HELLO, RaftHost
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, Any]] = []
-
-    def send(self, peer: int, payload: object, *, now: bool = False) -> bool:
-        encode_frame(payload)
-        self.frames.append((peer, payload))
-        return True
-
-    def connected(self, peer: int) -> bool:
-        return True
-
-    def reachable(self, peer: int) -> bool:
-        return True
-
-
-def make_host(transport: RecordingTransport) -> RaftHost:
-    host = RaftHost(
-        1,
-        secret=b"s" * 32,
-        cluster_name="test",
-        peers={2: ("127.0.0.1", 1), 3: ("127.0.0.1", 2)},
-        listen=("127.0.0.1", 0),
-        open_storage=lambda: pytest.fail("storage is not used here"),
-        machine_for=lambda group: pytest.fail("no group is opened here"),
-    )
-    host.transport = transport  # type: ignore[assignment]
-    return host
+from boutique.runtime.host import GOODBYE, HELLO
+from boutique.testing.host_doubles import RecordingTransport, make_host
 
 
 async def test_a_stopping_host_refuses_forwarded_requests_as_not_applied() -> None:
