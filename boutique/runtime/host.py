@@ -153,6 +153,11 @@ class HostSettings:
     """Unacknowledged appends per follower. One keeps the message count per write low
     under load: what is proposed while an append is in flight goes in the next one, so
     the per-message cost (a Python-level encode, decode and step) is shared."""
+    max_entries_per_append: int = 256
+    """Entries per append message at most. The simulator makes it tiny in some runs so
+    that a leader's catch-up travels in many small appends (windows that one big append
+    would hide, such as an old term's entry acknowledged without the new leader's
+    no-op)."""
 
 
 @dataclass(slots=True)
@@ -417,6 +422,7 @@ class RaftHost:
             heartbeat_tick=self.settings.heartbeat_ticks,
             quiesce=quiesce,
             max_inflight_msgs=self.settings.max_inflight_appends,
+            max_entries_per_msg=self.settings.max_entries_per_append,
             announce_commit=announce_commit,
             snapshot_chunk_size=self.settings.snapshot_chunk_size,
         )

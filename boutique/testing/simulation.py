@@ -181,7 +181,7 @@ class SimResult:
 
     def replay_command(self, variant: str | None = None) -> str:
         extra = f" --variant {variant}" if variant else ""
-        return f"python -m boutique.testing --seed {self.seed} --scenario {self.scenario}{extra}"
+        return f"python -m boutique.testing --core --seed {self.seed} --scenario {self.scenario}{extra}"
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"

@@ -114,17 +114,8 @@ async def _inject(run: _Run, rng: random.Random, fault: str, undo: trio.Nursery)
             run.next_node += 1
             world.add_node(node_id)
             await world.start(node_id)
-            me = world.processes[node_id].me
-            await _admin(
-                run,
-                rng,
-                b"ADD-NODE",
-                me.name.encode(),
-                str(node_id).encode(),
-                me.host.encode(),
-                str(me.client_port).encode(),
-                str(me.peer_port).encode(),
-            )
+            # As ``--join`` does: ask until the cluster has registered it.
+            world.nursery.start_soon(_register, run, node_id)
         case "remove_node":
             candidates = [p for p in everyone if p > 3 and not world.processes[p].removed]
             if candidates:
@@ -145,26 +136,44 @@ def _bucket_leader(run: _Run, bucket: str) -> int | None:
     return None
 
 
-async def _admin(run: _Run, rng: random.Random, *args: bytes) -> None:
-    """One ADMIN command through a random node; any answer but an internal error is
-    acceptable (a refusal, a timeout): the point is what it does to the cluster."""
+async def _admin(run: _Run, rng: random.Random, *args: bytes) -> bool:
+    """One ADMIN command through a random node; whether it answered OK. Any answer but
+    an internal error is acceptable (a refusal, a timeout): the point is what it does
+    to the cluster."""
     up = run.world.up_nodes()
     if not up:
-        return
+        return False
     try:
         conn = SimConnection(run.world, rng.choice(up))
     except ProcessGone:
-        return
+        return False
     try:
         with trio.move_on_after(5.0):
             reply = await conn.request(request_line(b"ADMIN", *args))
             run.world.note(f"ADMIN {b' '.join(args).decode()}: {reply.end.decode()}")
             if reply.end.startswith(b"ERR INTERNAL"):
                 run.violation(f"ADMIN {b' '.join(args)!r} answered {reply.end!r}")
+            return reply.end == b"OK"
     except ProcessGone:
         pass
     finally:
         await conn.aclose()
+    return False
+
+
+async def _register(run: _Run, node_id: int) -> None:
+    rng = random.Random(run.rng.getrandbits(64))
+    me = run.world.processes[node_id].me
+    args = (
+        b"ADD-NODE",
+        me.name.encode(),
+        str(node_id).encode(),
+        me.host.encode(),
+        str(me.client_port).encode(),
+        str(me.peer_port).encode(),
+    )
+    while not await _admin(run, rng, *args):
+        await trio.sleep(0.2)
 
 
 async def _move(run: _Run, rng: random.Random) -> None:

@@ -49,7 +49,15 @@ from boutique.wire import request_line
 
 from .clients import Recorder, SimConnection
 from .network import LinkFaults
-from .world import ProcessGone, SimWorld, cluster_config, deterministic_trio, quiet_logs
+from .world import (
+    Knobs,
+    ProcessGone,
+    SimWorld,
+    cluster_config,
+    deterministic_trio,
+    quiet_logs,
+    reset_process_globals,
+)
 
 KEYS = ("k0", "k1", "k2", "k3")
 BUCKETS = ("apple", "mango")
@@ -74,6 +82,7 @@ class Scenario:
     clients: int = 3
     churn: bool = False
     """A client drops and re-creates ``CHURN_BUCKET`` throughout."""
+    replication: int = 3
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -89,6 +98,12 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("admin", nodes=5, faults=("transfer", "move", "split", "crash", "partition")),
         Scenario("members", nodes=4, faults=("add_node", "remove_node", "crash", "transfer")),
         Scenario("wipe", faults=("wipe", "crash", "partition")),
+        Scenario(
+            "leaders",
+            nodes=5,
+            replication=5,
+            faults=("crash_leader", "isolate_leader", "one_way", "crash", "partition"),
+        ),
         Scenario(
             "mix",
             nodes=5,
@@ -136,7 +151,7 @@ class RunResult:
     def replay_command(self) -> str:
         plant = f" --plant {self.plant}" if self.plant else ""
         return (
-            f"PYTHONHASHSEED=0 python -m boutique.testing --whole --seed {self.seed} "
+            f"PYTHONHASHSEED=0 python -m boutique.testing --seed {self.seed} "
             f"--scenario {self.scenario}{plant}"
         )
 
@@ -170,6 +185,7 @@ def run_seed(seed: int, scenario: str, *, plant: str | None = None) -> RunResult
     from .plants import planted
 
     result = RunResult(seed, scenario, plant)
+    reset_process_globals()
     with deterministic_trio(seed), quiet_logs(), planted(plant):
         trio.run(
             _Run(seed, SCENARIOS[scenario], result).main,
@@ -197,9 +213,11 @@ class _Run:
             self.result.violations.append(text)
 
     async def main(self) -> None:
-        config = cluster_config(self.scenario.nodes)
+        config = cluster_config(self.scenario.nodes, replication=self.scenario.replication)
+        knobs = Knobs.draw(self.rng)
         async with trio.open_nursery() as nursery:
-            self.world = world = SimWorld(config, self.rng, nursery=nursery)
+            self.world = world = SimWorld(config, self.rng, nursery=nursery, knobs=knobs)
+            world.note(f"{knobs}")
             self.promises = PromiseChecker(_Disks(world))
             world.network.on_send.append(self.promises.on_send)
             world.network.on_send.append(self._digest_frame)
@@ -422,13 +440,15 @@ class _Run:
         return True
 
     async def _settle_and_compare(self) -> None:
-        """Wait until every running node applied the same registry, then compare."""
+        """Wait until every running member applied the same registry and no range is
+        moving, then compare what each holds and hosts."""
         deadline = trio.current_time() + SETTLE_TIMEOUT
         while True:
             states = self._registries()
             if (
                 states
                 and len({_catalog(s) for s in states.values()}) == 1
+                and not any(s.moves for s in states.values())
                 and self._hosting_agrees(states)
             ):
                 return
@@ -442,13 +462,19 @@ class _Run:
         self._hosting_agrees(states, report=True)
 
     def _registries(self) -> dict[int, RegistryState]:
+        """The registry of every running node the cluster counts as a member (a node
+        whose ADD-NODE never went through, or that was removed, is not compared)."""
         states = {}
         for process in self.world.processes.values():
             if process.node is not None and not process.removed:
                 state = process.node.registry_state()
                 if state is not None:
                     states[process.id] = state
-        return states
+        newest = max(states, key=lambda n: _meta_commit(self.world, n), default=None)
+        if newest is None:
+            return {}
+        members = set(states[newest].nodes) - set(states[newest].removed)
+        return {n: s for n, s in states.items() if n in members}
 
     def _hosting_agrees(self, states: dict[int, RegistryState], *, report: bool = False) -> bool:
         agrees = True
@@ -505,6 +531,12 @@ class _Run:
         for event in self.world.events:
             self.digest.update(event.encode())
         result.digest = self.digest.hexdigest()
+
+
+def _meta_commit(world: SimWorld, node_id: int) -> int:
+    node = world.processes[node_id].node
+    meta = None if node is None else node.groups.get(META_GROUP)
+    return -1 if meta is None else meta.node.raft.log.committed
 
 
 def _catalog(state: RegistryState) -> str:

@@ -21,6 +21,8 @@ crashed incarnation keep running, or read the wall clock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,6 +34,7 @@ import trio
 
 from boutique.config import ClusterConfig, NodeConfig, parse_config
 from boutique.runtime.founding import ClusterExistsError
+from boutique.runtime.group import GroupRuntime
 from boutique.runtime.node import Node
 from boutique.runtime.router import Router
 from boutique.runtime.transport import PeerTransport
@@ -63,6 +66,12 @@ def deterministic_trio(seed: int) -> Iterator[None]:
     finally:
         _run._ALLOW_DETERMINISTIC_SCHEDULING = was  # type: ignore[misc]
         _run._r.setstate(state)
+
+
+def reset_process_globals() -> None:
+    """Counters that live for a whole process (one per real node) start over, so two
+    runs of one seed in one process send the same bytes."""
+    GroupRuntime._contexts = itertools.count(1)
 
 
 @contextlib.contextmanager
@@ -116,6 +125,25 @@ def joining_node(node_id: int) -> NodeConfig:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    """Tuning a run draws from its seed (FoundationDB calls this "buggify"): small
+    appends, more appends in flight, frequent snapshots open windows that the
+    defaults make rare."""
+
+    max_entries_per_append: int = 256
+    max_inflight_appends: int = 1
+    snapshot_entries: int = 64
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> Knobs:
+        return cls(
+            max_entries_per_append=rng.choice((1, 2, 256)),
+            max_inflight_appends=rng.choice((1, 1, 4)),
+            snapshot_entries=rng.choice((8, 64, 10_000)),
+        )
+
+
 class SimNode(Node):
     """The production ``Node`` on a simulated disk and network."""
 
@@ -127,10 +155,17 @@ class SimNode(Node):
         disk: PowerLossDisk,
         network: SimNetwork,
         seed: int,
+        knobs: Knobs = Knobs(),
     ) -> None:
         self.disk = disk
         self.network = network
         super().__init__(config, me, seed=seed)
+        self.settings = dataclasses.replace(
+            self.settings,
+            max_entries_per_append=knobs.max_entries_per_append,
+            max_inflight_appends=knobs.max_inflight_appends,
+            snapshot_entries=knobs.snapshot_entries,
+        )
 
     def _open_storage(self) -> PowerLossStorage:  # type: ignore[override]
         return self.disk.open()
@@ -182,8 +217,16 @@ class NodeProcess:
 class SimWorld:
     """The nodes, their network and disks, and the operations a nemesis performs."""
 
-    def __init__(self, config: ClusterConfig, rng: random.Random, *, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        rng: random.Random,
+        *,
+        nursery: trio.Nursery,
+        knobs: Knobs = Knobs(),
+    ) -> None:
         self.config = config
+        self.knobs = knobs
         self.rng = rng
         self.network = SimNetwork(random.Random(rng.getrandbits(64)))
         self.nursery = nursery
@@ -210,7 +253,14 @@ class SimWorld:
     async def _run(
         self, process: NodeProcess, seed: int, *, task_status: trio.TaskStatus[None]
     ) -> None:
-        node = SimNode(self.config, process.me, disk=process.disk, network=self.network, seed=seed)
+        node = SimNode(
+            self.config,
+            process.me,
+            disk=process.disk,
+            network=self.network,
+            seed=seed,
+            knobs=self.knobs,
+        )
         started = False
         try:
             with trio.CancelScope() as scope:
