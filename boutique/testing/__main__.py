@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant:
         parser.error("--variant needs --core (whole-cluster runs use --plant)")
     for name in args.scenario or ():
-        if name not in SCENARIOS:
+        if name not in SCENARIOS and name.removeprefix("core:") not in CORE_SCENARIOS:
             parser.error(f"unknown scenario {name!r}: one of {', '.join(sorted(SCENARIOS))}")
     return _whole(args)
 

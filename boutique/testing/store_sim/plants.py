@@ -47,8 +47,12 @@ class Plant:
     name: str
     rule: str
     scenarios: tuple[str, ...]
-    """Scenarios that exercise the rule; ``--plant`` sweeps these unless told otherwise."""
+    """Scenarios that exercise the rule; ``--plant`` sweeps these unless told otherwise.
+    A name ``core:NAME`` is a scenario of the Raft-core simulator run with ``variant``
+    (for a core rule whose breach the store's runtime hides or makes rare)."""
     install: Callable[[], contextlib.AbstractContextManager[None]]
+    variant: str | None = None
+    """The ``boutique.testing.broken`` variant for ``core:`` scenarios."""
 
 
 @contextlib.contextmanager
@@ -166,20 +170,23 @@ PLANTS: dict[str, Plant] = {
         Plant(
             "commit_old_term",
             "a leader commits an earlier term's entry by counting replicas (Figure 8)",
-            ("leaders",),
+            ("leaders", "core:figure8"),
             _core(broken.CommitsOldTermByCounting),
+            "commit_old_term",
         ),
         Plant(
             "no_conf_change_fence",
             "a new leader accepts a membership change before its own term's entry commits",
-            ("admin", "members"),
+            ("admin", "members", "core:membership"),
             _core(broken.NoConfChangeFence),
+            "no_conf_change_fence",
         ),
         Plant(
             "read_index_survives_term_change",
             "ReadIndex rounds survive a change of term",
-            ("leaders", "partitions"),
+            ("partitions", "core:partitions"),
             _core(broken.ReadIndexSurvivesTermChange),
+            "read_index_survives_term_change",
         ),
     )
 }

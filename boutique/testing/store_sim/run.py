@@ -143,12 +143,16 @@ class RunResult:
     events: list[str] = field(default_factory=list)
     digest: str = ""
     virtual_seconds: float = 0.0
+    replay: str | None = None
+    """The replay command when it is not the whole-cluster one (a core run)."""
 
     @property
     def passed(self) -> bool:
         return not self.violations
 
     def replay_command(self) -> str:
+        if self.replay is not None:
+            return self.replay
         plant = f" --plant {self.plant}" if self.plant else ""
         return (
             f"PYTHONHASHSEED=0 python -m boutique.testing --seed {self.seed} "

@@ -16,7 +16,14 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
+from boutique.testing.broken import VARIANTS, Variant
+from boutique.testing.simulation import run_simulation
+
+from .plants import PLANTS
 from .run import SCENARIOS, RunResult, run_seed
+
+CORE = "core:"
+"""Prefix of a scenario of the Raft-core simulator in a sweep."""
 
 
 def pick_scenario(seed: int, scenarios: Sequence[str]) -> str:
@@ -25,7 +32,26 @@ def pick_scenario(seed: int, scenarios: Sequence[str]) -> str:
 
 def _run(job: tuple[int, str, str | None]) -> RunResult:
     seed, scenario, plant = job
+    if scenario.startswith(CORE):
+        return _run_core(seed, scenario, plant)
     return run_seed(seed, scenario, plant=plant)
+
+
+def _run_core(seed: int, scenario: str, plant: str | None) -> RunResult:
+    """A seed of the Raft-core simulator, with the plant's broken core if any."""
+    variant_name = PLANTS[plant].variant if plant else None
+    variant = VARIANTS[variant_name] if variant_name else Variant()
+    core = run_simulation(
+        seed,
+        scenario.removeprefix(CORE),
+        node_class=variant.node_class,
+        raft_class=variant.raft_class,
+    )
+    result = RunResult(seed, scenario, plant, operations=core.operations)
+    result.replay = core.replay_command(variant_name)
+    if not core.passed:
+        result.violations.append(core.summary())
+    return result
 
 
 def sweep(
