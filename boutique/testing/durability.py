@@ -109,7 +109,13 @@ class PromiseChecker:
                     )
             case SnapshotResponse(installed=True, snapshot_index=index):
                 self.checked["snapshot"] += 1
-                if synced is None or synced.snapshot().meta.index < index:
+                # Installed, or already covered by the log (the follower fast-forwards
+                # without storing it): either way what it covers must be synced.
+                covered = synced is not None and (
+                    synced.snapshot().meta.index >= index
+                    or holds(synced, index, term_at(self.disks[node].written(group_id), index))
+                )
+                if not covered:
                     self.violations.append(
                         f"{where}: reported snapshot {index} installed before it was synced"
                     )

@@ -27,6 +27,9 @@ SEEDS = int(os.environ.get("BOUTIQUE_WHOLE_SEEDS", "500"))
 PLANT_SEEDS = 300
 
 REGRESSIONS = [
+    # The promise checker took a follower's "installed" answer for a snapshot its synced
+    # log already covered (Raft's fast-forward) for an unsynced snapshot.
+    (474, "mix"),
     # A node added mid-run whose ADD-NODE had not gone through was compared as a
     # member (the harness now registers it as --join does, and compares members only).
     (14, "members"),
@@ -44,10 +47,11 @@ def test_the_scenario_mix_passes() -> None:
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize(("seed", "scenario"), REGRESSIONS)
-def test_regression_seeds(seed: int, scenario: str) -> None:
-    result = run_seed(seed, scenario)
-    assert result.passed, result.summary()
+def test_regression_seeds() -> None:
+    """Replayed as their replay lines replay them (worker processes, fixed hashing)."""
+    for seed, scenario in REGRESSIONS:
+        (result,) = sweep([seed], scenarios=[scenario], jobs=1)
+        assert result.passed, result.summary()
 
 
 def test_every_scenario_does_work() -> None:
@@ -97,8 +101,10 @@ def test_every_plant_is_found(name: str) -> None:
     )
     caught = [r for r in results if not r.passed]
     assert caught, f"plant {name} not found in {PLANT_SEEDS} seeds of {plant.scenarios}"
-    print(f"{name}: caught at seed {caught[0].seed} ({caught[0].scenario}): "
-          f"{caught[0].violations[0][:200]}")
+    print(
+        f"{name}: caught at seed {caught[0].seed} ({caught[0].scenario}): "
+        f"{caught[0].violations[0][:200]}"
+    )
 
 
 def test_the_plants_are_listed_one_per_line() -> None:

@@ -101,6 +101,19 @@ def test_a_snapshot_reported_installed_must_be_synced(
     assert not send(checker, AppendResponse(3, 1, 3, index=6))  # the snapshot covers it
 
 
+def test_a_snapshot_the_synced_log_already_covers_may_be_reported_installed(
+    checker: PromiseChecker, stores: dict[int, PowerLossStorage]
+) -> None:
+    """A follower holding every entry a snapshot covers answers "installed" without
+    storing it (Raft §7: it fast-forwards). That is a promise about its log: kept if
+    the log is synced up to the snapshot's index, broken if it is not. (Found by the
+    whole-cluster simulator, seed 474 of the mix, which the old rule failed.)"""
+    assert not send(
+        checker, SnapshotResponse(1, 2, 3, snapshot_index=3, received=5, installed=True)
+    )
+    assert send(checker, SnapshotResponse(1, 2, 3, snapshot_index=5, received=5, installed=True))
+
+
 def test_one_leader_and_one_vote_per_term(checker: PromiseChecker) -> None:
     assert not send(checker, AppendRequest(1, 2, 2, 1, 1, (), 1))
     assert not send(checker, Heartbeat(1, 3, 2, 1))

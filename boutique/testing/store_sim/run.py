@@ -65,7 +65,7 @@ BUCKETS = ("apple", "mango")
 CHURN_BUCKET = "pears"
 """Dropped and created again by the churn client (range o-u)."""
 OP_TIMEOUT = 3.0
-AGREEMENT_EVERY = 0.25
+AGREEMENT_EVERY = 0.05
 LIVENESS_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 20.0
 

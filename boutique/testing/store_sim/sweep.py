@@ -11,6 +11,7 @@ What it must never do: report a sweep as passed when a run failed or did not fin
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,8 @@ from boutique.testing.simulation import run_simulation
 from .plants import PLANTS
 from .run import SCENARIOS, RunResult, run_seed
 
+REPLAY_HASHSEED = "0"
+"""String hashing of every simulated run (sets of strings are iterated in hash order)."""
 CORE = "core:"
 """Prefix of a scenario of the Raft-core simulator in a sweep."""
 
@@ -65,7 +68,7 @@ def sweep(
     """Run ``seeds``; yields each result in seed order."""
     names = list(scenarios or sorted(SCENARIOS))
     work = [(seed, pick_scenario(seed, names), plant) for seed in seeds]
-    if jobs <= 1:
+    if jobs <= 1 and hashing_is_fixed():
         for job in work:
             result = _run(job)
             yield result
@@ -73,9 +76,12 @@ def sweep(
                 return
         return
     # Workers start fresh (spawn): no trio state or patched module is inherited, and
-    # each has the parent's PYTHONHASHSEED, so a seed runs as it would alone.
+    # string hashing is fixed in them, so a seed runs as its replay line runs it.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with (
+        _fixed_hashing_for_children(),
+        ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool,
+    ):
         # Bounded look-ahead: enough to keep every worker busy, few to throw away
         # when a planted bug is found early.
         pending = []
@@ -94,6 +100,24 @@ def sweep(
             job_next = next(queue, None)
             if job_next is not None:
                 pending.append(pool.submit(_run, job_next))
+
+
+def hashing_is_fixed() -> bool:
+    """Whether this process hashes strings as a replay line's process does."""
+    return os.environ.get("PYTHONHASHSEED") == REPLAY_HASHSEED
+
+
+@contextlib.contextmanager
+def _fixed_hashing_for_children() -> Iterator[None]:
+    was = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = REPLAY_HASHSEED
+    try:
+        yield
+    finally:
+        if was is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = was
 
 
 def default_jobs() -> int:
