@@ -35,6 +35,7 @@ import trio
 from boutique.machine import CommandFailed, StateMachine, decode_value, encode_value
 from boutique.runtime.group import GroupRuntime, Rejected
 from boutique.runtime.host import HostSettings, NodeStorage, RaftHost
+from boutique.runtime.requests import Propose, Read
 from boutique.storage import MemoryNodeStorage
 from boutique.storage.sqlite import SqliteStorage
 
@@ -258,12 +259,12 @@ class Member(Generic[C, R, Q, A]):
         data = encode_value(("u", command))
         self._check_not_removed()
         if forward:
-            reply = await self.router.route("w", data, timeout)
+            reply = await self.router.route(Propose(data), timeout)
         else:
             outcome = await self.host.propose(self.group_id, data, timeout)
             if isinstance(outcome, Rejected) and outcome.leader != self.node_id:
                 raise NotLeader(outcome.leader or None)
-            reply = settle("w", outcome)
+            reply = settle(Propose(data), outcome)
         return cast(R, decode_value(reply))
 
     async def query(self, query: Q, timeout: float = DEFAULT_TIMEOUT) -> A:
@@ -277,7 +278,7 @@ class Member(Generic[C, R, Q, A]):
         # served here or forwarded (arrays as tuples), and fails early if not plain.
         body = decode_value(encode_value(("u", query)))
         self._check_not_removed()
-        answer = await self.router.route("r", body, timeout)
+        answer = await self.router.route(Read(body), timeout)
         return cast(A, decode_value(answer))
 
     def local_query(self, query: Q) -> A:
@@ -387,7 +388,7 @@ class Member(Generic[C, R, Q, A]):
         deadline = trio.current_time() + timeout
         token = secrets.randbits(62)
         request = ("m", "change", token, op, node_id, book_to_wire(book))
-        await self.router.route("w", encode_value(request), timeout)
+        await self.router.route(Propose(encode_value(request)), timeout)
         while True:
             if node_id == self.node_id and self.removed:
                 return  # it removed itself, and the others told it so
@@ -395,7 +396,7 @@ class Member(Generic[C, R, Q, A]):
             if remaining <= 0:
                 raise Timeout(f"the change of node {node_id} goes on in the background")
             try:
-                result = await self.router.route("r", ("m", "result", token), remaining)
+                result = await self.router.route(Read(("m", "result", token)), remaining)
             except Unavailable:
                 continue  # the deadline check above ends this
             if result == "ok":

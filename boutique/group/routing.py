@@ -13,19 +13,18 @@ This module never touches storage or the Raft core; it only talks to the `RaftHo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
 from boutique.machine import CommandFailed
 from boutique.runtime.group import Applied, Outcome, Rejected, Unknown
 from boutique.runtime.host import RaftHost
+from boutique.runtime.requests import Propose, Read
 
 from .errors import CommandError, NoQuorum, Timeout, Unavailable
 
 __all__ = ["RequestRouter", "settle"]
-
-Kind = Literal["w", "r"]
 
 
 class RequestRouter:
@@ -45,9 +44,9 @@ class RequestRouter:
         group = self.host.groups.get(self.group_id)
         return group.leader if group is not None else 0
 
-    async def route(self, kind: Kind, body: Any, timeout: float) -> Any:
-        """Send a write (`body` is entry bytes) or a read to the leader; the reply, or
-        the error the outcome stands for (see the module docstring)."""
+    async def route(self, request: Propose | Read, timeout: float) -> Any:
+        """Send a write or a read to the leader; the reply, or the error the outcome
+        stands for (see the module docstring)."""
         me = self.host.id
         deadline = trio.current_time() + timeout
         target = self.leader() or self._last_good or me
@@ -61,17 +60,15 @@ class RequestRouter:
                 error = Unavailable if leader_seen else NoQuorum
                 raise error(f"group {self.group_id!r} is unavailable: {last_reason}")
             outcome: Outcome
-            if target == me and kind == "w":
-                outcome = await self.host.propose(self.group_id, body, remaining)
-            elif target == me:
-                outcome = await self.host.read(self.group_id, body, remaining)
+            if target == me:
+                outcome = await self.host.execute_local(self.group_id, request, remaining)
             else:
-                outcome = await self.host.forward(target, self.group_id, kind, body, remaining)
+                outcome = await self.host.forward(target, self.group_id, request, remaining)
             if isinstance(outcome, Applied):
                 self._last_good = target
-                return settle(kind, outcome)
-            if isinstance(outcome, Unknown) and kind == "w":
-                settle(kind, outcome)
+                return settle(request, outcome)
+            if isinstance(outcome, Unknown) and request.may_apply:
+                settle(request, outcome)
             last_reason = outcome.reason
             hint = outcome.leader if isinstance(outcome, Rejected) else 0
             local = self.leader()
@@ -90,7 +87,7 @@ class RequestRouter:
                     backoff = min(backoff * 2, 0.2)
 
 
-def settle(kind: Kind, outcome: Outcome) -> Any:
+def settle(request: Propose | Read, outcome: Outcome) -> Any:
     """The reply of an `Applied` outcome, or raise the error the outcome stands for."""
     match outcome:
         case Applied(CommandFailed() as failed):
@@ -98,6 +95,6 @@ def settle(kind: Kind, outcome: Outcome) -> Any:
         case Applied(reply):
             return reply
         case Unknown(reason):
-            raise Timeout(reason, maybe_applied=kind == "w")
+            raise Timeout(reason, maybe_applied=request.may_apply)
         case Rejected(reason, _):
             raise Unavailable(reason)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from boutique.placement import NodeInfo
 from boutique.registry import RangeMap, RegistryState
 
+from .requests import TransferLeader
 from .router import CommandRejected, NotFound, OutcomeUnknown, Unavailable
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ class Admin:
             if node_id not in hosts:
                 raise AdminError("SYNTAX", f"node {node_id} does not replicate bucket {info.name}")
             try:
-                await self.router.group_request(info.group, hosts, "t", node_id)
+                await self.router.group_request(info.group, hosts, TransferLeader(node_id))
             except (Unavailable, OutcomeUnknown) as exc:
                 raise AdminError("UNAVAILABLE", f"bucket {info.name}: {exc}") from None
             moved += 1

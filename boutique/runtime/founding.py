@@ -45,6 +45,7 @@ from boutique.raft import Role
 from boutique.storage.errors import DataFileError
 
 from .group import Applied
+from .requests import LocalView
 
 if TYPE_CHECKING:
     from .node import Node
@@ -202,7 +203,7 @@ async def _ask_views(node: Node, peers: list[int], group_id: str) -> dict[int, G
     timeout = max(node.settings.tick_interval * node.settings.election_ticks, 0.5)
 
     async def ask(peer: int) -> None:
-        outcome = await node.forward(peer, group_id, "p", None, timeout)
+        outcome = await node.forward(peer, group_id, LocalView(), timeout)
         if isinstance(outcome, Applied) and not isinstance(outcome.reply, CommandFailed):
             try:
                 answers[peer] = parse_view(outcome.reply)

@@ -30,6 +30,7 @@ from boutique.raft import ChangeType, ConfChange
 from boutique.registry import BucketInfo, RegistryState
 
 from .group import Applied
+from .requests import ChangeMembership, LeaderView
 from .router import RoutingError
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class Mover:
         """Take the next step of moving one bucket's group from ``frm`` to ``to``."""
         hosts = tuple(dict.fromkeys((*info.replicas, move.to)))
         try:
-            view: dict[str, Any] = await self.router.group_request(info.group, hosts, "s", None)
+            view: dict[str, Any] = await self.router.group_request(info.group, hosts, LeaderView())
             voters, learners = set(view["voters"]), set(view["learners"])
             if view["pending_conf"]:
                 return  # the previous change is still being applied
@@ -205,7 +206,7 @@ class Mover:
         self, info: BucketInfo, hosts: tuple[int, ...], kind: ChangeType, node_id: int
     ) -> None:
         log.info("mover: bucket %s: %s node %d", info.name, kind.name.lower(), node_id)
-        await self.router.group_request(info.group, hosts, "c", [int(kind), node_id])
+        await self.router.group_request(info.group, hosts, ChangeMembership(kind, node_id))
 
     async def _registry(self, *command: Any) -> Any:
         return await self.router.registry_write(command)

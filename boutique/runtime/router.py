@@ -31,6 +31,7 @@ from boutique.registry import BucketInfo
 
 from .group import Applied, Outcome, Pending, Rejected, Unknown
 from .node import META_GROUP, Node
+from .requests import GroupRequest, Propose, Read, Request
 
 
 class RoutingError(Exception):
@@ -156,14 +157,14 @@ class Router:
         wire = await self._read(META_GROUP, self._meta_replicas(), ("lookup", name))
         return None if wire is None else BucketInfo.from_wire(wire)
 
-    async def _in_bucket(self, bucket: str, kind: str, body: tuple[Any, ...]) -> Any:
-        """Run a key command (``kind`` "w") or query ("r") in the bucket's group. A
+    async def _in_bucket(self, bucket: str, body: tuple[Any, ...], *, write: bool) -> Any:
+        """Run a key command (``write``) or query in the bucket's group. A
         fenced group means NOT FOUND, unless the registry, read linearizably after the
         fence was seen, lists a newer incarnation: then the request goes there."""
         info = await self.lookup(bucket)
         for _ in range(_FENCE_RETRIES):
             try:
-                if kind == "w":
+                if write:
                     return await self._write(info.group, info.replicas, body, bucket=bucket)
                 return await self._read(info.group, info.replicas, body, bucket=bucket)
             except GroupFenced as fenced:
@@ -194,13 +195,13 @@ class Router:
     # --- Keys ---------------------------------------------------------------------------
 
     async def put(self, bucket: str, key: bytes, value: bytes) -> None:
-        await self._in_bucket(bucket, "w", ("put", key, value))
+        await self._in_bucket(bucket, ("put", key, value), write=True)
 
     async def delete(self, bucket: str, key: bytes) -> bool:
-        return bool(await self._in_bucket(bucket, "w", ("delete", key)))
+        return bool(await self._in_bucket(bucket, ("delete", key), write=True))
 
     async def get(self, bucket: str, key: bytes) -> bytes | None:
-        value = await self._in_bucket(bucket, "r", ("get", key))
+        value = await self._in_bucket(bucket, ("get", key), write=False)
         return value if value is None else bytes(value)
 
     async def keys(
@@ -208,12 +209,12 @@ class Router:
     ) -> list[bytes]:
         # The three-part query when there is no start: what every node understands.
         query = ("keys", prefix, limit, start) if start else ("keys", prefix, limit)
-        return list(await self._in_bucket(bucket, "r", query))
+        return list(await self._in_bucket(bucket, query, write=False))
 
     async def scan(
         self, bucket: str, start: bytes, end: bytes | None, limit: int | None
     ) -> list[tuple[bytes, bytes]]:
-        pairs = await self._in_bucket(bucket, "r", ("scan", start, end, limit))
+        pairs = await self._in_bucket(bucket, ("scan", start, end, limit), write=False)
         return [(bytes(k), bytes(v)) for k, v in pairs]
 
     # --- Without a task -----------------------------------------------------------------
@@ -233,13 +234,13 @@ class Router:
         info = node.catalog().get(bucket)
         if info is None:
             return False
-        body: Any
+        request: Propose | Read
         if command[0] == "get":
             if node.config.unsafe_local_reads:
                 return False
-            kind, body = "r", command
+            request = Read(command)
         else:
-            kind, body = "w", MachineHost.encode_command(command)
+            request = Propose(MachineHost.encode_command(command))
         group = info.group
         target = self._first_target(group, info.replicas)
 
@@ -255,9 +256,9 @@ class Router:
         pending = Pending(then=done)
         node.track(pending)
         if target == node.id:
-            node.submit(group, kind, body, pending)
+            node.submit(group, request, pending)
         else:
-            node.send_forward(target, group, kind, body, pending)
+            node.send_forward(target, group, request, pending)
         return True
 
     # --- Routing ------------------------------------------------------------------------
@@ -273,7 +274,7 @@ class Router:
         bucket: str | None = None,
     ) -> Any:
         data = MachineHost.encode_command(command)
-        return await self._route(group, replicas, "w", data, bucket)
+        return await self._route(group, replicas, Propose(data), bucket)
 
     async def registry_write(self, command: tuple[Any, ...]) -> Any:
         """Propose a registry command (placement changes) through the meta group."""
@@ -284,11 +285,11 @@ class Router:
         return await self._read(META_GROUP, self._meta_replicas(), query)
 
     async def group_request(
-        self, group: str, replicas: tuple[int, ...], kind: str, body: Any
+        self, group: str, replicas: tuple[int, ...], request: GroupRequest
     ) -> Any:
-        """Route an administrative request (``execute_local`` kinds ``c``, ``s``, ``t``)
-        to the group's leader, like a write."""
-        return await self._route(group, replicas, kind, body, None)
+        """Route an administrative request (a membership change, the leader's view, a
+        leadership transfer) to the group's leader, like a write."""
+        return await self._route(group, replicas, request, None)
 
     async def _read(
         self,
@@ -305,7 +306,7 @@ class Router:
                 return local.host.query(query)
             except BucketDropped:
                 raise GroupFenced(group) from None
-        return await self._route(group, replicas, "r", query, bucket)
+        return await self._route(group, replicas, Read(query), bucket)
 
     def _why(self, reason: str) -> str:
         """``reason``, and why this node does not serve yet if it is still waiting."""
@@ -317,7 +318,7 @@ class Router:
         )
 
     async def _route(
-        self, group: str, replicas: tuple[int, ...], kind: str, body: Any, bucket: str | None
+        self, group: str, replicas: tuple[int, ...], request: Request, bucket: str | None
     ) -> Any:
         node = self.node
         deadline = trio.current_time() + node.config.request_timeout
@@ -332,9 +333,9 @@ class Router:
                 raise Unavailable(self._why(last_reason))
             outcome: Outcome
             if target == node.id:
-                outcome = await node.execute_local(group, kind, body, remaining)
+                outcome = await node.execute_local(group, request, remaining)
             else:
-                outcome = await node.forward(target, group, kind, body, remaining)
+                outcome = await node.forward(target, group, request, remaining)
             match outcome:
                 case Applied(CommandFailed() as failed) if _is_fenced(failed):
                     raise GroupFenced(group)
@@ -343,7 +344,7 @@ class Router:
                 case Applied(reply):
                     self.leader_hints[group] = target
                     return reply
-                case Unknown(reason) if kind in ("w", "c"):
+                case Unknown(reason) if request.may_apply:
                     raise OutcomeUnknown(reason)
                 case Unknown(reason) | Rejected(reason, 0):
                     last_reason = reason
