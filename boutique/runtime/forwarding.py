@@ -160,9 +160,9 @@ def encode_answer(answer: ForwardedAnswer) -> list[WireValue]:
     leader hint, ``unk`` the reason."""
     request_id = answer.id
     match answer.outcome:
-        case Applied(CommandFailed() as failed):
-            return [request_id, "err", list(failed.to_wire()), 0]
         case Applied(reply):
+            if isinstance(reply, CommandFailed):
+                return [request_id, "err", list(reply.to_wire()), 0]
             return [request_id, "ok", reply, 0]
         case Rejected(reason, leader):
             return [request_id, "rej", reason, leader]

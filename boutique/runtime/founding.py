@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from boutique.group.admission import GroupView, parse_view
-from boutique.machine import CommandFailed
+from boutique.machine import CommandFailed, wire_items
 from boutique.raft import Role
 from boutique.storage.errors import DataFileError
 
@@ -127,7 +127,7 @@ async def _admit(node: Node, router: Router, founders: tuple[int, ...], peers: l
             return
         if decision is Decision.ASK_REGISTRY:
             try:
-                started = await router.registry_read(("started",))
+                started = wire_items(await router.registry_read(("started",)))
                 if node.id in started:
                     raise refusal(node)
                 if node.id in founders:

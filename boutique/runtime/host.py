@@ -48,13 +48,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, Self
 
 import trio
 
-from boutique.machine import MachineHost, StateMachine
+from boutique.machine import AnyMachine, AnyMachineHost, MachineHost, WireValue
 from boutique.raft import (
-    LogStorage,
     Message,
     NotLeaderError,
     RaftConfig,
@@ -64,21 +63,17 @@ from boutique.raft import (
 )
 from boutique.raft.messages import (
     ConfChange,
-    ConfState,
-    Entry,
-    HardState,
-    Snapshot,
-    SnapshotData,
 )
 from boutique.raft.storage import StorageError
 
 from .codec import CodecError, decode_batch, encode_batch
 from .forwarding import ANSWERS, REQUESTS, ForwardedRequest, Forwarder
 from .framing import DEFAULT_MAX_FRAME
-from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
+from .group import Applied, GroupRuntime, GroupStore, Outcome, Pending, Rejected, Reply, Unknown
 from .peertls import PeerTLS
 from .requests import (
     ChangeMembership,
+    GroupLeaderView,
     LeaderView,
     LocalView,
     Propose,
@@ -114,24 +109,14 @@ ticks are always handled)."""
 
 Address = tuple[str, int]
 
-
-class GroupStore(LogStorage, Protocol):
-    """What the host writes into a group's storage (``MemoryStorage`` and
-    ``GroupStorage`` both qualify)."""
-
-    def append(self, entries: list[Entry]) -> None: ...
-    def set_hard_state(self, hard_state: HardState) -> None: ...
-    def apply_snapshot(self, snapshot: Snapshot) -> None: ...
-    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot: ...
-    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None: ...
-    def compact(self, index: int) -> None: ...
-    def bootstrap(self, hard_state: HardState, entries: list[Entry]) -> None: ...
+StatusField = int | str | bool | list[int]
+"""A field of a group's entry in ``RaftHost.group_status``."""
 
 
 class NodeStorage(Protocol):
     """Every group's storage on one node (``SqliteStorage``, ``MemoryNodeStorage``)."""
 
-    def group(self, group_id: str) -> Any: ...
+    def group(self, group_id: str) -> GroupStore: ...
     def groups(self) -> list[str]: ...
     def drop_group(self, group_id: str) -> None: ...
     def pending_writes(self) -> int: ...
@@ -201,7 +186,7 @@ class _Propose:
 @dataclass(frozen=True, slots=True)
 class _Read:
     group: str
-    query: Any
+    query: WireValue
     pending: Pending
 
 
@@ -215,7 +200,7 @@ class _Call:
     """Run ``fn`` inside the loop (e.g. a leader transfer) and resolve with its result."""
 
     group: str
-    fn: Callable[[GroupRuntime], Any]
+    fn: Callable[[GroupRuntime], Reply]
     pending: Pending
 
 
@@ -239,7 +224,7 @@ class RaftHost:
         peers: dict[int, Address],
         listen: Address,
         open_storage: Callable[[], NodeStorage],
-        machine_for: Callable[[str], StateMachine[Any, Any, Any, Any, Any]],
+        machine_for: Callable[[str], AnyMachine],
         settings: HostSettings = HostSettings(),
         seed: int | None = None,
         peer_tls: PeerTLS | None = None,
@@ -299,7 +284,7 @@ class RaftHost:
 
     # --- Lifecycle ----------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
         """Open storage, load groups, join peers, and serve until cancelled."""
         self.storage = self.open_storage()
         try:
@@ -383,7 +368,7 @@ class RaftHost:
         if bootstrap_voters and storage.last_index() == 0:
             hard_state, entries = bootstrap(set(voters))
             storage.bootstrap(hard_state, entries)
-        host: MachineHost[Any, Any, Any, Any, Any] = MachineHost(self.machine_for(group_id))
+        host: AnyMachineHost = MachineHost(self.machine_for(group_id))
         snapshot = storage.snapshot()
         if snapshot.meta.index:
             host.restore(snapshot.data)
@@ -763,7 +748,7 @@ class RaftHost:
         self._post(_Propose(group_id, data, pending))
         return await pending.wait(timeout)
 
-    async def read(self, group_id: str, query: Any, timeout: float) -> Outcome:
+    async def read(self, group_id: str, query: WireValue, timeout: float) -> Outcome:
         pending = Pending()
         self._post(_Read(group_id, query, pending))
         return await pending.wait(timeout)
@@ -814,7 +799,7 @@ class RaftHost:
         self.set_peers(self.peers)
 
     async def call(
-        self, group_id: str, fn: Callable[[GroupRuntime], Any], timeout: float
+        self, group_id: str, fn: Callable[[GroupRuntime], Reply], timeout: float
     ) -> Outcome:
         pending = Pending()
         self._post(_Call(group_id, fn, pending))
@@ -987,7 +972,7 @@ class RaftHost:
 
     # --- Inspection ---------------------------------------------------------------------
 
-    def group_status(self, limit: int | None = None) -> dict[str, dict[str, Any]]:
+    def group_status(self, limit: int | None = None) -> dict[str, dict[str, StatusField]]:
         """The groups in id order, each as a dict; only the first ``limit`` if given
         (picked without sorting them all or building a dict for each: STATUS on a
         node with 100,000 groups must answer at once)."""
@@ -1019,28 +1004,28 @@ class RaftHost:
         return {"total": len(self.groups), **counts, "quiet": quiet}
 
 
-def local_view(group: GroupRuntime) -> dict[str, Any]:
-    """This node's own, possibly stale, view of a group: its term and membership. A
-    term above 1 means the group has held an election (pre-vote makes the first one
-    need a majority of founders)."""
+def local_view(group: GroupRuntime) -> WireValue:
+    """This node's own, possibly stale, view of a group: its term and membership (read
+    by ``group.admission.parse_view``). A term above 1 means the group has held an
+    election (pre-vote makes the first one need a majority of founders)."""
     raft = group.node.raft
     return {
         "term": raft.term,
-        "voters": sorted(raft.conf.voters),
-        "learners": sorted(raft.conf.learners),
+        "voters": [*sorted(raft.conf.voters)],
+        "learners": [*sorted(raft.conf.learners)],
         "leader": raft.lead,
     }
 
 
-def _leader_view(group: GroupRuntime) -> dict[str, Any]:
+def _leader_view(group: GroupRuntime) -> WireValue:
     """What a mover needs to know about a group, as its leader sees it."""
     raft = group.node.raft
     if raft.role is not Role.LEADER:
         raise NotLeaderError(raft.lead)
-    return {
-        "voters": sorted(raft.conf.voters),
-        "learners": sorted(raft.conf.learners),
-        "match": {str(member): pr.match for member, pr in raft.progress.items()},
-        "commit": raft.log.committed,
-        "pending_conf": raft.pending_conf_index > raft.log.applied,
-    }
+    return GroupLeaderView(
+        voters=tuple(sorted(raft.conf.voters)),
+        learners=tuple(sorted(raft.conf.learners)),
+        match={member: pr.match for member, pr in raft.progress.items()},
+        commit=raft.log.committed,
+        pending_conf=raft.pending_conf_index > raft.log.applied,
+    ).to_wire()

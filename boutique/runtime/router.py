@@ -21,17 +21,19 @@ bucket; if there is one (a re-CREATE), the request goes there instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
 from boutique.buckets import BucketDropped
-from boutique.machine import CommandFailed, MachineHost
+from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
 from .group import Applied, Outcome, Pending, Rejected, Unknown
 from .node import META_GROUP, Node
 from .requests import GroupRequest, Propose, Read, Request
+
+Command = tuple[WireValue, ...]
+"""A command or query for a group's machine (``("put", key, value)``, ``("lookup", name)``)."""
 
 
 class RoutingError(Exception):
@@ -88,9 +90,11 @@ class Router:
 
     async def create(self, name: str) -> BucketInfo:
         for _ in range(_FENCE_RETRIES):
-            reply = await self._write(META_GROUP, self._meta_replicas(), ("create", name))
-            info = BucketInfo.from_wire(reply[1])
-            if reply[0] == "created":
+            status, wire = wire_items(
+                await self._write(META_GROUP, self._meta_replicas(), ("create", name)), 2
+            )
+            info = BucketInfo.from_wire(wire)
+            if status == "created":
                 return info
             # It exists; unless a DROP fenced it and was cut short before leaving the
             # registry. Then finish that DROP and create a new incarnation.
@@ -138,7 +142,7 @@ class Router:
 
     async def buckets(self) -> list[str]:
         names = await self._read(META_GROUP, self._meta_replicas(), ("list",))
-        return list(names)
+        return [_text(name) for name in wire_items(names)]
 
     async def lookup(self, name: str) -> BucketInfo:
         """The bucket's catalog entry. A local hit is trusted (a dropped bucket's group
@@ -157,7 +161,7 @@ class Router:
         wire = await self._read(META_GROUP, self._meta_replicas(), ("lookup", name))
         return None if wire is None else BucketInfo.from_wire(wire)
 
-    async def _in_bucket(self, bucket: str, body: tuple[Any, ...], *, write: bool) -> Any:
+    async def _in_bucket(self, bucket: str, body: Command, *, write: bool) -> WireValue:
         """Run a key command (``write``) or query in the bucket's group. A
         fenced group means NOT FOUND, unless the registry, read linearizably after the
         fence was seen, lists a newer incarnation: then the request goes there."""
@@ -202,24 +206,26 @@ class Router:
 
     async def get(self, bucket: str, key: bytes) -> bytes | None:
         value = await self._in_bucket(bucket, ("get", key), write=False)
-        return value if value is None else bytes(value)
+        return value if value is None else _bytes(value)
 
     async def keys(
         self, bucket: str, prefix: bytes | None, limit: int | None, start: bytes = b""
     ) -> list[bytes]:
         # The three-part query when there is no start: what every node understands.
         query = ("keys", prefix, limit, start) if start else ("keys", prefix, limit)
-        return list(await self._in_bucket(bucket, query, write=False))
+        return [_bytes(k) for k in wire_items(await self._in_bucket(bucket, query, write=False))]
 
     async def scan(
         self, bucket: str, start: bytes, end: bytes | None, limit: int | None
     ) -> list[tuple[bytes, bytes]]:
         pairs = await self._in_bucket(bucket, ("scan", start, end, limit), write=False)
-        return [(bytes(k), bytes(v)) for k, v in pairs]
+        return [
+            (_bytes(k), _bytes(v)) for k, v in (wire_items(pair, 2) for pair in wire_items(pairs))
+        ]
 
     # --- Without a task -----------------------------------------------------------------
 
-    def start(self, bucket: str, command: tuple[Any, ...], then: Callable[[Outcome], None]) -> bool:
+    def start(self, bucket: str, command: Command, then: Callable[[Outcome], None]) -> bool:
         """One attempt at a key command (``("put", key, value)``, ``("delete", key)``,
         or a ``("get", key)`` query) on a bucket this node's catalog knows, sent where
         the bucket's leader is believed to be, with no task: ``then`` is called once
@@ -270,23 +276,23 @@ class Router:
         self,
         group: str,
         replicas: tuple[int, ...],
-        command: tuple[Any, ...],
+        command: Command,
         bucket: str | None = None,
-    ) -> Any:
+    ) -> WireValue:
         data = MachineHost.encode_command(command)
         return await self._route(group, replicas, Propose(data), bucket)
 
-    async def registry_write(self, command: tuple[Any, ...]) -> Any:
+    async def registry_write(self, command: Command) -> WireValue:
         """Propose a registry command (placement changes) through the meta group."""
         return await self._write(META_GROUP, self._meta_replicas(), command)
 
-    async def registry_read(self, query: tuple[Any, ...]) -> Any:
+    async def registry_read(self, query: Command) -> WireValue:
         """A linearizable registry query through the meta group."""
         return await self._read(META_GROUP, self._meta_replicas(), query)
 
     async def group_request(
         self, group: str, replicas: tuple[int, ...], request: GroupRequest
-    ) -> Any:
+    ) -> WireValue:
         """Route an administrative request (a membership change, the leader's view, a
         leadership transfer) to the group's leader, like a write."""
         return await self._route(group, replicas, request, None)
@@ -295,17 +301,18 @@ class Router:
         self,
         group: str,
         replicas: tuple[int, ...],
-        query: tuple[Any, ...],
+        query: Command,
         bucket: str | None = None,
-    ) -> Any:
+    ) -> WireValue:
         local = self.node.groups.get(group)
         if self.node.config.unsafe_local_reads and group != META_GROUP and local is not None:
             # The planted bug the distributed harness must catch: a replica's local
             # state may be stale (a partitioned ex-leader, a lagging follower).
             try:
-                return local.host.query(query)
+                answer: WireValue = local.host.query(query)
             except BucketDropped:
                 raise GroupFenced(group) from None
+            return answer
         return await self._route(group, replicas, Read(query), bucket)
 
     def _why(self, reason: str) -> str:
@@ -319,7 +326,7 @@ class Router:
 
     async def _route(
         self, group: str, replicas: tuple[int, ...], request: Request, bucket: str | None
-    ) -> Any:
+    ) -> WireValue:
         node = self.node
         deadline = trio.current_time() + node.config.request_timeout
         target = self._first_target(group, replicas)
@@ -341,7 +348,7 @@ class Router:
                     raise GroupFenced(group)
                 case Applied(CommandFailed() as failed):
                     raise CommandRejected(failed)
-                case Applied(reply):
+                case Applied(reply) if not isinstance(reply, CommandFailed):
                     self.leader_hints[group] = target
                     return reply
                 case Unknown(reason) if request.may_apply:
@@ -395,3 +402,15 @@ class Router:
             if replica not in tried:
                 return replica
         return replicas[0]
+
+
+def _bytes(value: WireValue) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes in the reply, got {type(value).__name__}")
+    return value
+
+
+def _text(value: WireValue) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a str in the reply, got {type(value).__name__}")
+    return value
