@@ -32,7 +32,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 import trio
 
-from boutique.machine import CommandFailed, StateMachine, decode_value, encode_value
+from boutique.machine import CommandFailed, StateMachine, WireValue, decode_value, encode_value
 from boutique.runtime.group import GroupRuntime, Rejected
 from boutique.runtime.host import HostSettings, NodeStorage, RaftHost
 from boutique.runtime.requests import Propose, Read
@@ -265,7 +265,7 @@ class Member(Generic[C, R, Q, A]):
             if isinstance(outcome, Rejected) and outcome.leader != self.node_id:
                 raise NotLeader(outcome.leader or None)
             reply = settle(Propose(data), outcome)
-        return cast(R, decode_value(reply))
+        return cast(R, _user_value(reply))
 
     async def query(self, query: Q, timeout: float = DEFAULT_TIMEOUT) -> A:
         """Answer `query` on a state that includes every command applied before the call
@@ -279,7 +279,7 @@ class Member(Generic[C, R, Q, A]):
         body = decode_value(encode_value(("u", query)))
         self._check_not_removed()
         answer = await self.router.route(Read(body), timeout)
-        return cast(A, decode_value(answer))
+        return cast(A, _user_value(answer))
 
     def local_query(self, query: Q) -> A:
         """Answer `query` from this member's own copy, without asking the leader: fast,
@@ -402,7 +402,7 @@ class Member(Generic[C, R, Q, A]):
             if result == "ok":
                 break
             if result is not None:
-                raise MembershipError(f"node {node_id}: {result}")
+                raise MembershipError(f"node {node_id}: " + str(result))
             await trio.sleep(min(0.05, remaining))
         # The change is committed; wait (briefly) until this member applied it too, so
         # `status()` right after the call shows it.
@@ -544,3 +544,11 @@ def _check_members(node_id: int, members: Mapping[int, Address]) -> dict[int, Ad
     if node_id not in checked:
         raise ValueError(f"members must include this member ({node_id}) and its address")
     return checked
+
+
+def _user_value(reply: WireValue) -> object:
+    """A user machine's reply or answer: msgpack bytes in the envelope's reply (see
+    `envelope`), decoded here, where the caller's types are known."""
+    if not isinstance(reply, bytes):
+        raise TypeError(f"a user reply travels as msgpack bytes, not {type(reply).__name__}")
+    return decode_value(reply)

@@ -4,7 +4,7 @@ A member proposes (or reads) locally when it leads, and otherwise forwards to th
 it believes leads; it follows leader hints and tries the other members until the
 request's deadline, the way the bucket store's `runtime.router.Router` does. The caller
 gets exactly one answer: the machine's reply, or an error from `errors` that says what
-is known about the outcome. A write handed to a leader whose fate was not learnt ends
+is known about the outcome (classed by `runtime.outcomes.classify`). A write handed to a leader whose fate was not learnt ends
 in `Timeout` at once: retrying it could apply it twice.
 
 This module never touches storage or the Raft core; it only talks to the `RaftHost`.
@@ -13,13 +13,19 @@ This module never touches storage or the Raft core; it only talks to the `RaftHo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
-from boutique.machine import CommandFailed
-from boutique.runtime.group import Applied, Outcome, Rejected, Unknown
+from boutique.machine import WireValue
 from boutique.runtime.host import RaftHost
+from boutique.runtime.outcomes import (
+    Done,
+    MaybeApplied,
+    NotApplied,
+    Outcome,
+    Refused,
+    classify,
+)
 from boutique.runtime.requests import Propose, Read
 
 from .errors import CommandError, NoQuorum, Timeout, Unavailable
@@ -44,7 +50,7 @@ class RequestRouter:
         group = self.host.groups.get(self.group_id)
         return group.leader if group is not None else 0
 
-    async def route(self, request: Propose | Read, timeout: float) -> Any:
+    async def route(self, request: Propose | Read, timeout: float) -> WireValue:
         """Send a write or a read to the leader; the reply, or the error the outcome
         stands for (see the module docstring)."""
         me = self.host.id
@@ -64,13 +70,18 @@ class RequestRouter:
                 outcome = await self.host.execute_local(self.group_id, request, remaining)
             else:
                 outcome = await self.host.forward(target, self.group_id, request, remaining)
-            if isinstance(outcome, Applied):
-                self._last_good = target
-                return settle(request, outcome)
-            if isinstance(outcome, Unknown) and request.may_apply:
-                settle(request, outcome)
-            last_reason = outcome.reason
-            hint = outcome.leader if isinstance(outcome, Rejected) else 0
+            match classify(outcome, may_apply=request.may_apply):
+                case Done(reply):
+                    self._last_good = target
+                    return reply
+                case Refused(failed):
+                    self._last_good = target
+                    raise CommandError(failed)
+                case MaybeApplied(reason):
+                    # Retrying it could apply it twice.
+                    raise Timeout(reason)
+                case NotApplied(reason, hint):
+                    last_reason = reason
             local = self.leader()
             leader_seen = leader_seen or bool(hint or local)
             tried.add(target)
@@ -87,14 +98,15 @@ class RequestRouter:
                     backoff = min(backoff * 2, 0.2)
 
 
-def settle(request: Propose | Read, outcome: Outcome) -> Any:
-    """The reply of an `Applied` outcome, or raise the error the outcome stands for."""
-    match outcome:
-        case Applied(CommandFailed() as failed):
+def settle(request: Propose | Read, outcome: Outcome) -> WireValue:
+    """The reply of an `Applied` outcome, or raise the error the outcome stands for
+    (classed by `runtime.outcomes.classify`, as the bucket store classes it)."""
+    match classify(outcome, may_apply=request.may_apply):
+        case Refused(failed):
             raise CommandError(failed)
-        case Applied(reply):
+        case Done(reply):
             return reply
-        case Unknown(reason):
-            raise Timeout(reason, maybe_applied=request.may_apply)
-        case Rejected(reason, _):
+        case MaybeApplied(reason):
+            raise Timeout(reason)
+        case NotApplied(reason, _):
             raise Unavailable(reason)

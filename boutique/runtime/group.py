@@ -5,9 +5,9 @@
 ``apply_and_advance``. Client requests register a ``Pending`` and are resolved when their
 entry is applied (or lost), or when a read becomes safe to serve. Nothing here awaits.
 
-Outcomes are classed the way the line protocol reports them: ``Applied`` (with the
+Requests end with an ``Outcome`` (``runtime.outcomes``): ``Applied`` (with the
 machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
-``Unknown`` (may or may not have been applied).
+``Unknown`` (may or may not have been applied); they are re-exported here.
 
 Snapshots are built a slice per turn (``SnapshotBuild``): the machine freezes its state
 at the applied index when the build starts, the loop pulls one piece per turn
@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol
 
 import trio
 
@@ -51,12 +51,13 @@ from boutique.raft import (
 )
 from boutique.raft.messages import Entry, HardState, SnapshotData
 
+from .outcomes import Applied as Applied
+from .outcomes import Outcome as Outcome
+from .outcomes import Rejected as Rejected
+from .outcomes import Reply as Reply
+from .outcomes import Unknown as Unknown
+
 log = logging.getLogger("boutique.group")
-
-
-Reply: TypeAlias = WireValue | CommandFailed
-"""What an applied request answers: the machine's reply or answer (or the view asked
-for), or the ``CommandFailed`` every replica agreed on when the machine refused it."""
 
 
 class GroupStore(LogStorage, Protocol):
@@ -70,31 +71,6 @@ class GroupStore(LogStorage, Protocol):
     def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None: ...
     def compact(self, index: int) -> None: ...
     def bootstrap(self, hard_state: HardState, entries: list[Entry]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The command was applied (or the read served); ``reply`` is the machine's answer."""
-
-    reply: Reply
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Certainly not applied. ``leader`` hints where to retry (0: unknown)."""
-
-    reason: str
-    leader: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Unknown:
-    """May or may not have been applied."""
-
-    reason: str
-
-
-Outcome = Applied | Rejected | Unknown
 
 
 @dataclass(slots=True)

@@ -28,8 +28,9 @@ from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
-from .group import Applied, Outcome, Pending, Rejected, Unknown
+from .group import Applied, Outcome, Pending, Rejected
 from .node import META_GROUP, Node
+from .outcomes import Done, MaybeApplied, NotApplied, Refused, classify
 from .requests import GroupRequest, Propose, Read, Request
 
 Command = tuple[WireValue, ...]
@@ -343,17 +344,17 @@ class Router:
                 outcome = await node.execute_local(group, request, remaining)
             else:
                 outcome = await node.forward(target, group, request, remaining)
-            match outcome:
-                case Applied(CommandFailed() as failed) if _is_fenced(failed):
+            match classify(outcome, may_apply=request.may_apply):
+                case Refused(failed) if _is_fenced(failed):
                     raise GroupFenced(group)
-                case Applied(CommandFailed() as failed):
+                case Refused(failed):
                     raise CommandRejected(failed)
-                case Applied(reply) if not isinstance(reply, CommandFailed):
+                case Done(reply):
                     self.leader_hints[group] = target
                     return reply
-                case Unknown(reason) if request.may_apply:
+                case MaybeApplied(reason):
                     raise OutcomeUnknown(reason)
-                case Unknown(reason) | Rejected(reason, 0):
+                case NotApplied(reason, 0):
                     last_reason = reason
                     if replicas == (node.id,) and group in node.quarantined:
                         # Its only replica took it out of service: waiting helps nobody.
@@ -368,7 +369,7 @@ class Router:
                         await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
                         backoff = min(backoff * 2, 0.2)
                         tried.clear()
-                case Rejected(reason, leader):
+                case NotApplied(reason, leader):
                     last_reason = reason
                     if leader in replicas and leader != target:
                         target = leader
