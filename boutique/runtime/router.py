@@ -3,7 +3,9 @@
 The ``Router`` looks the bucket up in the registry, then proposes (or reads) in the
 bucket's group: locally when this node leads it, otherwise at the node it believes
 leads, following leader hints and trying the other replicas until the request's
-deadline. The caller gets exactly one answer, classed as the wire contract wants:
+deadline (the loop is ``runtime.routing``'s, shared with the library; the choice of
+replica is ``_ReplicaChooser``'s). The caller gets exactly one answer, classed (by
+``runtime.outcomes.classify``) as the wire contract wants:
 
 * a result — the command was applied (or the read served);
 * ``Unavailable`` — certainly not applied (no leader reachable in time, no quorum);
@@ -22,16 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import trio
-
 from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
 from .group import Applied, Outcome, Pending, Rejected
 from .node import META_GROUP, Node
-from .outcomes import Done, MaybeApplied, NotApplied, Refused, classify
+from .outcomes import Done, MaybeApplied, NotApplied, Refused
 from .requests import GroupRequest, Propose, Read, Request
+from .routing import Expired, route
 
 Command = tuple[WireValue, ...]
 """A command or query for a group's machine (``("put", key, value)``, ``("lookup", name)``)."""
@@ -329,66 +330,20 @@ class Router:
         self, group: str, replicas: tuple[int, ...], request: Request, bucket: str | None
     ) -> WireValue:
         node = self.node
-        deadline = trio.current_time() + node.config.request_timeout
-        target = self._first_target(group, replicas)
-        listed = node.catalog().get(bucket) if bucket is not None else None
-        backoff = 0.01
-        tried: list[int] = []
-        last_reason = "no replica answered"
-        while True:
-            remaining = deadline - trio.current_time()
-            if remaining <= 0:
-                raise Unavailable(self._why(last_reason))
-            outcome: Outcome
-            if target == node.id:
-                outcome = await node.execute_local(group, request, remaining)
-            else:
-                outcome = await node.forward(target, group, request, remaining)
-            match classify(outcome, may_apply=request.may_apply):
-                case Refused(failed) if _is_fenced(failed):
-                    raise GroupFenced(group)
-                case Refused(failed):
-                    raise CommandRejected(failed)
-                case Done(reply):
-                    self.leader_hints[group] = target
-                    return reply
-                case MaybeApplied(reason):
-                    raise OutcomeUnknown(reason)
-                case NotApplied(reason, 0):
-                    last_reason = reason
-                    if replicas == (node.id,) and group in node.quarantined:
-                        # Its only replica took it out of service: waiting helps nobody.
-                        raise Unavailable(self._why(reason))
-                    tried.append(target)
-                    target = self._next_replica(replicas, tried)
-                    if len(tried) >= len(replicas) and node.waiting_for_peers is not None:
-                        # Every replica refused and this node cannot help yet: say so
-                        # now rather than after the whole request timeout.
-                        raise Unavailable(self._why(reason))
-                    if len(tried) >= len(replicas):
-                        await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
-                        backoff = min(backoff * 2, 0.2)
-                        tried.clear()
-                case NotApplied(reason, leader):
-                    last_reason = reason
-                    if leader in replicas and leader != target:
-                        target = leader
-                    else:
-                        tried.append(target)
-                        target = self._next_replica(replicas, tried)
-                        await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
-                        backoff = min(backoff * 2, 0.2)
-            if bucket is not None and group != META_GROUP:
-                # The bucket may have been dropped and re-created meanwhile. Only a
-                # catalog entry for another group proves it: a missing entry may just
-                # mean this node's registry lags the linearizable lookup that found it.
-                info = self.node.catalog().get(bucket)
-                if info is not None and info.group != group:
-                    raise NotFound(bucket)
-                if listed is not None and info is None:
-                    # Dropped here since the request began: its group may be closed on
-                    # every replica, so waiting out the deadline would serve nothing.
-                    raise Unavailable(f"bucket {bucket} left this node's catalog")
+        chooser = _ReplicaChooser(self, group, replicas, bucket)
+        result = await route(
+            node, group, request, node.config.request_timeout, chooser, "no replica answered"
+        )
+        if isinstance(result, Expired):
+            raise Unavailable(self._why(result.reason))
+        match result.verdict:
+            case Refused(failed):
+                raise GroupFenced(group) if _is_fenced(failed) else CommandRejected(failed)
+            case MaybeApplied(reason):
+                raise OutcomeUnknown(reason)
+            case Done(reply):
+                self.leader_hints[group] = result.target
+                return reply
 
     def _first_target(self, group: str, replicas: tuple[int, ...]) -> int:
         """Where a request to ``group`` goes first: the last node that answered as its
@@ -415,3 +370,60 @@ def _text(value: WireValue) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a str in the reply, got {type(value).__name__}")
     return value
+
+
+class _ReplicaChooser:
+    """The store's ``routing.Chooser``: a request goes to the bucket's (or the meta
+    group's) replicas, following leader hints; it gives up early when waiting cannot
+    help, and stops when the bucket it is for changed under it."""
+
+    def __init__(
+        self, router: Router, group: str, replicas: tuple[int, ...], bucket: str | None
+    ) -> None:
+        self.router = router
+        self.node = router.node
+        self.group = group
+        self.replicas = replicas
+        self.bucket = bucket if group != META_GROUP else None
+        self.listed = self.node.catalog().get(bucket) if bucket is not None else None
+        self.tried: list[int] = []
+
+    def first(self) -> int:
+        return self.router._first_target(self.group, self.replicas)
+
+    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
+        node, replicas, tried = self.node, self.replicas, self.tried
+        reason, leader = refused.reason, refused.leader
+        if leader and leader in replicas and leader != target:
+            return leader, False
+        tried.append(target)
+        following = self.router._next_replica(replicas, tried)
+        if leader:
+            # A hint outside the replicas (or at the node that refused): try the next.
+            return following, True
+        if replicas == (node.id,) and self.group in node.quarantined:
+            # Its only replica took it out of service: waiting helps nobody.
+            raise Unavailable(self.router._why(reason))
+        if len(tried) < len(replicas):
+            return following, False
+        if node.waiting_for_peers is not None:
+            # Every replica refused and this node cannot help yet: say so now rather
+            # than after the whole request timeout.
+            raise Unavailable(self.router._why(reason))
+        tried.clear()
+        return following, True
+
+    def after_attempt(self) -> None:
+        bucket = self.bucket
+        if bucket is None:
+            return
+        # The bucket may have been dropped and re-created meanwhile. Only a catalog
+        # entry for another group proves it: a missing entry may just mean this node's
+        # registry lags the linearizable lookup that found it.
+        info = self.node.catalog().get(bucket)
+        if info is not None and info.group != self.group:
+            raise NotFound(bucket)
+        if self.listed is not None and info is None:
+            # Dropped here since the request began: its group may be closed on every
+            # replica, so waiting out the deadline would serve nothing.
+            raise Unavailable(f"bucket {bucket} left this node's catalog")
