@@ -17,8 +17,9 @@ What a peer sends never crashes the loop: a malformed request is answered ``Reje
 (certainly not applied) when its id can be read and otherwise logged and dropped; a
 malformed answer settles its request ``Unknown`` (a write may have been applied).
 
-This module never imports trio, never sleeps and never reads a clock: the time comes in
-as a number (``now``), and frames go out through the ``Link`` the host passes.
+This module never imports trio (nor anything that does), never sleeps and never reads a
+clock: the time comes in as a number (``now``), and frames go out through the ``Link``
+the host passes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Protocol, cast
 from boutique.machine import CommandFailed, WireValue
 from boutique.raft import ChangeType
 
-from .group import Applied, Outcome, Pending, Rejected, Unknown
+from .outcomes import Applied, Outcome, Rejected, Unknown
 from .requests import (
     ChangeMembership,
     LeaderView,
@@ -238,6 +239,16 @@ def _is_change(body: object) -> bool:
 
 
 # --- Requests in flight -------------------------------------------------------------------
+
+
+class Pending(Protocol):
+    """A request waiting for its outcome (``runtime.group.Pending`` is one): resolved
+    once, from whatever learns the outcome first."""
+
+    outcome: Outcome | None
+    abandoned: bool
+
+    def resolve(self, outcome: Outcome) -> None: ...
 
 
 class Link(Protocol):

@@ -61,9 +61,7 @@ from boutique.raft import (
     Role,
     bootstrap,
 )
-from boutique.raft.messages import (
-    ConfChange,
-)
+from boutique.raft.messages import ConfChange
 from boutique.raft.storage import StorageError
 
 from .codec import CodecError, decode_batch, encode_batch
