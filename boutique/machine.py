@@ -50,6 +50,8 @@ import msgpack  # type: ignore[import-untyped]
 from boutique.raft.messages import SnapshotData, pieces_of
 
 __all__ = [
+    "AnyMachine",
+    "AnyMachineHost",
     "ChunkedSnapshots",
     "CommandFailed",
     "MachineHost",
@@ -59,6 +61,7 @@ __all__ = [
     "WireValue",
     "decode_value",
     "encode_value",
+    "wire_items",
 ]
 
 WireValue: TypeAlias = (
@@ -73,6 +76,16 @@ WireValue: TypeAlias = (
     | None
 )
 """A value msgpack round-trips: what commands, replies, queries and answers are made of."""
+
+
+def wire_items(value: WireValue, length: int | None = None) -> tuple[WireValue, ...]:
+    """An array reply (a list once it crossed the wire, else a tuple) as a tuple;
+    `TypeError` if it is not an array (or not `length` long). For callers that know the
+    shape of a machine's reply: one they cannot read is a bug, not bad input."""
+    if not isinstance(value, list | tuple) or (length is not None and len(value) != length):
+        raise TypeError(f"expected an array of {length or 'any'} items, got {value!r:.60}")
+    return tuple(value)
+
 
 S = TypeVar("S")
 C = TypeVar("C")
@@ -347,6 +360,15 @@ class MachineHost(Generic[S, C, R, Q, A]):
                 f"entry {index} out of order: expected {expected} "
                 f"(applied index {self._applied_index})"
             )
+
+
+AnyMachine: TypeAlias = StateMachine[Any, Any, Any, Any, Any]
+"""A machine of whatever state, command, reply, query and answer types: what the Raft
+runtime hosts. The runtime never looks inside those values (they travel as
+`WireValue`s), so a machine's types are erased here, in one place."""
+
+AnyMachineHost: TypeAlias = MachineHost[Any, Any, Any, Any, Any]
+"""The host of an `AnyMachine`."""
 
 
 _STREAM_HEAD = b"\x91"

@@ -58,10 +58,9 @@ import trio
 
 from boutique.admission import Admission, ThrottledLog
 from boutique.config import ClusterConfig, NodeConfig
-from boutique.machine import CommandFailed
 from boutique.runtime.admin import Admin, AdminError
-from boutique.runtime.group import Applied, Outcome, Unknown
 from boutique.runtime.node import Node
+from boutique.runtime.outcomes import Done, MaybeApplied, Outcome, Refused, classify
 from boutique.runtime.peertls import client_port_context
 from boutique.runtime.router import (
     CommandRejected,
@@ -164,14 +163,15 @@ _LARGE_REPLIES = (cmd.Scan, cmd.Keys, cmd.Buckets, cmd.Status, cmd.Help)
 def _settled_reply(command: cmd.Command, outcome: Outcome) -> bytes | None:
     """The reply line(s) for one attempt's outcome, or None if the attempt settled
     nothing and the full router should take over (see ``LineServer.execute``)."""
-    match outcome:
-        case Applied(CommandFailed() as failed):
+    match classify(outcome, may_apply=not isinstance(command, cmd.Get)):
+        case Refused(failed):
             return render(Error(ErrorCode.SYNTAX, failed.message))
-        case Applied(reply):
-            if isinstance(command, cmd.Get):
-                return render(Value(reply if reply is None else bytes(reply)))
-            return _OK_LINE
-        case Unknown(reason) if not isinstance(command, cmd.Get):
+        case Done(reply):
+            if not isinstance(command, cmd.Get):
+                return _OK_LINE
+            if reply is None or isinstance(reply, bytes):
+                return render(Value(reply))
+        case MaybeApplied(reason):
             return render(Error(ErrorCode.TIMEOUT, f"outcome unknown: {reason}"))
     return None
 

@@ -23,6 +23,7 @@ import trio
 from boutique.machine import CommandFailed, encode_value
 from boutique.raft import ChangeType, ConfChange, Role
 from boutique.runtime.group import Applied, GroupRuntime
+from boutique.runtime.requests import LocalView, Propose, Read
 
 from .admission import GroupView, Verdict, decide, parse_view
 from .envelope import Change, GroupState, book_to_wire, parse_book
@@ -96,7 +97,7 @@ async def _carry_out(
 async def _finish(member: Member[Any, Any, Any, Any], change: Change, result: str) -> None:
     done = encode_value(("m", "done", change.token, result))
     try:
-        await member.router.route("w", done, member.settings.request_timeout)
+        await member.router.route(Propose(done), member.settings.request_timeout)
     except (Timeout, Unavailable) as exc:
         # "done" is idempotent: whoever leads next records it again.
         log.debug("could not record the end of change %d: %s", change.token, exc)
@@ -111,7 +112,7 @@ async def learn_addresses(member: Member[Any, Any, Any, Any]) -> None:
         for peer in sorted(host.peers):
             if host.transport is None or not host.transport.reachable(peer):
                 continue
-            outcome = await host.forward(peer, member.group_id, "r", ("m", "book"), 1.0)
+            outcome = await host.forward(peer, member.group_id, Read(("m", "book")), 1.0)
             if isinstance(outcome, Applied) and not isinstance(outcome.reply, CommandFailed):
                 try:
                     member.learn_addresses(parse_book(outcome.reply))
@@ -174,7 +175,7 @@ async def _ask_views(member: Member[Any, Any, Any, Any]) -> dict[int, GroupView 
     timeout = max(member.election_timeout(), 0.5)
 
     async def ask(peer: int) -> None:
-        outcome = await member.host.forward(peer, member.group_id, "p", None, timeout)
+        outcome = await member.host.forward(peer, member.group_id, LocalView(), timeout)
         if isinstance(outcome, Applied) and not isinstance(outcome.reply, CommandFailed):
             try:
                 answers[peer] = parse_view(outcome.reply)
@@ -198,7 +199,7 @@ async def _readmit(member: Member[Any, Any, Any, Any]) -> None:
     timeout = member.settings.request_timeout
     while True:
         try:
-            await member.router.route("w", request, timeout)
+            await member.router.route(Propose(request), timeout)
             break
         except (Timeout, Unavailable) as exc:
             # Asking twice is harmless: the second entry replaces the first's join.
@@ -208,7 +209,7 @@ async def _readmit(member: Member[Any, Any, Any, Any]) -> None:
         await trio.sleep(ADMISSION_RETRY)
     while True:
         try:
-            result = await member.router.route("r", ("m", "result", leave), timeout)
+            result = await member.router.route(Read(("m", "result", leave)), timeout)
         except (Timeout, Unavailable):
             result = None
         if result == "ok":

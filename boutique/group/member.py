@@ -32,9 +32,10 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 import trio
 
-from boutique.machine import CommandFailed, StateMachine, decode_value, encode_value
+from boutique.machine import CommandFailed, StateMachine, WireValue, decode_value, encode_value
 from boutique.runtime.group import GroupRuntime, Rejected
 from boutique.runtime.host import HostSettings, NodeStorage, RaftHost
+from boutique.runtime.requests import Propose, Read
 from boutique.storage import MemoryNodeStorage
 from boutique.storage.sqlite import SqliteStorage
 
@@ -258,13 +259,13 @@ class Member(Generic[C, R, Q, A]):
         data = encode_value(("u", command))
         self._check_not_removed()
         if forward:
-            reply = await self.router.route("w", data, timeout)
+            reply = await self.router.route(Propose(data), timeout)
         else:
             outcome = await self.host.propose(self.group_id, data, timeout)
             if isinstance(outcome, Rejected) and outcome.leader != self.node_id:
                 raise NotLeader(outcome.leader or None)
-            reply = settle("w", outcome)
-        return cast(R, decode_value(reply))
+            reply = settle(Propose(data), outcome)
+        return cast(R, _user_value(reply))
 
     async def query(self, query: Q, timeout: float = DEFAULT_TIMEOUT) -> A:
         """Answer `query` on a state that includes every command applied before the call
@@ -277,8 +278,8 @@ class Member(Generic[C, R, Q, A]):
         # served here or forwarded (arrays as tuples), and fails early if not plain.
         body = decode_value(encode_value(("u", query)))
         self._check_not_removed()
-        answer = await self.router.route("r", body, timeout)
-        return cast(A, decode_value(answer))
+        answer = await self.router.route(Read(body), timeout)
+        return cast(A, _user_value(answer))
 
     def local_query(self, query: Q) -> A:
         """Answer `query` from this member's own copy, without asking the leader: fast,
@@ -387,7 +388,7 @@ class Member(Generic[C, R, Q, A]):
         deadline = trio.current_time() + timeout
         token = secrets.randbits(62)
         request = ("m", "change", token, op, node_id, book_to_wire(book))
-        await self.router.route("w", encode_value(request), timeout)
+        await self.router.route(Propose(encode_value(request)), timeout)
         while True:
             if node_id == self.node_id and self.removed:
                 return  # it removed itself, and the others told it so
@@ -395,13 +396,13 @@ class Member(Generic[C, R, Q, A]):
             if remaining <= 0:
                 raise Timeout(f"the change of node {node_id} goes on in the background")
             try:
-                result = await self.router.route("r", ("m", "result", token), remaining)
+                result = await self.router.route(Read(("m", "result", token)), remaining)
             except Unavailable:
                 continue  # the deadline check above ends this
             if result == "ok":
                 break
             if result is not None:
-                raise MembershipError(f"node {node_id}: {result}")
+                raise MembershipError(f"node {node_id}: " + str(result))
             await trio.sleep(min(0.05, remaining))
         # The change is committed; wait (briefly) until this member applied it too, so
         # `status()` right after the call shows it.
@@ -543,3 +544,11 @@ def _check_members(node_id: int, members: Mapping[int, Address]) -> dict[int, Ad
     if node_id not in checked:
         raise ValueError(f"members must include this member ({node_id}) and its address")
     return checked
+
+
+def _user_value(reply: WireValue) -> object:
+    """A user machine's reply or answer: msgpack bytes in the envelope's reply (see
+    `envelope`), decoded here, where the caller's types are known."""
+    if not isinstance(reply, bytes):
+        raise TypeError(f"a user reply travels as msgpack bytes, not {type(reply).__name__}")
+    return decode_value(reply)

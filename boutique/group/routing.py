@@ -2,10 +2,12 @@
 
 A member proposes (or reads) locally when it leads, and otherwise forwards to the member
 it believes leads; it follows leader hints and tries the other members until the
-request's deadline, the way the bucket store's `runtime.router.Router` does. The caller
+request's deadline, in the routing loop the bucket store's `runtime.router.Router` runs
+too (`runtime.routing`); only the choice of the next member is this module's. The caller
 gets exactly one answer: the machine's reply, or an error from `errors` that says what
-is known about the outcome. A write handed to a leader whose fate was not learnt ends
-in `Timeout` at once: retrying it could apply it twice.
+is known about the outcome (classed by `runtime.outcomes.classify`). A write handed to a
+leader whose fate was not learnt ends in `Timeout` at once: retrying it could apply it
+twice.
 
 This module never touches storage or the Raft core; it only talks to the `RaftHost`.
 """
@@ -13,19 +15,23 @@ This module never touches storage or the Raft core; it only talks to the `RaftHo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
 
-import trio
-
-from boutique.machine import CommandFailed
-from boutique.runtime.group import Applied, Outcome, Rejected, Unknown
+from boutique.machine import WireValue
 from boutique.runtime.host import RaftHost
+from boutique.runtime.outcomes import (
+    Done,
+    MaybeApplied,
+    NotApplied,
+    Outcome,
+    Refused,
+    classify,
+)
+from boutique.runtime.requests import Propose, Read
+from boutique.runtime.routing import Expired, route
 
 from .errors import CommandError, NoQuorum, Timeout, Unavailable
 
 __all__ = ["RequestRouter", "settle"]
-
-Kind = Literal["w", "r"]
 
 
 class RequestRouter:
@@ -45,59 +51,72 @@ class RequestRouter:
         group = self.host.groups.get(self.group_id)
         return group.leader if group is not None else 0
 
-    async def route(self, kind: Kind, body: Any, timeout: float) -> Any:
-        """Send a write (`body` is entry bytes) or a read to the leader; the reply, or
-        the error the outcome stands for (see the module docstring)."""
-        me = self.host.id
-        deadline = trio.current_time() + timeout
-        target = self.leader() or self._last_good or me
-        backoff = 0.01
-        tried: set[int] = set()
-        leader_seen = False
-        last_reason = "no member answered"
-        while True:
-            remaining = deadline - trio.current_time()
-            if remaining <= 0:
-                error = Unavailable if leader_seen else NoQuorum
-                raise error(f"group {self.group_id!r} is unavailable: {last_reason}")
-            outcome: Outcome
-            if target == me and kind == "w":
-                outcome = await self.host.propose(self.group_id, body, remaining)
-            elif target == me:
-                outcome = await self.host.read(self.group_id, body, remaining)
-            else:
-                outcome = await self.host.forward(target, self.group_id, kind, body, remaining)
-            if isinstance(outcome, Applied):
-                self._last_good = target
-                return settle(kind, outcome)
-            if isinstance(outcome, Unknown) and kind == "w":
-                settle(kind, outcome)
-            last_reason = outcome.reason
-            hint = outcome.leader if isinstance(outcome, Rejected) else 0
-            local = self.leader()
-            leader_seen = leader_seen or bool(hint or local)
-            tried.add(target)
-            if hint and hint not in tried:
-                target = hint
-            elif local and local not in tried:
-                target = local
-            else:
-                target = next((n for n in sorted(self.candidates()) if n not in tried), me)
-                if target in tried:
-                    # Everyone was asked: wait a little (an election may be running).
-                    tried.clear()
-                    await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
-                    backoff = min(backoff * 2, 0.2)
+    async def route(self, request: Propose | Read, timeout: float) -> WireValue:
+        """Send a write or a read to the leader; the reply, or the error the outcome
+        stands for (see the module docstring)."""
+        chooser = _MemberChooser(self)
+        result = await route(
+            self.host, self.group_id, request, timeout, chooser, "no member answered"
+        )
+        if isinstance(result, Expired):
+            error = Unavailable if chooser.leader_seen else NoQuorum
+            raise error(f"group {self.group_id!r} is unavailable: {result.reason}")
+        match result.verdict:
+            case Done(reply):
+                self._last_good = result.target
+                return reply
+            case Refused(failed):
+                self._last_good = result.target
+                raise CommandError(failed)
+            case MaybeApplied(reason):
+                # Retrying it could apply it twice.
+                raise Timeout(reason)
 
 
-def settle(kind: Kind, outcome: Outcome) -> Any:
-    """The reply of an `Applied` outcome, or raise the error the outcome stands for."""
-    match outcome:
-        case Applied(CommandFailed() as failed):
+class _MemberChooser:
+    """The library's ``routing.Chooser``: the member a refusal names as leader, else
+    the one this member believes leads, else the members not asked yet in id order;
+    once every one was asked, wait a little (an election may be running) and start
+    over."""
+
+    def __init__(self, router: RequestRouter) -> None:
+        self.router = router
+        self.tried: set[int] = set()
+        self.leader_seen = False
+        """Whether any attempt learnt of a leader: if none did, the group has no quorum."""
+
+    def first(self) -> int:
+        router = self.router
+        return router.leader() or router._last_good or router.host.id
+
+    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
+        tried, hint, local = self.tried, refused.leader, self.router.leader()
+        self.leader_seen = self.leader_seen or bool(hint or local)
+        tried.add(target)
+        if hint and hint not in tried:
+            return hint, False
+        if local and local not in tried:
+            return local, False
+        me = self.router.host.id
+        following = next((n for n in sorted(self.router.candidates()) if n not in tried), me)
+        if following in tried:
+            tried.clear()
+            return following, True
+        return following, False
+
+    def after_attempt(self) -> None:
+        pass
+
+
+def settle(request: Propose | Read, outcome: Outcome) -> WireValue:
+    """The reply of an `Applied` outcome, or raise the error the outcome stands for
+    (classed by `runtime.outcomes.classify`, as the bucket store classes it)."""
+    match classify(outcome, may_apply=request.may_apply):
+        case Refused(failed):
             raise CommandError(failed)
-        case Applied(reply):
+        case Done(reply):
             return reply
-        case Unknown(reason):
-            raise Timeout(reason, maybe_applied=kind == "w")
-        case Rejected(reason, _):
+        case MaybeApplied(reason):
+            raise Timeout(reason)
+        case NotApplied(reason, _):
             raise Unavailable(reason)

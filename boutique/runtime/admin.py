@@ -11,11 +11,13 @@ registry cannot be reached. None of them had any effect.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from boutique.machine import WireValue, wire_items
 from boutique.placement import NodeInfo
 from boutique.registry import RangeMap, RegistryState
 
+from .requests import TransferLeader
 from .router import CommandRejected, NotFound, OutcomeUnknown, Unavailable
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ class Admin:
                     _int(client_port, "client_port"),
                     _int(peer_port, "peer_port"),
                 )
-                reply = await self._registry("add_node", info.to_wire())
+                reply = wire_items(await self._registry("add_node", info.to_wire()))
                 return [f"node {name} {'already known' if reply[0] == 'exists' else 'added'}"]
             case "REMOVE-NODE":
                 (name,) = args
@@ -65,7 +67,7 @@ class Admin:
                 return [f"range {range_id} is moving from {frm} to {to}"]
             case "SPLIT":
                 range_id, at = args
-                halves = await self._registry("split_range", range_id, at)
+                halves = wire_items(await self._registry("split_range", range_id, at))
                 return [f"range {range_id} is now {' and '.join(map(str, halves))}"]
             case "TRANSFER":
                 target, name = args
@@ -171,13 +173,13 @@ class Admin:
             if node_id not in hosts:
                 raise AdminError("SYNTAX", f"node {node_id} does not replicate bucket {info.name}")
             try:
-                await self.router.group_request(info.group, hosts, "t", node_id)
+                await self.router.group_request(info.group, hosts, TransferLeader(node_id))
             except (Unavailable, OutcomeUnknown) as exc:
                 raise AdminError("UNAVAILABLE", f"bucket {info.name}: {exc}") from None
             moved += 1
         return [f"{moved} bucket(s) now led by node {node_id}"]
 
-    async def _registry(self, *command: object) -> Any:
+    async def _registry(self, *command: WireValue) -> WireValue:
         try:
             return await self.router.registry_write(command)
         except CommandRejected as exc:

@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from boutique.group.admission import GroupView, parse_view
-from boutique.machine import CommandFailed
+from boutique.machine import CommandFailed, wire_items
 from boutique.raft import Role
 from boutique.storage.errors import DataFileError
 
 from .group import Applied
+from .requests import LocalView
 
 if TYPE_CHECKING:
     from .node import Node
@@ -126,7 +127,7 @@ async def _admit(node: Node, router: Router, founders: tuple[int, ...], peers: l
             return
         if decision is Decision.ASK_REGISTRY:
             try:
-                started = await router.registry_read(("started",))
+                started = wire_items(await router.registry_read(("started",)))
                 if node.id in started:
                     raise refusal(node)
                 if node.id in founders:
@@ -202,7 +203,7 @@ async def _ask_views(node: Node, peers: list[int], group_id: str) -> dict[int, G
     timeout = max(node.settings.tick_interval * node.settings.election_ticks, 0.5)
 
     async def ask(peer: int) -> None:
-        outcome = await node.forward(peer, group_id, "p", None, timeout)
+        outcome = await node.forward(peer, group_id, LocalView(), timeout)
         if isinstance(outcome, Applied) and not isinstance(outcome.reply, CommandFailed):
             try:
                 answers[peer] = parse_view(outcome.reply)

@@ -5,9 +5,9 @@
 ``apply_and_advance``. Client requests register a ``Pending`` and are resolved when their
 entry is applied (or lost), or when a read becomes safe to serve. Nothing here awaits.
 
-Outcomes are classed the way the line protocol reports them: ``Applied`` (with the
+Requests end with an ``Outcome`` (``runtime.outcomes``): ``Applied`` (with the
 machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
-``Unknown`` (may or may not have been applied).
+``Unknown`` (may or may not have been applied); they are re-exported here.
 
 Snapshots are built a slice per turn (``SnapshotBuild``): the machine freezes its state
 at the applied index when the build starts, the loop pulls one piece per turn
@@ -28,17 +28,18 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from boutique.machine import CommandFailed, HostRestorer, MachineHost, SnapshotStream
+from boutique.machine import AnyMachineHost, CommandFailed, HostRestorer, SnapshotStream, WireValue
 from boutique.raft import (
     Chunks,
     ConfChange,
     ConfState,
     EntryType,
     InvalidConfChangeError,
+    LogStorage,
     NotLeaderError,
     ProposalDroppedError,
     RawNode,
@@ -48,34 +49,28 @@ from boutique.raft import (
     SnapshotMeta,
     pieces_of,
 )
-from boutique.storage.sqlite import GroupStorage
+from boutique.raft.messages import Entry, HardState, SnapshotData
+
+from .outcomes import Applied as Applied
+from .outcomes import Outcome as Outcome
+from .outcomes import Rejected as Rejected
+from .outcomes import Reply as Reply
+from .outcomes import Unknown as Unknown
 
 log = logging.getLogger("boutique.group")
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The command was applied (or the read served); ``reply`` is the machine's answer."""
+class GroupStore(LogStorage, Protocol):
+    """What the runtime writes into a group's storage (``MemoryStorage`` and
+    ``GroupStorage`` both qualify)."""
 
-    reply: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Certainly not applied. ``leader`` hints where to retry (0: unknown)."""
-
-    reason: str
-    leader: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Unknown:
-    """May or may not have been applied."""
-
-    reason: str
-
-
-Outcome = Applied | Rejected | Unknown
+    def append(self, entries: list[Entry]) -> None: ...
+    def set_hard_state(self, hard_state: HardState) -> None: ...
+    def apply_snapshot(self, snapshot: Snapshot) -> None: ...
+    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot: ...
+    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None: ...
+    def compact(self, index: int) -> None: ...
+    def bootstrap(self, hard_state: HardState, entries: list[Entry]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -145,7 +140,7 @@ class _Write:
 
 @dataclass(slots=True)
 class _Read:
-    query: Any
+    query: WireValue
     pending: Pending
     index: int = -1
 
@@ -159,8 +154,8 @@ class GroupRuntime:
         self,
         group_id: str,
         node: RawNode,
-        storage: GroupStorage,
-        host: MachineHost[Any, Any, Any, Any, Any],
+        storage: GroupStore,
+        host: AnyMachineHost,
         snapshot_entries: int,
     ) -> None:
         self.group_id = group_id
@@ -170,9 +165,10 @@ class GroupRuntime:
         self.snapshot_entries = snapshot_entries
         self.writes: dict[int, _Write] = {}
         self.reads: dict[bytes, _Read] = {}
-        self.on_applied: list[tuple[int, Any, Any]] = []
+        self.on_applied: list[tuple[int, bytes, Any]] = []
         """(index, command, reply) of NORMAL entries applied in the last turn, for
-        owners that react to them (the meta group reconciles buckets)."""
+        owners that react to them (the meta group reconciles buckets). Not the request
+        path: the reply keeps its machine's type (e.g. the registry's tuples)."""
         self.track_applied = False
         self.campaign_when_ready = False
         """Campaign as soon as this node knows it is a voter (a new group's founding
@@ -206,7 +202,7 @@ class GroupRuntime:
             return
         self.writes[entry.index] = _Write(entry.term, pending)
 
-    def read(self, query: Any, pending: Pending) -> None:
+    def read(self, query: WireValue, pending: Pending) -> None:
         context = next(self._contexts).to_bytes(8, "big")
         try:
             self.node.read_index(context)

@@ -15,7 +15,7 @@ work in the inbox and wait on a ``Pending``. Each turn of the loop:
 5. applies committed entries, serves reads, advances, and tells the owner (through
    ``on_applied``) what the groups it watches applied;
 6. sends the requests forwarded to other nodes and the answers to theirs, again one
-   frame per destination (``_post_mail``).
+   frame per destination (``runtime.forwarding.Forwarder``).
 
 Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host with
 thousands of idle groups does almost nothing. When the transport suspects a peer,
@@ -42,21 +42,18 @@ from __future__ import annotations
 
 import collections
 import heapq
-import itertools
 import logging
 import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol, Self
 
 import trio
 
-from boutique.machine import CommandFailed, MachineHost, StateMachine
+from boutique.machine import AnyMachine, AnyMachineHost, MachineHost, WireValue
 from boutique.raft import (
-    ChangeType,
-    LogStorage,
     Message,
     NotLeaderError,
     RaftConfig,
@@ -64,20 +61,24 @@ from boutique.raft import (
     Role,
     bootstrap,
 )
-from boutique.raft.messages import (
-    ConfChange,
-    ConfState,
-    Entry,
-    HardState,
-    Snapshot,
-    SnapshotData,
-)
+from boutique.raft.messages import ConfChange
 from boutique.raft.storage import StorageError
 
 from .codec import CodecError, decode_batch, encode_batch
+from .forwarding import ANSWERS, REQUESTS, ForwardedRequest, Forwarder
 from .framing import DEFAULT_MAX_FRAME
-from .group import Applied, GroupRuntime, Outcome, Pending, Rejected, Unknown
+from .group import Applied, GroupRuntime, GroupStore, Outcome, Pending, Rejected, Reply, Unknown
 from .peertls import PeerTLS
+from .requests import (
+    ChangeMembership,
+    GroupLeaderView,
+    LeaderView,
+    LocalView,
+    Propose,
+    Read,
+    Request,
+    TransferLeader,
+)
 from .transport import PeerTransport
 
 log = logging.getLogger("boutique.host")
@@ -94,10 +95,6 @@ LINK_LOSS_GRACE = 0.2
 peer broke (an answer already in our socket buffer is read in that time); then it is
 settled without its answer instead of waiting out the whole request timeout."""
 
-RESENDABLE_KINDS = frozenset({"r", "s"})
-"""Forwarded kinds with no effect (a read, the leader's view): a lost one is rejected,
-so the caller resends it. Any other kind may have been applied: its outcome is unknown."""
-
 GOODBYE = "bye"
 """Key of the last frame a stopping host sends each peer (``{"bye": True}``)."""
 HELLO = "hi"
@@ -110,24 +107,14 @@ ticks are always handled)."""
 
 Address = tuple[str, int]
 
-
-class GroupStore(LogStorage, Protocol):
-    """What the host writes into a group's storage (``MemoryStorage`` and
-    ``GroupStorage`` both qualify)."""
-
-    def append(self, entries: list[Entry]) -> None: ...
-    def set_hard_state(self, hard_state: HardState) -> None: ...
-    def apply_snapshot(self, snapshot: Snapshot) -> None: ...
-    def create_snapshot(self, index: int, conf: ConfState, data: SnapshotData) -> Snapshot: ...
-    def stage_snapshot_chunk(self, index: int, piece: bytes, *, first: bool = False) -> None: ...
-    def compact(self, index: int) -> None: ...
-    def bootstrap(self, hard_state: HardState, entries: list[Entry]) -> None: ...
+StatusField = int | str | bool | list[int]
+"""A field of a group's entry in ``RaftHost.group_status``."""
 
 
 class NodeStorage(Protocol):
     """Every group's storage on one node (``SqliteStorage``, ``MemoryNodeStorage``)."""
 
-    def group(self, group_id: str) -> Any: ...
+    def group(self, group_id: str) -> GroupStore: ...
     def groups(self) -> list[str]: ...
     def drop_group(self, group_id: str) -> None: ...
     def pending_writes(self) -> int: ...
@@ -186,26 +173,6 @@ class HostCounters:
     (an integer, like every counter, so STATUS and the benchmark parse it alike)."""
 
 
-@dataclass(slots=True)
-class _Mail:
-    """What goes to one peer in the next frame besides Raft messages."""
-
-    requests: list[list[Any]] = field(default_factory=list)
-    """Forwarded requests: ``[id, kind, group, body]``."""
-    answers: list[list[Any]] = field(default_factory=list)
-    """Answers to the peer's requests: ``[id, status, value, leader]``."""
-
-
-@dataclass(slots=True)
-class _Forward:
-    """A request sent to a peer and not yet answered."""
-
-    pending: Pending
-    peer: int
-    kind: str
-    sent_at: float
-
-
 @dataclass(frozen=True, slots=True)
 class _Step:
     peer: int
@@ -222,7 +189,7 @@ class _Propose:
 @dataclass(frozen=True, slots=True)
 class _Read:
     group: str
-    query: Any
+    query: WireValue
     pending: Pending
 
 
@@ -236,7 +203,7 @@ class _Call:
     """Run ``fn`` inside the loop (e.g. a leader transfer) and resolve with its result."""
 
     group: str
-    fn: Callable[[GroupRuntime], Any]
+    fn: Callable[[GroupRuntime], Reply]
     pending: Pending
 
 
@@ -260,7 +227,7 @@ class RaftHost:
         peers: dict[int, Address],
         listen: Address,
         open_storage: Callable[[], NodeStorage],
-        machine_for: Callable[[str], StateMachine[Any, Any, Any, Any, Any]],
+        machine_for: Callable[[str], AnyMachine],
         settings: HostSettings = HostSettings(),
         seed: int | None = None,
         peer_tls: PeerTLS | None = None,
@@ -293,20 +260,15 @@ class RaftHost:
         """Groups opened, or that applied entries or a snapshot, since a subclass last
         took this set (``Node`` does, to find fenced buckets): so it never has to look
         at every group to find the few whose state changed."""
-        self._forwards: dict[int, _Forward] = {}
-        """Requests sent to peers and not yet answered, by id."""
         self._links_lost: dict[int, float] = {}
         """Peers a stream to or from broke, and when (latest break): their forwards sent
         before it are settled once ``LINK_LOSS_GRACE`` has passed (``_expire_requests``)."""
         self._tracked: collections.deque[Pending] = collections.deque()
         """Requests without a waiting task, oldest first (see ``track``)."""
-        self._forward_ids = itertools.count(1)
-        self._mail: dict[int, _Mail] = {}
-        """Forwarded requests and answers per peer, sent as one frame per peer at the
-        end of the loop's turn (see ``_post_mail``)."""
         self._in_turn = False
-        self._forward_sweeps = 0
-        self._ticks_per_second = max(1, round(1 / settings.tick_interval))
+        self.forwarder = Forwarder(self._mail_posted, max(1, round(1 / settings.tick_interval)))
+        """Requests forwarded to peers and waiting for answers, and the requests and
+        answers going out at the end of the turn (one frame per peer)."""
         self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
         self.counters = HostCounters()
@@ -322,13 +284,10 @@ class RaftHost:
         """Node ids removed from the cluster or group (see ``set_removed``)."""
         self.removed_by: int | None = None
         """The peer that told this host it was removed (None: not removed)."""
-        self._departed: set[int] = set()
-        """Peers that said goodbye (see ``_peer_departed``); cleared by their next frame,
-        which can only come from a restarted process."""
 
     # --- Lifecycle ----------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
         """Open storage, load groups, join peers, and serve until cancelled."""
         self.storage = self.open_storage()
         try:
@@ -412,7 +371,7 @@ class RaftHost:
         if bootstrap_voters and storage.last_index() == 0:
             hard_state, entries = bootstrap(set(voters))
             storage.bootstrap(hard_state, entries)
-        host: MachineHost[Any, Any, Any, Any, Any] = MachineHost(self.machine_for(group_id))
+        host: AnyMachineHost = MachineHost(self.machine_for(group_id))
         snapshot = storage.snapshot()
         if snapshot.meta.index:
             host.restore(snapshot.data)
@@ -499,7 +458,7 @@ class RaftHost:
         if payload.get(GOODBYE) is True:
             self._peer_departed(peer)
             return
-        self._departed.discard(peer)
+        self.forwarder.departed.discard(peer)
         if "r" in payload:
             try:
                 batch = decode_batch(payload["r"])
@@ -507,19 +466,16 @@ class RaftHost:
                 log.warning("node %d sent undecodable Raft messages: %s", peer, exc)
                 return
             self._post(_Step(peer, batch))
-        requests = payload.get("f")
-        if isinstance(requests, list):
-            for request in requests:
+        if REQUESTS in payload:
+            for request in self.forwarder.read_requests(peer, payload[REQUESTS]):
                 self._on_forward_request(peer, request)
-        answers = payload.get("a")
-        if isinstance(answers, list):
-            for answer in answers:
-                self._on_forward_answer(answer)
+        if ANSWERS in payload:
+            self.forwarder.read_answers(peer, payload[ANSWERS])
 
     def _on_suspect(self, peer: int) -> None:
         # Unreachable now: requests to it are refused for that reason until it is heard
         # from again, whether the process that said goodbye or a new one.
-        self._departed.discard(peer)
+        self.forwarder.departed.discard(peer)
         self._post(_Suspect(peer))
 
     def _on_link_lost(self, peer: int) -> None:
@@ -550,7 +506,7 @@ class RaftHost:
                     self._continue_snapshots()
             finally:
                 self._in_turn = False
-            self._send_mail()
+            self.forwarder.flush(self.transport)
             took = round((time.perf_counter() - started) * 1e6)
             if took > self.counters.longest_turn_us:
                 self.counters.longest_turn_us = took
@@ -796,7 +752,7 @@ class RaftHost:
         self._post(_Propose(group_id, data, pending))
         return await pending.wait(timeout)
 
-    async def read(self, group_id: str, query: Any, timeout: float) -> Outcome:
+    async def read(self, group_id: str, query: WireValue, timeout: float) -> Outcome:
         pending = Pending()
         self._post(_Read(group_id, query, pending))
         return await pending.wait(timeout)
@@ -847,7 +803,7 @@ class RaftHost:
         self.set_peers(self.peers)
 
     async def call(
-        self, group_id: str, fn: Callable[[GroupRuntime], Any], timeout: float
+        self, group_id: str, fn: Callable[[GroupRuntime], Reply], timeout: float
     ) -> Outcome:
         pending = Pending()
         self._post(_Call(group_id, fn, pending))
@@ -860,7 +816,7 @@ class RaftHost:
         no outcome yet."""
         if self._serving or any(p.outcome is None for p in self._tracked):
             return True
-        if any(f.pending.outcome is None for f in self._forwards.values()):
+        if self.forwarder.busy():
             return True
         return any(group.writes or group.reads for group in self.groups.values())
 
@@ -890,7 +846,7 @@ class RaftHost:
 
     def flush_mail(self) -> None:
         """Send the answers still waiting for the end of a turn (after ``halt``)."""
-        self._send_mail()
+        self.forwarder.flush(self.transport)
 
     def _peer_departed(self, peer: int) -> None:
         """``peer`` said goodbye. It sends that only after answering every request it
@@ -898,11 +854,7 @@ class RaftHost:
         to it and still wait for was refused or never read, so it certainly was not
         applied and may be retried elsewhere at once, instead of timing out."""
         log.info("node %d stopped: retrying its requests elsewhere", peer)
-        self._departed.add(peer)
-        for request_id, forward in list(self._forwards.items()):
-            if forward.peer == peer:
-                del self._forwards[request_id]
-                forward.pending.resolve(Rejected(f"node {peer} has stopped"))
+        self.forwarder.peer_departed(peer)
 
     # --- Forwarding to other nodes -------------------------------------------------------
 
@@ -927,8 +879,8 @@ class RaftHost:
         if self.transport is None:
             return
         broken = {p: t for p, t in self._links_lost.items() if now - t >= LINK_LOSS_GRACE}
-        if self._forwards:
-            self._expire_forwards(self.transport, broken)
+        others = [peer for peer in self.peers if peer != self.id]
+        self.forwarder.expire(self.transport, broken, others)
         if not broken:
             return
         # A follower's read waits for its leader's read index, a Raft message: if the
@@ -942,227 +894,89 @@ class RaftHost:
             if self._links_lost.get(peer) == lost_at:
                 del self._links_lost[peer]
 
-    def _expire_forwards(self, transport: PeerTransport, broken: dict[int, float]) -> None:
-        """End forwarded requests whose peer went silent, or that were sent before a
-        stream to or from their peer broke (``broken``: peer -> when)."""
-        self._forward_sweeps += 1
-        # Walk every forward only when a peer is unreachable or a stream broke, or about
-        # once a second to drop those resolved meanwhile (timed out): under load
-        # thousands are in flight.
-        if (
-            self._forward_sweeps % self._ticks_per_second
-            and not self._links_lost
-            and all(transport.reachable(peer) for peer in self.peers if peer != self.id)
-        ):
-            return
-        for request_id, forward in list(self._forwards.items()):
-            pending, peer = forward.pending, forward.peer
-            lost_at = broken.get(peer)
-            if pending.outcome is not None or pending.abandoned:
-                del self._forwards[request_id]
-            elif not transport.reachable(peer):
-                del self._forwards[request_id]
-                pending.abandoned = True
-                pending.resolve(Unknown(f"node {peer} did not answer"))
-            elif lost_at is not None and forward.sent_at <= lost_at:
-                del self._forwards[request_id]
-                pending.abandoned = True
-                reason = f"the connection to node {peer} broke before it answered"
-                # A lost read is resent by the caller; a write may have been applied.
-                if forward.kind in RESENDABLE_KINDS:
-                    pending.resolve(Rejected(reason))
-                else:
-                    pending.resolve(Unknown(reason))
+    def submit(self, group_id: str, request: Propose | Read, pending: Pending) -> None:
+        """Start a write or a linearizable read in this node's copy of the group,
+        without waiting: ``pending`` is resolved from the loop. The caller sets
+        ``pending.then`` and ``track``s it, or awaits it."""
+        match request:
+            case Propose(data):
+                self._post(_Propose(group_id, data, pending))
+            case Read(query):
+                self._post(_Read(group_id, query, pending))
 
-    def submit(self, group_id: str, kind: str, body: Any, pending: Pending) -> None:
-        """Start a write (``kind="w"``, ``body`` the command bytes) or a linearizable read
-        (``"r"``, ``body`` the query) in this node's copy of the group, without waiting:
-        ``pending`` is resolved from the loop. The caller sets ``pending.then`` and
-        ``track``s it, or awaits it."""
-        if kind == "w" and type(body) is bytes:
-            self._post(_Propose(group_id, body, pending))
-        elif kind == "r":
-            self._post(_Read(group_id, body, pending))
-        else:
-            pending.resolve(Rejected(f"malformed request of kind {kind!r}"))
-
-    def send_forward(
-        self, peer: int, group_id: str, kind: str, body: Any, pending: Pending
-    ) -> None:
-        """Ask ``peer`` to run a request in its copy of the group (``execute_local``
-        kinds); ``pending`` is resolved when it answers, ``Rejected`` at once if it is
+    def send_forward(self, peer: int, group_id: str, request: Request, pending: Pending) -> None:
+        """Ask ``peer`` to run ``request`` in its copy of the group (``execute_local``);
+        ``pending`` is resolved when it answers, ``Rejected`` at once if it is
         unreachable, ``Unknown`` if it goes silent first."""
-        transport = self.transport
-        if transport is None:
-            pending.resolve(Rejected("not started"))
-            return
-        if peer in self._departed:
-            pending.resolve(Rejected(f"node {peer} has stopped"))
-            return
-        if not (transport.connected(peer) and transport.reachable(peer)):
-            pending.resolve(Rejected(f"node {peer} is unreachable"))
-            return
-        request_id = next(self._forward_ids)
-        self._forwards[request_id] = _Forward(pending, peer, kind, trio.current_time())
-        self._post_mail(peer).requests.append([request_id, kind, group_id, body])
+        self.forwarder.send(self.transport, peer, group_id, request, pending, trio.current_time())
 
-    def _post_mail(self, peer: int) -> _Mail:
-        """The mail for ``peer`` going out at the end of this (or the next) turn. One
-        frame per peer per turn carries every request and answer: encoding, framing
-        and decoding cost per frame, and a loaded node forwards many per turn."""
-        mail = self._mail.get(peer)
-        if mail is None:
-            mail = self._mail[peer] = _Mail()
-            if not self._in_turn:
-                self._wakeup.set()
-        return mail
+    def _mail_posted(self) -> None:
+        """Mail waits for the end of this turn; outside a turn, one starts for it."""
+        if not self._in_turn:
+            self._wakeup.set()
 
-    def _send_mail(self) -> None:
-        if not self._mail:
-            return
-        outbox, self._mail = self._mail, {}
-        transport = self.transport
-        for peer, mail in outbox.items():
-            payload: dict[str, list[Any]] = {}
-            if mail.requests:
-                payload["f"] = mail.requests
-            if mail.answers:
-                payload["a"] = mail.answers
-            try:
-                sent = transport is not None and transport.send(peer, payload, now=True)
-            except (TypeError, ValueError) as exc:
-                # Some answer cannot be sent (msgpack cannot carry it, or the frame
-                # is too large): send them one by one, so only that one fails.
-                log.warning("mail for node %d not sendable as one frame: %s", peer, exc)
-                sent = self._send_mail_singly(peer, mail)
-            if not sent:
-                for request in mail.requests:
-                    forward = self._forwards.pop(request[0], None)
-                    if forward is not None:
-                        forward.pending.resolve(Rejected(f"node {peer} is unreachable"))
-
-    def _send_mail_singly(self, peer: int, mail: _Mail) -> bool:
-        assert self.transport is not None
-        sent = True
-        for request in mail.requests:
-            sent = self.transport.send(peer, {"f": [request]}) and sent
-        for answer in mail.answers:
-            try:
-                self.transport.send(peer, {"a": [answer]})
-            except (TypeError, ValueError) as exc:
-                error = ["TypeError", f"the reply cannot be sent: {exc}"]
-                self.transport.send(peer, {"a": [[answer[0], "err", error, 0]]})
-        return sent
-
-    async def forward(
-        self, peer: int, group_id: str, kind: str, body: Any, timeout: float
-    ) -> Outcome:
+    async def forward(self, peer: int, group_id: str, request: Request, timeout: float) -> Outcome:
         """``send_forward`` for a task: wait up to ``timeout`` for the answer. A write
         whose answer never comes has an unknown outcome."""
         pending = Pending()
-        self.send_forward(peer, group_id, kind, body, pending)
+        self.send_forward(peer, group_id, request, pending)
         outcome = await pending.wait(timeout)
         if isinstance(outcome, Unknown) and pending.outcome is None:
             outcome = Unknown(f"node {peer} did not answer")
         return outcome
 
-    def _on_forward_answer(self, answer: object) -> None:
-        if not isinstance(answer, list) or len(answer) != 4:
-            return
-        request_id, status, value, leader = answer
-        forward = self._forwards.pop(request_id, None) if isinstance(request_id, int) else None
-        if forward is None:
-            return
-        pending = forward.pending
-        if status == "ok":
-            pending.resolve(Applied(value))
-        elif status == "err" and isinstance(value, list):
-            pending.resolve(Applied(CommandFailed.from_wire(value)))
-        elif status == "rej":
-            pending.resolve(Rejected(str(value), leader if isinstance(leader, int) else 0))
-        else:
-            pending.resolve(Unknown(str(value)))
-
-    async def execute_local(self, group_id: str, kind: str, body: Any, timeout: float) -> Outcome:
-        """Run one routed request against this node's copy of the group.
-
-        Kinds: ``"w"`` propose ``body`` (command bytes); ``"r"`` linearizable read of
-        query ``body``; ``"c"`` membership change ``[change type, node]`` (leader only);
-        ``"s"`` the leader's view of the group (members, match, commit); ``"t"`` hand
-        leadership to node ``body``; ``"p"`` this node's own view of the group, whatever
-        its role (``local_view``), or None if it does not host the group: what a node
-        that lost its state asks before it may found or rejoin a group.
-        """
-        match kind:
-            case "w" if isinstance(body, bytes):
-                return await self.propose(group_id, body, timeout)
-            case "r":
-                return await self.read(group_id, _as_tuple(body), timeout)
-            case "c" if (
-                isinstance(body, list | tuple)
-                and len(body) == 2
-                and all(type(v) is int for v in body)
-                and body[0] in {t.value for t in ChangeType}
-            ):
-                change = ConfChange.single(ChangeType(body[0]), body[1])
+    async def execute_local(self, group_id: str, request: Request, timeout: float) -> Outcome:
+        """Run one routed request against this node's copy of the group (see
+        ``runtime.requests`` for the kinds). ``LocalView`` answers None if this node
+        does not host the group."""
+        match request:
+            case Propose(data):
+                return await self.propose(group_id, data, timeout)
+            case Read(query):
+                return await self.read(group_id, query, timeout)
+            case ChangeMembership(change_type, node):
+                change = ConfChange.single(change_type, node)
                 return await self.change_membership(group_id, change, timeout)
-            case "s":
+            case LeaderView():
                 return await self.call(group_id, _leader_view, timeout)
-            case "t" if type(body) is int:
-                return await self.transfer_leader(group_id, body, timeout)
-            case "p":
+            case TransferLeader(target):
+                return await self.transfer_leader(group_id, target, timeout)
+            case LocalView():
                 group = self.groups.get(group_id)
                 return Applied(None if group is None else local_view(group))
-        return Rejected(f"malformed request of kind {kind!r}")
 
-    def _on_forward_request(self, peer: int, request: object) -> None:
-        if not (isinstance(request, list) and len(request) == 4):
-            return
-        request_id, kind, group_id, body = request
-        if not (isinstance(group_id, str) and isinstance(kind, str)):
-            return
+    def _on_forward_request(self, peer: int, forwarded: ForwardedRequest) -> None:
+        request_id, request = forwarded.id, forwarded.request
         if self.stopping:
-            self._answer_forward(peer, request_id, Rejected(f"node {self.id} is stopping"))
+            self.forwarder.answer(peer, request_id, Rejected(f"node {self.id} is stopping"))
             return
         if peer in self.removed_ids:
             # A removed node's requests are never served, whatever stream they came in
             # (one opened before its removal included); the answer tells it why.
-            self._answer_forward(peer, request_id, Rejected(f"node {peer} was removed"))
+            self.forwarder.answer(peer, request_id, Rejected(f"node {peer} was removed"))
             return
-        if kind in ("w", "r"):
+        if isinstance(request, Propose | Read):
             # The common requests cost no task: the answer is sent from the loop.
             pending = Pending()
-            pending.then = lambda outcome: self._answer_forward(peer, request_id, outcome)
+            pending.then = lambda outcome: self.forwarder.answer(peer, request_id, outcome)
             self.track(pending)
-            self.submit(group_id, kind, _as_tuple(body) if kind == "r" else body, pending)
+            self.submit(forwarded.group, request, pending)
         elif self._nursery is not None:
-            self._nursery.start_soon(self._serve_forward, peer, request_id, kind, group_id, body)
+            self._nursery.start_soon(self._serve_forward, peer, forwarded)
 
-    async def _serve_forward(
-        self, peer: int, request_id: object, kind: str, group_id: str, body: object
-    ) -> None:
+    async def _serve_forward(self, peer: int, forwarded: ForwardedRequest) -> None:
         self._serving += 1
         try:
-            outcome = await self.execute_local(group_id, kind, body, self.settings.request_timeout)
+            outcome = await self.execute_local(
+                forwarded.group, forwarded.request, self.settings.request_timeout
+            )
         finally:
             self._serving -= 1
-        self._answer_forward(peer, request_id, outcome)
-
-    def _answer_forward(self, peer: int, request_id: object, outcome: Outcome) -> None:
-        match outcome:
-            case Applied(CommandFailed() as failed):
-                answer = [request_id, "err", list(failed.to_wire()), 0]
-            case Applied(reply):
-                answer = [request_id, "ok", reply, 0]
-            case Rejected(reason, leader):
-                answer = [request_id, "rej", reason, leader]
-            case Unknown(reason):
-                answer = [request_id, "unk", reason, 0]
-        self._post_mail(peer).answers.append(answer)
+        self.forwarder.answer(peer, forwarded.id, outcome)
 
     # --- Inspection ---------------------------------------------------------------------
 
-    def group_status(self, limit: int | None = None) -> dict[str, dict[str, Any]]:
+    def group_status(self, limit: int | None = None) -> dict[str, dict[str, StatusField]]:
         """The groups in id order, each as a dict; only the first ``limit`` if given
         (picked without sorting them all or building a dict for each: STATUS on a
         node with 100,000 groups must answer at once)."""
@@ -1194,35 +1008,28 @@ class RaftHost:
         return {"total": len(self.groups), **counts, "quiet": quiet}
 
 
-def local_view(group: GroupRuntime) -> dict[str, Any]:
-    """This node's own, possibly stale, view of a group: its term and membership. A
-    term above 1 means the group has held an election (pre-vote makes the first one
-    need a majority of founders)."""
+def local_view(group: GroupRuntime) -> WireValue:
+    """This node's own, possibly stale, view of a group: its term and membership (read
+    by ``group.admission.parse_view``). A term above 1 means the group has held an
+    election (pre-vote makes the first one need a majority of founders)."""
     raft = group.node.raft
     return {
         "term": raft.term,
-        "voters": sorted(raft.conf.voters),
-        "learners": sorted(raft.conf.learners),
+        "voters": [*sorted(raft.conf.voters)],
+        "learners": [*sorted(raft.conf.learners)],
         "leader": raft.lead,
     }
 
 
-def _leader_view(group: GroupRuntime) -> dict[str, Any]:
+def _leader_view(group: GroupRuntime) -> WireValue:
     """What a mover needs to know about a group, as its leader sees it."""
     raft = group.node.raft
     if raft.role is not Role.LEADER:
         raise NotLeaderError(raft.lead)
-    return {
-        "voters": sorted(raft.conf.voters),
-        "learners": sorted(raft.conf.learners),
-        "match": {str(member): pr.match for member, pr in raft.progress.items()},
-        "commit": raft.log.committed,
-        "pending_conf": raft.pending_conf_index > raft.log.applied,
-    }
-
-
-def _as_tuple(value: Any) -> Any:
-    """Forwarded queries arrive as lists (msgpack); machines match on tuples."""
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    return value
+    return GroupLeaderView(
+        voters=tuple(sorted(raft.conf.voters)),
+        learners=tuple(sorted(raft.conf.learners)),
+        match={member: pr.match for member, pr in raft.progress.items()},
+        commit=raft.log.committed,
+        pending_conf=raft.pending_conf_index > raft.log.applied,
+    ).to_wire()

@@ -30,6 +30,7 @@ from boutique.raft import ChangeType, ConfChange
 from boutique.registry import BucketInfo, RegistryState
 
 from .group import Applied
+from .requests import ChangeMembership, GroupLeaderView, LeaderView
 from .router import RoutingError
 
 if TYPE_CHECKING:
@@ -183,29 +184,31 @@ class Mover:
         """Take the next step of moving one bucket's group from ``frm`` to ``to``."""
         hosts = tuple(dict.fromkeys((*info.replicas, move.to)))
         try:
-            view: dict[str, Any] = await self.router.group_request(info.group, hosts, "s", None)
-            voters, learners = set(view["voters"]), set(view["learners"])
-            if view["pending_conf"]:
+            view = GroupLeaderView.from_wire(
+                await self.router.group_request(info.group, hosts, LeaderView())
+            )
+            voters, learners = set(view.voters), set(view.learners)
+            if view.pending_conf:
                 return  # the previous change is still being applied
             if move.to not in voters | learners:
                 await self._change(info, hosts, ChangeType.ADD_LEARNER, move.to)
             elif move.to in learners:
-                match = view["match"].get(str(move.to), 0)
-                if match + CAUGHT_UP_SLACK >= view["commit"]:
+                match = view.match.get(move.to, 0)
+                if match + CAUGHT_UP_SLACK >= view.commit:
                     await self._change(info, hosts, ChangeType.ADD_VOTER, move.to)
             elif move.frm in voters | learners:
                 await self._change(info, hosts, ChangeType.REMOVE, move.frm)
             else:
                 replicas = moved_replicas(info.replicas, move)
                 await self._registry("set_bucket_replicas", info.name, info.group, replicas)
-        except RoutingError as exc:
+        except (RoutingError, ValueError) as exc:
             log.info("mover: bucket %s: will retry: %s", info.name, exc)
 
     async def _change(
         self, info: BucketInfo, hosts: tuple[int, ...], kind: ChangeType, node_id: int
     ) -> None:
         log.info("mover: bucket %s: %s node %d", info.name, kind.name.lower(), node_id)
-        await self.router.group_request(info.group, hosts, "c", [int(kind), node_id])
+        await self.router.group_request(info.group, hosts, ChangeMembership(kind, node_id))
 
     async def _registry(self, *command: Any) -> Any:
         return await self.router.registry_write(command)

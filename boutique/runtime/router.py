@@ -3,7 +3,9 @@
 The ``Router`` looks the bucket up in the registry, then proposes (or reads) in the
 bucket's group: locally when this node leads it, otherwise at the node it believes
 leads, following leader hints and trying the other replicas until the request's
-deadline. The caller gets exactly one answer, classed as the wire contract wants:
+deadline (the loop is ``runtime.routing``'s, shared with the library; the choice of
+replica is ``_ReplicaChooser``'s). The caller gets exactly one answer, classed (by
+``runtime.outcomes.classify``) as the wire contract wants:
 
 * a result — the command was applied (or the read served);
 * ``Unavailable`` — certainly not applied (no leader reachable in time, no quorum);
@@ -21,16 +23,19 @@ bucket; if there is one (a re-CREATE), the request goes there instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import trio
 
 from boutique.buckets import BucketDropped
-from boutique.machine import CommandFailed, MachineHost
+from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
-from .group import Applied, Outcome, Pending, Rejected, Unknown
+from .group import Applied, Outcome, Pending, Rejected
 from .node import META_GROUP, Node
+from .outcomes import Done, MaybeApplied, NotApplied, Refused
+from .requests import GroupRequest, Propose, Read, Request
+from .routing import Expired, route
+
+Command = tuple[WireValue, ...]
+"""A command or query for a group's machine (``("put", key, value)``, ``("lookup", name)``)."""
 
 
 class RoutingError(Exception):
@@ -87,9 +92,11 @@ class Router:
 
     async def create(self, name: str) -> BucketInfo:
         for _ in range(_FENCE_RETRIES):
-            reply = await self._write(META_GROUP, self._meta_replicas(), ("create", name))
-            info = BucketInfo.from_wire(reply[1])
-            if reply[0] == "created":
+            status, wire = wire_items(
+                await self._write(META_GROUP, self._meta_replicas(), ("create", name)), 2
+            )
+            info = BucketInfo.from_wire(wire)
+            if status == "created":
                 return info
             # It exists; unless a DROP fenced it and was cut short before leaving the
             # registry. Then finish that DROP and create a new incarnation.
@@ -137,7 +144,7 @@ class Router:
 
     async def buckets(self) -> list[str]:
         names = await self._read(META_GROUP, self._meta_replicas(), ("list",))
-        return list(names)
+        return [_text(name) for name in wire_items(names)]
 
     async def lookup(self, name: str) -> BucketInfo:
         """The bucket's catalog entry. A local hit is trusted (a dropped bucket's group
@@ -156,14 +163,14 @@ class Router:
         wire = await self._read(META_GROUP, self._meta_replicas(), ("lookup", name))
         return None if wire is None else BucketInfo.from_wire(wire)
 
-    async def _in_bucket(self, bucket: str, kind: str, body: tuple[Any, ...]) -> Any:
-        """Run a key command (``kind`` "w") or query ("r") in the bucket's group. A
+    async def _in_bucket(self, bucket: str, body: Command, *, write: bool) -> WireValue:
+        """Run a key command (``write``) or query in the bucket's group. A
         fenced group means NOT FOUND, unless the registry, read linearizably after the
         fence was seen, lists a newer incarnation: then the request goes there."""
         info = await self.lookup(bucket)
         for _ in range(_FENCE_RETRIES):
             try:
-                if kind == "w":
+                if write:
                     return await self._write(info.group, info.replicas, body, bucket=bucket)
                 return await self._read(info.group, info.replicas, body, bucket=bucket)
             except GroupFenced as fenced:
@@ -194,31 +201,33 @@ class Router:
     # --- Keys ---------------------------------------------------------------------------
 
     async def put(self, bucket: str, key: bytes, value: bytes) -> None:
-        await self._in_bucket(bucket, "w", ("put", key, value))
+        await self._in_bucket(bucket, ("put", key, value), write=True)
 
     async def delete(self, bucket: str, key: bytes) -> bool:
-        return bool(await self._in_bucket(bucket, "w", ("delete", key)))
+        return bool(await self._in_bucket(bucket, ("delete", key), write=True))
 
     async def get(self, bucket: str, key: bytes) -> bytes | None:
-        value = await self._in_bucket(bucket, "r", ("get", key))
-        return value if value is None else bytes(value)
+        value = await self._in_bucket(bucket, ("get", key), write=False)
+        return value if value is None else _bytes(value)
 
     async def keys(
         self, bucket: str, prefix: bytes | None, limit: int | None, start: bytes = b""
     ) -> list[bytes]:
         # The three-part query when there is no start: what every node understands.
         query = ("keys", prefix, limit, start) if start else ("keys", prefix, limit)
-        return list(await self._in_bucket(bucket, "r", query))
+        return [_bytes(k) for k in wire_items(await self._in_bucket(bucket, query, write=False))]
 
     async def scan(
         self, bucket: str, start: bytes, end: bytes | None, limit: int | None
     ) -> list[tuple[bytes, bytes]]:
-        pairs = await self._in_bucket(bucket, "r", ("scan", start, end, limit))
-        return [(bytes(k), bytes(v)) for k, v in pairs]
+        pairs = await self._in_bucket(bucket, ("scan", start, end, limit), write=False)
+        return [
+            (_bytes(k), _bytes(v)) for k, v in (wire_items(pair, 2) for pair in wire_items(pairs))
+        ]
 
     # --- Without a task -----------------------------------------------------------------
 
-    def start(self, bucket: str, command: tuple[Any, ...], then: Callable[[Outcome], None]) -> bool:
+    def start(self, bucket: str, command: Command, then: Callable[[Outcome], None]) -> bool:
         """One attempt at a key command (``("put", key, value)``, ``("delete", key)``,
         or a ``("get", key)`` query) on a bucket this node's catalog knows, sent where
         the bucket's leader is believed to be, with no task: ``then`` is called once
@@ -233,13 +242,13 @@ class Router:
         info = node.catalog().get(bucket)
         if info is None:
             return False
-        body: Any
+        request: Propose | Read
         if command[0] == "get":
             if node.config.unsafe_local_reads:
                 return False
-            kind, body = "r", command
+            request = Read(command)
         else:
-            kind, body = "w", MachineHost.encode_command(command)
+            request = Propose(MachineHost.encode_command(command))
         group = info.group
         target = self._first_target(group, info.replicas)
 
@@ -255,9 +264,9 @@ class Router:
         pending = Pending(then=done)
         node.track(pending)
         if target == node.id:
-            node.submit(group, kind, body, pending)
+            node.submit(group, request, pending)
         else:
-            node.send_forward(target, group, kind, body, pending)
+            node.send_forward(target, group, request, pending)
         return True
 
     # --- Routing ------------------------------------------------------------------------
@@ -269,43 +278,44 @@ class Router:
         self,
         group: str,
         replicas: tuple[int, ...],
-        command: tuple[Any, ...],
+        command: Command,
         bucket: str | None = None,
-    ) -> Any:
+    ) -> WireValue:
         data = MachineHost.encode_command(command)
-        return await self._route(group, replicas, "w", data, bucket)
+        return await self._route(group, replicas, Propose(data), bucket)
 
-    async def registry_write(self, command: tuple[Any, ...]) -> Any:
+    async def registry_write(self, command: Command) -> WireValue:
         """Propose a registry command (placement changes) through the meta group."""
         return await self._write(META_GROUP, self._meta_replicas(), command)
 
-    async def registry_read(self, query: tuple[Any, ...]) -> Any:
+    async def registry_read(self, query: Command) -> WireValue:
         """A linearizable registry query through the meta group."""
         return await self._read(META_GROUP, self._meta_replicas(), query)
 
     async def group_request(
-        self, group: str, replicas: tuple[int, ...], kind: str, body: Any
-    ) -> Any:
-        """Route an administrative request (``execute_local`` kinds ``c``, ``s``, ``t``)
-        to the group's leader, like a write."""
-        return await self._route(group, replicas, kind, body, None)
+        self, group: str, replicas: tuple[int, ...], request: GroupRequest
+    ) -> WireValue:
+        """Route an administrative request (a membership change, the leader's view, a
+        leadership transfer) to the group's leader, like a write."""
+        return await self._route(group, replicas, request, None)
 
     async def _read(
         self,
         group: str,
         replicas: tuple[int, ...],
-        query: tuple[Any, ...],
+        query: Command,
         bucket: str | None = None,
-    ) -> Any:
+    ) -> WireValue:
         local = self.node.groups.get(group)
         if self.node.config.unsafe_local_reads and group != META_GROUP and local is not None:
             # The planted bug the distributed harness must catch: a replica's local
             # state may be stale (a partitioned ex-leader, a lagging follower).
             try:
-                return local.host.query(query)
+                answer: WireValue = local.host.query(query)
             except BucketDropped:
                 raise GroupFenced(group) from None
-        return await self._route(group, replicas, "r", query, bucket)
+            return answer
+        return await self._route(group, replicas, Read(query), bucket)
 
     def _why(self, reason: str) -> str:
         """``reason``, and why this node does not serve yet if it is still waiting."""
@@ -317,69 +327,23 @@ class Router:
         )
 
     async def _route(
-        self, group: str, replicas: tuple[int, ...], kind: str, body: Any, bucket: str | None
-    ) -> Any:
+        self, group: str, replicas: tuple[int, ...], request: Request, bucket: str | None
+    ) -> WireValue:
         node = self.node
-        deadline = trio.current_time() + node.config.request_timeout
-        target = self._first_target(group, replicas)
-        listed = node.catalog().get(bucket) if bucket is not None else None
-        backoff = 0.01
-        tried: list[int] = []
-        last_reason = "no replica answered"
-        while True:
-            remaining = deadline - trio.current_time()
-            if remaining <= 0:
-                raise Unavailable(self._why(last_reason))
-            outcome: Outcome
-            if target == node.id:
-                outcome = await node.execute_local(group, kind, body, remaining)
-            else:
-                outcome = await node.forward(target, group, kind, body, remaining)
-            match outcome:
-                case Applied(CommandFailed() as failed) if _is_fenced(failed):
-                    raise GroupFenced(group)
-                case Applied(CommandFailed() as failed):
-                    raise CommandRejected(failed)
-                case Applied(reply):
-                    self.leader_hints[group] = target
-                    return reply
-                case Unknown(reason) if kind in ("w", "c"):
-                    raise OutcomeUnknown(reason)
-                case Unknown(reason) | Rejected(reason, 0):
-                    last_reason = reason
-                    if replicas == (node.id,) and group in node.quarantined:
-                        # Its only replica took it out of service: waiting helps nobody.
-                        raise Unavailable(self._why(reason))
-                    tried.append(target)
-                    target = self._next_replica(replicas, tried)
-                    if len(tried) >= len(replicas) and node.waiting_for_peers is not None:
-                        # Every replica refused and this node cannot help yet: say so
-                        # now rather than after the whole request timeout.
-                        raise Unavailable(self._why(reason))
-                    if len(tried) >= len(replicas):
-                        await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
-                        backoff = min(backoff * 2, 0.2)
-                        tried.clear()
-                case Rejected(reason, leader):
-                    last_reason = reason
-                    if leader in replicas and leader != target:
-                        target = leader
-                    else:
-                        tried.append(target)
-                        target = self._next_replica(replicas, tried)
-                        await trio.sleep(min(backoff, max(0.0, deadline - trio.current_time())))
-                        backoff = min(backoff * 2, 0.2)
-            if bucket is not None and group != META_GROUP:
-                # The bucket may have been dropped and re-created meanwhile. Only a
-                # catalog entry for another group proves it: a missing entry may just
-                # mean this node's registry lags the linearizable lookup that found it.
-                info = self.node.catalog().get(bucket)
-                if info is not None and info.group != group:
-                    raise NotFound(bucket)
-                if listed is not None and info is None:
-                    # Dropped here since the request began: its group may be closed on
-                    # every replica, so waiting out the deadline would serve nothing.
-                    raise Unavailable(f"bucket {bucket} left this node's catalog")
+        chooser = _ReplicaChooser(self, group, replicas, bucket)
+        result = await route(
+            node, group, request, node.config.request_timeout, chooser, "no replica answered"
+        )
+        if isinstance(result, Expired):
+            raise Unavailable(self._why(result.reason))
+        match result.verdict:
+            case Refused(failed):
+                raise GroupFenced(group) if _is_fenced(failed) else CommandRejected(failed)
+            case MaybeApplied(reason):
+                raise OutcomeUnknown(reason)
+            case Done(reply):
+                self.leader_hints[group] = result.target
+                return reply
 
     def _first_target(self, group: str, replicas: tuple[int, ...]) -> int:
         """Where a request to ``group`` goes first: the last node that answered as its
@@ -394,3 +358,72 @@ class Router:
             if replica not in tried:
                 return replica
         return replicas[0]
+
+
+def _bytes(value: WireValue) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes in the reply, got {type(value).__name__}")
+    return value
+
+
+def _text(value: WireValue) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a str in the reply, got {type(value).__name__}")
+    return value
+
+
+class _ReplicaChooser:
+    """The store's ``routing.Chooser``: a request goes to the bucket's (or the meta
+    group's) replicas, following leader hints; it gives up early when waiting cannot
+    help, and stops when the bucket it is for changed under it."""
+
+    def __init__(
+        self, router: Router, group: str, replicas: tuple[int, ...], bucket: str | None
+    ) -> None:
+        self.router = router
+        self.node = router.node
+        self.group = group
+        self.replicas = replicas
+        self.bucket = bucket if group != META_GROUP else None
+        self.listed = self.node.catalog().get(bucket) if bucket is not None else None
+        self.tried: list[int] = []
+
+    def first(self) -> int:
+        return self.router._first_target(self.group, self.replicas)
+
+    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
+        node, replicas, tried = self.node, self.replicas, self.tried
+        reason, leader = refused.reason, refused.leader
+        if leader and leader in replicas and leader != target:
+            return leader, False
+        tried.append(target)
+        following = self.router._next_replica(replicas, tried)
+        if leader:
+            # A hint outside the replicas (or at the node that refused): try the next.
+            return following, True
+        if replicas == (node.id,) and self.group in node.quarantined:
+            # Its only replica took it out of service: waiting helps nobody.
+            raise Unavailable(self.router._why(reason))
+        if len(tried) < len(replicas):
+            return following, False
+        if node.waiting_for_peers is not None:
+            # Every replica refused and this node cannot help yet: say so now rather
+            # than after the whole request timeout.
+            raise Unavailable(self.router._why(reason))
+        tried.clear()
+        return following, True
+
+    def after_attempt(self) -> None:
+        bucket = self.bucket
+        if bucket is None:
+            return
+        # The bucket may have been dropped and re-created meanwhile. Only a catalog
+        # entry for another group proves it: a missing entry may just mean this node's
+        # registry lags the linearizable lookup that found it.
+        info = self.node.catalog().get(bucket)
+        if info is not None and info.group != self.group:
+            raise NotFound(bucket)
+        if self.listed is not None and info is None:
+            # Dropped here since the request began: its group may be closed on every
+            # replica, so waiting out the deadline would serve nothing.
+            raise Unavailable(f"bucket {bucket} left this node's catalog")

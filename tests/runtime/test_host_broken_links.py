@@ -19,6 +19,7 @@ from boutique.raft.messages import Heartbeat
 from boutique.runtime.codec import encode_batch
 from boutique.runtime.group import Applied, Pending, Rejected, Unknown
 from boutique.runtime.host import LINK_LOSS_GRACE, RaftHost, _Read
+from boutique.runtime.requests import Propose, Read
 from boutique.testing.host_doubles import RecordingTransport
 from boutique.testing.host_doubles import make_host as make_recording_host
 
@@ -46,17 +47,17 @@ async def test_forwards_sent_before_a_stream_broke_are_settled_after_a_short_gra
 ) -> None:
     host = make_host()
     write, answered, read, elsewhere = Pending(), Pending(), Pending(), Pending()
-    host.send_forward(2, "g", "w", b"cmd", write)
-    host.send_forward(2, "g", "r", ["get", b"k"], answered)
-    host.send_forward(2, "g", "r", ["get", b"k"], read)
-    host.send_forward(3, "g", "w", b"cmd", elsewhere)
-    host._send_mail()
+    host.send_forward(2, "g", Propose(b"cmd"), write)
+    host.send_forward(2, "g", Read(("get", b"k")), answered)
+    host.send_forward(2, "g", Read(("get", b"k")), read)
+    host.send_forward(3, "g", Propose(b"cmd"), elsewhere)
+    host.flush_mail()
     await trio.sleep(0.01)
     host._on_link_lost(2)
     await trio.sleep(0.01)
     after = Pending()  # sent on the stream that replaced the broken one
-    host.send_forward(2, "g", "w", b"cmd", after)
-    host._send_mail()
+    host.send_forward(2, "g", Propose(b"cmd"), after)
+    host.flush_mail()
 
     # An answer already in our socket buffer may still be read: not at once...
     tick(host)
@@ -70,7 +71,7 @@ async def test_forwards_sent_before_a_stream_broke_are_settled_after_a_short_gra
     assert write.outcome == Unknown(BROKE)
     assert read.outcome == Rejected(BROKE)
     assert elsewhere.outcome is None and after.outcome is None
-    assert sorted(host._forwards) == [4, 5]
+    assert sorted(host.forwarder.waiting) == [4, 5]
     assert host._links_lost == {}
 
 

@@ -5,6 +5,7 @@ requests at once."""
 from __future__ import annotations
 
 from boutique.runtime.group import Applied, Pending, Rejected, Unknown
+from boutique.runtime.requests import Propose, Read
 from boutique.testing.host_doubles import RecordingTransport, make_host
 
 
@@ -12,17 +13,17 @@ async def test_requests_and_answers_for_one_peer_share_one_frame() -> None:
     transport = RecordingTransport()
     host = make_host(transport)
     first, second = Pending(), Pending()
-    host.send_forward(2, "g", "w", b"cmd1", first)
-    host.send_forward(2, "g", "r", ["get", b"k"], second)
-    host._answer_forward(2, 7, Applied(b"v"))
-    host._answer_forward(3, 8, Rejected("not the leader", 2))
+    host.send_forward(2, "g", Propose(b"cmd1"), first)
+    host.send_forward(2, "g", Read(("get", b"k")), second)
+    host.forwarder.answer(2, 7, Applied(b"v"))
+    host.forwarder.answer(3, 8, Rejected("not the leader", 2))
     assert transport.frames == []  # nothing leaves before the end of the turn
-    host._send_mail()
+    host.flush_mail()
     assert transport.frames == [
         (
             2,
             {
-                "f": [[1, "w", "g", b"cmd1"], [2, "r", "g", ["get", b"k"]]],
+                "f": [[1, "w", "g", b"cmd1"], [2, "r", "g", ("get", b"k")]],
                 "a": [[7, "ok", b"v", 0]],
             },
         ),
@@ -36,9 +37,9 @@ async def test_requests_and_answers_for_one_peer_share_one_frame() -> None:
 async def test_an_answer_msgpack_cannot_carry_fails_alone() -> None:
     transport = RecordingTransport()
     host = make_host(transport)
-    host._answer_forward(2, 1, Applied({"a set"}))
-    host._answer_forward(2, 2, Applied(b"fine"))
-    host._send_mail()
+    host.forwarder.answer(2, 1, Applied({"a set"}))
+    host.forwarder.answer(2, 2, Applied(b"fine"))
+    host.flush_mail()
     answers = [answer for _, frame in transport.frames for answer in frame["a"]]
     assert answers[1] == [2, "ok", b"fine", 0]
     request_id, status, (error_type, _message), _leader = answers[0]
@@ -48,7 +49,7 @@ async def test_an_answer_msgpack_cannot_carry_fails_alone() -> None:
 async def test_requests_in_a_dropped_frame_are_rejected_at_once() -> None:
     host = make_host(RecordingTransport(accept=False))
     pending = Pending()
-    host.send_forward(2, "g", "w", b"cmd", pending)
-    host._send_mail()
+    host.send_forward(2, "g", Propose(b"cmd"), pending)
+    host.flush_mail()
     assert isinstance(pending.outcome, Rejected)
-    assert host._forwards == {}
+    assert host.forwarder.waiting == {}

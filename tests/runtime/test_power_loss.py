@@ -27,6 +27,7 @@ from boutique.machine import MachineHost
 from boutique.raft import Message, Role
 from boutique.runtime.group import Applied, Outcome, Pending, Rejected
 from boutique.runtime.host import HostSettings, NodeStorage
+from boutique.runtime.requests import Propose
 from boutique.testing.disk import PowerLossDisk, PowerLost
 from boutique.testing.durability import PromiseChecker
 from boutique.testing.loopback import LoopbackHost, LoopbackNetwork
@@ -173,7 +174,7 @@ class Cluster:
                 return outcome
             pending = Pending()
             pending.then = self._on_reply(target)
-            target.submit(GROUP, "w", MachineHost.encode_command(("put", key, key)), pending)
+            target.submit(GROUP, Propose(MachineHost.encode_command(("put", key, key))), pending)
             outcome = await pending.wait(timeout)
             if not (isinstance(outcome, Rejected) and outcome.leader in self.hosts):
                 break

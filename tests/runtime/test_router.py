@@ -21,6 +21,7 @@ from boutique.registry import (
 from boutique.runtime.admin import Admin, AdminError
 from boutique.runtime.group import Applied, Outcome, Rejected
 from boutique.runtime.node import META_GROUP
+from boutique.runtime.requests import GroupRequest, Propose, Read, Request, TransferLeader
 from boutique.runtime.router import NotFound, Router
 
 BUCKET = BucketInfo("b", bucket_group_id("b", 1), "r1", (1, 2, 3), 1)
@@ -50,14 +51,17 @@ class LaggingNode:
     def meta_members(self) -> tuple[int, ...]:
         return (1, 2, 3)
 
-    async def execute_local(self, group: str, kind: str, body: Any, timeout: float) -> Outcome:
-        return await self._answer(1, group, kind, body)
+    async def execute_local(self, group: str, request: Request, timeout: float) -> Outcome:
+        return await self._answer(1, group, request)
 
-    async def forward(self, peer: int, group: str, kind: str, body: Any, timeout: float) -> Outcome:
-        return await self._answer(peer, group, kind, body)
+    async def forward(self, peer: int, group: str, request: Request, timeout: float) -> Outcome:
+        return await self._answer(peer, group, request)
 
-    async def _answer(self, where: int, group: str, kind: str, body: Any) -> Outcome:
+    async def _answer(self, where: int, group: str, request: Request) -> Outcome:
+        kind, body = ("w", request.data) if isinstance(request, Propose) else ("r", request)
         if group == META_GROUP:
+            assert isinstance(request, Read)
+            body = request.query
             assert body[0] == "lookup"
             return Applied(BUCKET.to_wire() if tuple(body) == ("lookup", "b") else None)
         self.attempts.append((where, group, kind))
@@ -87,7 +91,7 @@ async def test_admin_transfer_finds_a_bucket_the_local_catalog_has_not_applied()
     ranges = plan_ranges(DEFAULT_SPLITS, [1, 2, 3], 3)
     state = RegistryMachine(ranges).initial_state()
     assert "b" not in state.buckets  # this node has not applied the CREATE yet
-    requests: list[tuple[str, tuple[int, ...], str, Any]] = []
+    requests: list[tuple[str, tuple[int, ...], GroupRequest]] = []
 
     class LaggingAdminNode(LaggingNode):
         def registry_state(self) -> Any:
@@ -98,12 +102,12 @@ async def test_admin_transfer_finds_a_bucket_the_local_catalog_has_not_applied()
 
     router = Router(LaggingAdminNode())  # type: ignore[arg-type]
 
-    async def group_request(group: str, replicas: tuple[int, ...], kind: str, body: Any) -> Any:
-        requests.append((group, replicas, kind, body))
+    async def group_request(group: str, replicas: tuple[int, ...], request: GroupRequest) -> Any:
+        requests.append((group, replicas, request))
 
     router.group_request = group_request  # type: ignore[method-assign]
     admin = Admin(router.node, router)
     assert await admin.transfer("b", 3) == ["1 bucket(s) now led by node 3"]
-    assert requests == [(BUCKET.group, BUCKET.replicas, "t", 3)]
+    assert requests == [(BUCKET.group, BUCKET.replicas, TransferLeader(3))]
     with pytest.raises(AdminError, match="unknown bucket 'nosuch'"):
         await admin.transfer("nosuch", 3)

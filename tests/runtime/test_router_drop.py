@@ -18,6 +18,7 @@ from boutique.registry import BucketInfo, RangeMap, RegistryMachine
 from boutique.runtime.group import Applied, Outcome, Rejected
 from boutique.runtime.mover import Mover
 from boutique.runtime.node import META_GROUP
+from boutique.runtime.requests import Propose, Read, Request
 from boutique.runtime.router import NotFound, Router, Unavailable
 
 Host = MachineHost[Any, Any, Any, Any, Any]
@@ -57,33 +58,34 @@ class FakeNode:
     def bucket_hosts(self, info: BucketInfo) -> tuple[int, ...]:
         return info.replicas
 
-    async def execute_local(self, group: str, kind: str, body: Any, timeout: float) -> Outcome:
-        return self._answer(group, kind, body)
+    async def execute_local(self, group: str, request: Request, timeout: float) -> Outcome:
+        return self._answer(group, request)
 
-    async def forward(self, peer: int, group: str, kind: str, body: Any, timeout: float) -> Outcome:
-        return self._answer(group, kind, body)
+    async def forward(self, peer: int, group: str, request: Request, timeout: float) -> Outcome:
+        return self._answer(group, request)
 
-    def submit(self, group: str, kind: str, body: Any, pending: Any) -> None:
-        pending.resolve(self._answer(group, kind, body))
+    def submit(self, group: str, request: Request, pending: Any) -> None:
+        pending.resolve(self._answer(group, request))
 
     def track(self, pending: Any) -> None:
         pass
 
-    def _answer(self, group: str, kind: str, body: Any) -> Outcome:
+    def _answer(self, group: str, request: Request) -> Outcome:
         if group in self.cut_off:
             return Rejected("no quorum")
         if group == META_GROUP:
             host = self.meta
         else:
             host = self.buckets.setdefault(group, MachineHost(BucketMachine()))
-        if kind == "w":
-            self.writes.append((group, decode_value(body)))
-            reply = host.apply_entry(host.applied_index + 1, body)
+        if isinstance(request, Propose):
+            self.writes.append((group, decode_value(request.data)))
+            reply = host.apply_entry(host.applied_index + 1, request.data)
             if group == META_GROUP and isinstance(reply, tuple) and reply[0] == "created":
                 self.buckets[reply[1]["group"]] = MachineHost(BucketMachine())
             return Applied(reply)
         try:
-            return Applied(host.query(tuple(body)))
+            assert isinstance(request, Read) and isinstance(request.query, tuple)
+            return Applied(host.query(request.query))
         except Exception as exc:
             return Applied(CommandFailed.from_exception(exc))
 
@@ -193,10 +195,10 @@ async def test_a_drop_applied_here_mid_request_is_not_found_not_unavailable() ->
     node.cut_off.add(info.group)  # "group not hosted here" everywhere, in effect
     real_answer = node._answer
 
-    def answer(group: str, kind: str, body: Any) -> Outcome:
+    def answer(group: str, request: Request) -> Outcome:
         if group == info.group:
             node.stale_catalog = {}  # the drop is applied here now
-        return real_answer(group, kind, body)
+        return real_answer(group, request)
 
     node._answer = answer  # type: ignore[method-assign]
     with pytest.raises(NotFound):

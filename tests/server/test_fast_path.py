@@ -16,6 +16,7 @@ import trio
 
 from boutique.machine import CommandFailed
 from boutique.runtime.group import Applied, Outcome, Pending, Rejected, Unknown
+from boutique.runtime.requests import Propose, Read
 from boutique_server.server import _Connection
 
 if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand these out
@@ -44,8 +45,8 @@ def outcome_of_submit(
     assert served.node is not None
     attempts: list[str] = []
 
-    def submit(group_id: str, kind: str, body: Any, pending: Pending) -> None:
-        attempts.append(kind)
+    def submit(group_id: str, request: Propose | Read, pending: Pending) -> None:
+        attempts.append("w" if isinstance(request, Propose) else "r")
         pending.resolve(outcome)
 
     monkeypatch.setattr(served.node, "submit", submit)

@@ -1,0 +1,203 @@
+"""The routing loop shared by the store's router and the library: what ends it, what is
+retried, the backoff (in virtual time), and each side's choice of the next target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.testing
+
+from boutique.group.routing import RequestRouter, _MemberChooser
+from boutique.machine import CommandFailed
+from boutique.runtime.outcomes import (
+    Applied,
+    Done,
+    MaybeApplied,
+    NotApplied,
+    Outcome,
+    Refused,
+    Rejected,
+    Unknown,
+)
+from boutique.runtime.requests import Propose, Read, Request
+from boutique.runtime.router import Router, Unavailable, _ReplicaChooser
+from boutique.runtime.routing import Answered, Expired, route
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@dataclass
+class ScriptedRunner:
+    """Node 1: each attempt, wherever it goes, gets the next outcome of ``script`` (the
+    last one forever once the script runs out)."""
+
+    script: list[Outcome]
+    id: int = 1
+    attempts: list[tuple[float, int]] = field(default_factory=list)
+
+    async def execute_local(self, group_id: str, request: Request, timeout: float) -> Outcome:
+        return self._next(self.id)
+
+    async def forward(self, peer: int, group_id: str, request: Request, timeout: float) -> Outcome:
+        return self._next(peer)
+
+    def _next(self, target: int) -> Outcome:
+        self.attempts.append((trio.current_time(), target))
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+
+@dataclass
+class RoundRobin:
+    """Targets 1, 2, 3, 1, ...; waits after every third refusal."""
+
+    refusals: list[NotApplied] = field(default_factory=list)
+    checks: int = 0
+
+    def first(self) -> int:
+        return 1
+
+    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
+        self.refusals.append(refused)
+        return target % 3 + 1, len(self.refusals) % 3 == 0
+
+    def after_attempt(self) -> None:
+        self.checks += 1
+
+
+FAILED = CommandFailed("ValueError", "bad")
+
+
+@pytest.mark.parametrize(
+    ("request_", "script", "expected", "attempts"),
+    [
+        (Propose(b"x"), [Applied(b"ok")], Answered(Done(b"ok"), 1), 1),
+        (Propose(b"x"), [Rejected("no"), Rejected("no", 3), Applied(7)], Answered(Done(7), 3), 3),
+        (Propose(b"x"), [Applied(FAILED)], Answered(Refused(FAILED), 1), 1),
+        # A write of unknown fate is never retried; a read of unknown fate is.
+        (Propose(b"x"), [Rejected("no"), Unknown("lost")], Answered(MaybeApplied("lost"), 2), 2),
+        (Read(("get",)), [Unknown("lost"), Applied(None)], Answered(Done(None), 2), 2),
+    ],
+)
+async def test_the_loop_ends_at_the_first_outcome_that_settles_the_request(
+    clock: trio.testing.MockClock,
+    request_: Request,
+    script: list[Outcome],
+    expected: Answered,
+    attempts: int,
+) -> None:
+    runner = ScriptedRunner(script)
+    chooser = RoundRobin()
+    assert await route(runner, "g", request_, 5.0, chooser, "nobody") == expected
+    assert len(runner.attempts) == attempts
+    assert chooser.checks == attempts - 1
+
+
+async def test_refusals_back_off_doubling_until_the_deadline(
+    clock: trio.testing.MockClock,
+) -> None:
+    runner = ScriptedRunner([Rejected("no quorum")])
+    result = await route(runner, "g", Propose(b"x"), 1.0, RoundRobin(), "nobody")
+    assert result == Expired("no quorum")
+    # A round of three attempts, then a wait of 0.01, 0.02, 0.04, ... s, at most 0.2 s.
+    rounds = sorted({round(t, 3) for t, _ in runner.attempts})
+    assert rounds == [0, 0.01, 0.03, 0.07, 0.15, 0.31, 0.51, 0.71, 0.91]
+    assert len(runner.attempts) == 3 * len(rounds)
+
+
+async def test_no_attempt_in_time_is_expired_with_the_callers_reason(
+    clock: trio.testing.MockClock,
+) -> None:
+    runner = ScriptedRunner([Applied(None)])
+    assert await route(runner, "g", Propose(b"x"), 0.0, RoundRobin(), "nobody") == Expired("nobody")
+    assert runner.attempts == []
+
+
+@dataclass
+class Me:
+    name: str
+
+
+@dataclass
+class Node:
+    """What the store's chooser reads of its node."""
+
+    id: int = 1
+    quarantined: dict[str, str] = field(default_factory=dict)
+    waiting_for_peers: str | None = None
+    me: Me = field(default_factory=lambda: Me("a-g"))
+
+    def catalog(self) -> dict[str, object]:
+        return {}
+
+
+def store_chooser(node: Node, replicas: tuple[int, ...] = (1, 2, 3)) -> _ReplicaChooser:
+    return _ReplicaChooser(Router(node), "g", replicas, None)  # type: ignore[arg-type]
+
+
+def test_the_store_follows_a_hint_among_the_replicas_and_backs_off_after_a_round() -> None:
+    chooser = store_chooser(Node())
+    assert chooser.first() == 1  # this node is a replica
+    steps = [
+        (1, NotApplied("not the leader", 3), (3, False)),  # follow the hint
+        (3, NotApplied("not the leader", 3), (1, True)),  # a hint at itself: next, wait
+        (1, NotApplied("no leader"), (2, False)),
+        (2, NotApplied("not the leader", 9), (1, True)),  # 9 is no replica
+        (1, NotApplied("no leader"), (1, True)),  # all of 1, 2, 3 asked: wait, start over
+        (1, NotApplied("no leader"), (2, False)),
+    ]
+    for target, refused, expected in steps:
+        assert chooser.next(target, refused) == expected
+
+
+def test_the_store_gives_up_early_when_waiting_cannot_help() -> None:
+    alone = store_chooser(Node(quarantined={"g": "broken"}), replicas=(1,))
+    with pytest.raises(Unavailable):
+        alone.next(1, NotApplied("quarantined"))
+    waiting = store_chooser(Node(waiting_for_peers="a majority of the founders"), (1, 2))
+    assert waiting.next(1, NotApplied("no leader")) == (2, False)
+    with pytest.raises(Unavailable, match="does not serve yet"):
+        waiting.next(2, NotApplied("no leader"))
+
+
+@dataclass
+class Group:
+    leader: int
+
+
+@dataclass
+class Host:
+    """What the library's chooser reads of its host: member 1, leader as its group says."""
+
+    groups: dict[str, Group]
+    id: int = 1
+
+
+def test_the_library_follows_hints_then_its_own_leader_then_every_member() -> None:
+    host = Host({"g": Group(leader=0)})
+    router = RequestRouter(host, "g", lambda: {1, 2, 3})  # type: ignore[arg-type]
+    chooser = _MemberChooser(router)
+    assert chooser.first() == 1  # no leader known, none answered yet: itself
+    steps = [
+        (1, NotApplied("no leader"), (2, False)),
+        (2, NotApplied("not the leader", 3), (3, False)),
+        (3, NotApplied("not the leader", 2), (1, True)),  # 2 was asked: all were, wait
+        (1, NotApplied("no leader"), (2, False)),
+    ]
+    for target, refused, expected in steps:
+        assert chooser.next(target, refused) == expected
+    assert chooser.leader_seen
+    host.groups["g"].leader = 3
+    assert chooser.next(2, NotApplied("no leader")) == (3, False)
+
+
+def test_the_library_saw_no_leader_when_none_was_ever_named() -> None:
+    router = RequestRouter(Host({}), "g", lambda: {1, 2})  # type: ignore[arg-type]
+    chooser = _MemberChooser(router)
+    chooser.next(1, NotApplied("no leader"))
+    chooser.next(2, NotApplied("no leader"))
+    assert not chooser.leader_seen  # the caller raises NoQuorum, not Unavailable

@@ -1,0 +1,24 @@
+"""The typed request path's plain parts load without trio (issue 15: the node's logic
+becomes sans-I/O, so a simulator can drive it): the request kinds, the outcomes and
+their classifier, and forwarding's codec and table of requests in flight."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SANS_IO = ("boutique.runtime.requests", "boutique.runtime.outcomes", "boutique.runtime.forwarding")
+
+
+def test_the_request_path_modules_import_no_trio() -> None:
+    program = (
+        "import sys\n"
+        f"for name in {SANS_IO!r}:\n"
+        "    __import__(name)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'trio' or m.startswith('trio.'))\n"
+        "print(','.join(loaded))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == ""
