@@ -31,11 +31,12 @@ configure a real node.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from boutique.raft import RawNode
+from boutique.raft import LogStorage, RaftConfig, RawNode
 from boutique.raft.core import Raft
 from boutique.runtime import founding, group, host, router
 from boutique.runtime.node import META_GROUP
@@ -131,8 +132,8 @@ def _empty_member_votes() -> Iterator[None]:
 def _core(variant: type[Raft]) -> Callable[[], contextlib.AbstractContextManager[None]]:
     @contextlib.contextmanager
     def install() -> Iterator[None]:
-        def raw_node(*args: Any, **kwargs: Any) -> RawNode:
-            return RawNode(*args, core=variant, **kwargs)
+        def raw_node(config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
+            return RawNode(config, storage, rng, core=variant)
 
         with _patched(host, "RawNode", raw_node):
             yield

@@ -288,14 +288,14 @@ class SimWorld:
         """Sort out why an incarnation ended: the power (expected), a refusal to start
         (``ClusterExistsError`` after a wipe: expected, the node stays down), or a bug."""
         group = exc if isinstance(exc, BaseExceptionGroup) else BaseExceptionGroup("", [exc])
-        expected = (PowerLost, trio.Cancelled)
+        expected: tuple[type[BaseException], ...] = (PowerLost, trio.Cancelled)
         refused = group.subgroup(lambda e: isinstance(e, ClusterExistsError))
-        leaf = BaseExceptionGroup
         if refused is not None:
             process.refused = True
             self.note(f"n{process.id} refused to start: {describe_failure(refused)}")
             expected = (*expected, ClusterExistsError)
-        rest = group.subgroup(lambda e: not isinstance(e, (leaf, *expected)))
+        # A group is never "expected" itself: only its leaves are judged.
+        rest = group.subgroup(lambda e: not isinstance(e, (BaseExceptionGroup, *expected)))
         if rest is not None:
             process.failure = rest
             self.note(f"n{process.id} failed: {describe_failure(rest)}")
