@@ -172,6 +172,9 @@ class _Slot:
     data: bytes = b""
     close_after: bool = False
     state: Answer = Answer.PENDING
+    outcome: Outcome | None = None
+    """What the host loop recorded for a task-free attempt, until the connection
+    turns it into a reply (``_Connection._answer_settled``)."""
 
     def answered(self) -> None:
         self.state = answer_after(self.state, AnswerEvent.ANSWERED)
@@ -631,6 +634,10 @@ class _Connection:
         self._unsent = b""
         self._close_after_unsent = False
         self._writer_wanted = trio.Event()
+        """Wakes the writer task: replies to write, outcomes to answer, or the end."""
+        self._settled: list[_Slot] = []
+        """Slots whose outcome the host loop recorded, in the order it did."""
+        self._nursery: trio.Nursery | None = None
         self._input_done = False
         """True once the reader task returned: no slot will be added any more."""
         self.last_by_key: dict[tuple[str, bytes], _Done] = {}
@@ -658,6 +665,7 @@ class _Connection:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
+                self._nursery = nursery
                 nursery.start_soon(self._writer)
                 await self._reader(nursery)
                 # No more requests: the replies still pending are sent, then the writer
@@ -804,13 +812,14 @@ class _Connection:
             except trio.WouldBlock:
                 await self.in_flight.acquire()
             deps = self._dependencies(event, slot.done)
-            if deps or not self._start_simple(event, slot, nursery):
+            if deps or not self._start_simple(event, slot):
                 nursery.start_soon(self._run_command, event, slot, deps)
 
-    def _start_simple(self, command: cmd.Command, slot: _Slot, nursery: trio.Nursery) -> bool:
+    def _start_simple(self, command: cmd.Command, slot: _Slot) -> bool:
         """PUT, GET or DELETE with nothing to wait for: one attempt through
-        ``Router.start``, without a task. Whatever that attempt cannot settle (a
-        rejection, a read's unknown outcome) goes to a task with the full router."""
+        ``Router.start``, without a task. Its outcome comes back inside the host loop's
+        turn, which only records it and wakes this connection's writer: formatting and
+        writing are the connection's work, not the loop's (``_answer_settled``)."""
         match command:
             case cmd.Put(bucket, key, value):
                 request: tuple[Any, ...] = ("put", key, value)
@@ -821,15 +830,38 @@ class _Connection:
             case _:
                 return False
 
-        def done(outcome: Outcome) -> None:
-            reply = _settled_reply(command, outcome)
-            if reply is not None:
-                slot.data = reply
-                self._command_done(slot)
-            elif not self.state.over:
-                nursery.start_soon(self._run_command, command, slot, [])
+        def settled(outcome: Outcome) -> None:
+            if self.state.over:
+                return  # nobody left to answer
+            slot.outcome = outcome
+            slot.state = answer_after(slot.state, AnswerEvent.OUTCOME)
+            self._settled.append(slot)
+            self._writer_wanted.set()
 
-        return self.server.router.start(bucket, request, done)
+        started = self.server.router.start(bucket, request, settled)
+        if self._settled:
+            # Settled at once (or others were, by the loop): this is the connection's
+            # own task, so answer now, before the next command looks for what to wait for.
+            self._answer_settled()
+        return started
+
+    def _answer_settled(self) -> None:
+        """Turn the outcomes the host loop recorded into replies (one write for all of
+        them, by ``_flush``). Whatever an attempt could not settle (a rejection, a
+        read's unknown outcome) goes to a task with the full router."""
+        settled, self._settled = self._settled, []
+        for slot in settled:
+            assert isinstance(slot.event, cmd.Command) and slot.outcome is not None
+            reply = _settled_reply(slot.event, slot.outcome)
+            slot.outcome = None
+            if reply is None:
+                slot.state = answer_after(slot.state, AnswerEvent.RETRY)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_command, slot.event, slot, [])
+            else:
+                slot.data = reply
+                self._answer(slot)
+        self._flush()
 
     def _finish(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
@@ -916,14 +948,18 @@ class _Connection:
             self._command_done(slot)
 
     def _command_done(self, slot: _Slot) -> None:
-        """A command has its reply in ``slot``: the writer may send it, and the command
-        no longer counts against ``max_in_flight``."""
+        """A command has its reply in ``slot``: send what is ready."""
+        self._answer(slot)
+        self._flush()
+
+    def _answer(self, slot: _Slot) -> None:
+        """``slot`` has its reply: the writer may send it, and the command no longer
+        counts against ``max_in_flight``."""
         self.server.metrics.answered(slot.event, slot.started, slot.data)
         self._account(len(slot.data))
         slot.answered()
         self.in_flight.release()
         self.server.served += 1
-        self._flush()
 
     def _take_ready(self) -> tuple[bytes, bool]:
         """The replies at the head of the queue that are done, joined (one write for a
@@ -943,11 +979,12 @@ class _Connection:
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), close
 
     def _flush(self) -> None:
-        """Write the replies that are ready, in order. Straight from the caller (the host
-        loop or the reader) while the socket takes them: waking a writer task per reply
-        costs more than the write. What the socket does not take at once (or every
-        reply, without a socket) goes to the writer task, which owns the socket until
-        it has sent all that is ready."""
+        """Write the replies that are ready, in order. Straight from the connection's
+        task that made them (reader, command task, or writer) while the socket takes
+        them: waking the writer task per reply costs more than the write. What the
+        socket does not take at once (or every reply, without a socket) goes to the
+        writer task, which owns the socket until it has sent all that is ready. Never
+        called from the host loop's turn (see ``_start_simple``)."""
         if self._writing or self.state.over:
             return
         data, close = self._take_ready()
@@ -980,7 +1017,9 @@ class _Connection:
 
     async def _writer(self) -> None:
         while True:
-            while self._writing:
+            if self._settled:
+                self._answer_settled()
+            if self._writing:
                 data, close = self._unsent, self._close_after_unsent
                 self._unsent = b""
                 self.sending_since = trio.current_time()
@@ -997,6 +1036,7 @@ class _Connection:
                     return
                 self._unsent, self._close_after_unsent = self._take_ready()
                 self._writing = bool(self._unsent)
+                continue
             if self._input_done and not self.replies:
                 # Not if the connection ended while this task was already woken.
                 if not self.state.over:
