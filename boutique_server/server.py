@@ -5,8 +5,11 @@ commands run concurrently so a client that sends ahead is not held to one Raft r
 per request; one writer task sends the replies strictly in request order. A bad line
 (``ProtocolError``) takes its place in that order like any command. A ``PUT``, ``GET``
 or ``DELETE`` with nothing to wait for costs no task: its one attempt
-(``Router.start``) is answered from the host loop, and only what that attempt cannot
-settle goes to a task running the full router. Every other command runs in a task.
+(``Router.start``) settles inside the host loop's turn, which only records the outcome
+and wakes the connection; the connection's writer turns every outcome recorded into
+its reply and writes them in one go (the loop never formats or writes a reply). Only
+what that attempt cannot settle goes to a task running the full router. Every other
+command runs in a task.
 
 Ordering within a connection is what a person expects from a terminal: a write (``PUT``,
 ``DELETE``) waits for earlier writes to the same key and for the last other command
