@@ -30,7 +30,8 @@ from boutique.machine import CommandFailed, MachineHost
 from boutique.registry import BucketInfo
 
 from .group import Applied, Outcome, Pending, Rejected, Unknown
-from .node import META_GROUP, Node
+from .store_node import META_GROUP
+from .store_node import StoreNode as Node
 
 
 class RoutingError(Exception):
