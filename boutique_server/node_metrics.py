@@ -52,6 +52,7 @@ class MeteredServer(Protocol):
     @property
     def connections(self) -> int: ...
 
+
 _Read: TypeAlias = Callable[[], Iterable[tuple[Labels, float]]]
 
 SYNC_BUCKETS = (
