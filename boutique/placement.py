@@ -24,71 +24,39 @@ a node that comes back after its removal joins as a new node, with a new id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from boutique.registry import BucketInfo, Range, RegistryState
+from boutique.registry_state import (
+    BucketInfo,
+    Move,
+    NodeInfo,
+    Range,
+    RangeMap,
+    RegistryState,
+)
+
+__all__ = [
+    "Move",
+    "NodeInfo",
+    "PlacementBusy",
+    "add_node",
+    "bucket_hosts",
+    "drain_node",
+    "finish_move",
+    "moved_replicas",
+    "placement_for",
+    "placement_for_range",
+    "remove_node",
+    "set_bucket_replicas",
+    "span_name",
+    "split_range",
+    "start_move",
+]
 
 
 class PlacementBusy(ValueError):
     """The change conflicts with one still in progress (e.g. the range is moving);
     it may succeed later."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """A cluster member as the registry knows it: how to reach it, and whether it is
-    being drained before removal."""
-
-    id: int
-    name: str
-    host: str
-    client_port: int
-    peer_port: int
-    leaving: bool = False
-
-    def to_wire(self) -> list[Any]:
-        return [self.id, self.name, self.host, self.client_port, self.peer_port, self.leaving]
-
-    @classmethod
-    def from_wire(cls, value: object) -> NodeInfo:
-        if not isinstance(value, list | tuple) or len(value) != 6:
-            raise ValueError("node info must be [id, name, host, client_port, peer_port, leaving]")
-        node_id, name, host, client_port, peer_port, leaving = value
-        if type(node_id) is not int or node_id < 1:
-            raise ValueError(f"node id must be a positive int, got {node_id!r}")
-        if type(name) is not str or not name or len(name) > 64 or not name.isprintable():
-            raise ValueError(f"invalid node name {name!r}")
-        if type(host) is not str or not host:
-            raise ValueError(f"invalid host {host!r}")
-        for port in (client_port, peer_port):
-            if type(port) is not int or not 1 <= port <= 65535:
-                raise ValueError(f"invalid port {port!r}")
-        if type(leaving) is not bool:
-            raise ValueError("leaving must be a bool")
-        return cls(node_id, name, host, client_port, peer_port, leaving)
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    """Replace replica ``frm`` by ``to`` in every bucket of range ``range_id``."""
-
-    range_id: str
-    frm: int
-    to: int
-
-    def to_wire(self) -> list[Any]:
-        return [self.range_id, self.frm, self.to]
-
-    @classmethod
-    def from_wire(cls, value: object) -> Move:
-        if not isinstance(value, list | tuple) or len(value) != 3:
-            raise ValueError("a move must be [range_id, frm, to]")
-        range_id, frm, to = value
-        if type(range_id) is not str or type(frm) is not int or type(to) is not int:
-            raise ValueError(f"malformed move {value!r}")
-        return cls(range_id, frm, to)
 
 
 def moved_replicas(replicas: tuple[int, ...], move: Move) -> tuple[int, ...]:
@@ -104,7 +72,6 @@ def placement_for(state: RegistryState, name: str) -> Range:
     move = state.moves.get(where.id)
     if move is None:
         return where
-    from boutique.registry import Range
 
     replicas = moved_replicas(where.replicas, move)
     leader = move.to if where.preferred_leader == move.frm else where.preferred_leader
@@ -214,7 +181,6 @@ def set_bucket_replicas(
     nodes = _replica_tuple(replicas)
     for node in nodes:
         _known_node(state, node)
-    from boutique.registry import BucketInfo
 
     state.buckets[name] = BucketInfo(info.name, info.group, info.range_id, nodes, info.created_seq)
     return True
@@ -234,7 +200,6 @@ def finish_move(state: RegistryState, range_id: object) -> bool:
 
 
 def placement_for_range(rng: Range, move: Move) -> Range:
-    from boutique.registry import Range
 
     leader = move.to if rng.preferred_leader == move.frm else rng.preferred_leader
     return Range(rng.id, rng.start, rng.end, moved_replicas(rng.replicas, move), leader)
@@ -243,7 +208,6 @@ def placement_for_range(rng: Range, move: Move) -> Range:
 def split_range(state: RegistryState, range_id: object, at: object) -> list[str]:
     """Cut a range in two at ``at``; both halves keep the replicas. Buckets are
     relabelled to the half their name falls in. Returns the two new range ids."""
-    from boutique.registry import BucketInfo, Range, RangeMap
 
     rng = _known_range(state, range_id)
     if type(at) is not str or not at:
@@ -310,7 +274,6 @@ def _known_range(state: RegistryState, range_id: object) -> Range:
 
 
 def _replace_range(state: RegistryState, new: Range) -> None:
-    from boutique.registry import RangeMap
 
     assert state.ranges is not None
     state.ranges = RangeMap(new if r.id == new.id else r for r in state.ranges)

@@ -23,18 +23,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, TypeAlias
+from typing import Protocol, TypeAlias
 
+from boutique.admission import Admission
+from boutique.config import ClusterConfig
 from boutique.metrics import Labels, Registry
 from boutique.raft import Role
 from boutique.runtime.host import HostCounters
-from boutique.runtime.node import META_GROUP
+from boutique.runtime.node import META_GROUP, Node
 
 from . import commands as cmd
 from .protocol import ProtocolError
 
-if TYPE_CHECKING:
-    from .server import LineServer
+
+class MeteredServer(Protocol):
+    """What the metrics read of the line server (``server.LineServer`` is one; a
+    protocol so that the server, which counts into the metrics, and this module do not
+    import each other)."""
+
+    node: Node
+    config: ClusterConfig
+    unauthenticated: Admission
+    refused: int
+    auth_failures: int
+    auth_timeouts: int
+    reply_bytes: int
+
+    @property
+    def connections(self) -> int: ...
+
 
 _Read: TypeAlias = Callable[[], Iterable[tuple[Labels, float]]]
 
@@ -105,7 +122,7 @@ class _Census:
 class NodeMetrics:
     """The registry of one node's server; ``render`` is what the endpoint serves."""
 
-    def __init__(self, server: LineServer) -> None:
+    def __init__(self, server: MeteredServer) -> None:
         self.server = server
         node = server.node
         registry = self.registry = Registry()

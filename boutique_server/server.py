@@ -5,8 +5,11 @@ commands run concurrently so a client that sends ahead is not held to one Raft r
 per request; one writer task sends the replies strictly in request order. A bad line
 (``ProtocolError``) takes its place in that order like any command. A ``PUT``, ``GET``
 or ``DELETE`` with nothing to wait for costs no task: its one attempt
-(``Router.start``) is answered from the host loop, and only what that attempt cannot
-settle goes to a task running the full router. Every other command runs in a task.
+(``Router.start``) settles inside the host loop's turn, which only records the outcome
+and wakes the connection; the connection's writer turns every outcome recorded into
+its reply and writes them in one go (the loop never formats or writes a reply). Only
+what that attempt cannot settle goes to a task running the full router. Every other
+command runs in a task.
 
 Ordering within a connection is what a person expects from a terminal: a write (``PUT``,
 ``DELETE``) waits for earlier writes to the same key and for the last other command
@@ -39,6 +42,11 @@ resets its connection cancels its own commands, and anything unforeseen is logge
 ends only that connection. After ``QUIT`` (or ``ERR BUSY``) the server shuts its side
 and drains what the client still sends for a moment before closing, so the last reply
 is not destroyed by a TCP reset.
+
+A connection's life (reading, closing, over), its backpressure, its access and each
+reply's progress are the state tables of ``connection_state``: every change goes
+through them, so a change the tables do not allow fails loudly instead of answering a
+client with the reply to another request.
 """
 
 from __future__ import annotations
@@ -80,6 +88,16 @@ from boutique.status import (
 from boutique.wire import ErrorCode, request_line
 
 from . import commands as cmd
+from .connection_state import (
+    Access,
+    AccessEvent,
+    Answer,
+    AnswerEvent,
+    ConnectionState,
+    FlowEvent,
+    LifeEvent,
+    answer_after,
+)
 from .node_metrics import NodeMetrics
 from .protocol import (
     HELP_TEXT,
@@ -146,13 +164,23 @@ class _Done:
 @dataclass(slots=True)
 class _Slot:
     """One reply position in the connection's output order: the request it answers
-    and when that was read (``time.perf_counter()``), for the metrics."""
+    and when that was read (``time.perf_counter()``), for the metrics. ``state``
+    changes only through ``connection_state.answer_after``; ``done`` wakes whoever
+    waits for it to be answered."""
 
     event: cmd.Command | ProtocolError
     started: float
     done: _Done = field(default_factory=_Done)
     data: bytes = b""
     close_after: bool = False
+    state: Answer = Answer.PENDING
+    outcome: Outcome | None = None
+    """What the host loop recorded for a task-free attempt, until the connection
+    turns it into a reply (``_Connection._answer_settled``)."""
+
+    def answered(self) -> None:
+        self.state = answer_after(self.state, AnswerEvent.ANSWERED)
+        self.done.set()
 
 
 _OK_LINE = render(Ok())
@@ -381,7 +409,7 @@ class LineServer:
                     self.clients -= 1
                 else:
                     self.unauthenticated.release(source)
-            gentle = connection.quit
+            gentle = connection.state.gentle
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             gentle = False
         except Exception:
@@ -578,7 +606,9 @@ class LineServer:
 
 
 class _Connection:
-    """One client connection: a reader, command tasks, and an ordered writer."""
+    """One client connection: a reader, command tasks, and an ordered writer. Its life,
+    backpressure, access and each reply's progress are ``state`` (and ``_Slot.state``),
+    changed only through the tables in ``connection_state``."""
 
     def __init__(self, server: LineServer, stream: trio.abc.Stream, source: str) -> None:
         self.server = server
@@ -586,7 +616,7 @@ class _Connection:
         self.source = source
         """The client's address, as the per-address limits count it."""
         self.parser = LineParser(server.config.max_line)
-        self.authed = server.config.password is None
+        self.state = ConnectionState(authenticated=server.config.password is None)
         self.auth_failures = 0
         self.opened = trio.current_time()
         self.reply_bytes = 0
@@ -607,22 +637,27 @@ class _Connection:
         self._unsent = b""
         self._close_after_unsent = False
         self._writer_wanted = trio.Event()
+        """Wakes the writer task: replies to write, outcomes to answer, or the end."""
+        self._settled: list[_Slot] = []
+        """Slots whose outcome the host loop recorded, in the order it did."""
+        self._nursery: trio.Nursery | None = None
         self._input_done = False
+        """True once the reader task returned: no slot will be added any more."""
         self.last_by_key: dict[tuple[str, bytes], _Done] = {}
         self.earlier: deque[_Done] = deque()
         """Commands not known to be finished, oldest first (pruned from the front)."""
         self._barriers: list[_Done] = []
-        self.closing = False
-        self.quit = False
-        """True once the QUIT reply was written: the close should be gentle."""
         self._cancel: trio.CancelScope | None = None
-        self.finished = False
-        """True once the connection's tasks are gone (late completions are dropped)."""
         self._reading = trio.CancelScope()
         self.receiving = False
         self.last_received = trio.current_time()
         self.sending_since: float | None = None
         """When the write in progress started (None: not writing)."""
+
+    @property
+    def authed(self) -> bool:
+        """Whether the client holds a client slot (proved the password, or none is set)."""
+        return self.state.authenticated
 
     @property
     def backlog(self) -> int:
@@ -633,6 +668,7 @@ class _Connection:
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel = nursery.cancel_scope
+                self._nursery = nursery
                 nursery.start_soon(self._writer)
                 await self._reader(nursery)
                 # No more requests: the replies still pending are sent, then the writer
@@ -640,13 +676,14 @@ class _Connection:
                 self._input_done = True
                 self._writer_wanted.set()
         finally:
-            self.finished = True
+            if not self.state.over:
+                self.state.fire(LifeEvent.FAILED)  # cancelled from outside, or a bug
             self.server.account(-self.reply_bytes)
             self.reply_bytes = 0
 
     def _account(self, change: int) -> None:
-        if self.finished:
-            return  # a late reply (from the host loop) for a connection that is gone
+        if self.state.over:
+            return  # a late reply for a connection that is gone
         self.reply_bytes += change
         self.server.account(change)
         if change < 0:
@@ -682,13 +719,13 @@ class _Connection:
 
     def stop_reading(self) -> None:
         """Read no more requests; answer those read, then close gently."""
-        self.closing = True
-        self.quit = True
+        self.state.fire(LifeEvent.STOP)
         if self.receiving:
             self._reading.cancel()
 
-    def _abandon(self) -> None:
+    def _abandon(self, why: LifeEvent) -> None:
         """Nobody can receive replies any more: cancel the commands and the writer."""
+        self.state.fire(why)
         assert self._cancel is not None
         self._cancel.cancel()
 
@@ -696,57 +733,71 @@ class _Connection:
         self, now: float, idle: float, send_timeout: float, auth_timeout: float
     ) -> None:
         """Called now and then by the server's watchdog."""
-        if not self.authed and now - self.opened >= auth_timeout:
+        state = self.state
+        if state.over:
+            return  # its tasks are unwinding
+        if state.access is Access.UNAUTHENTICATED and now - self.opened >= auth_timeout:
             # A connection that never authenticates holds a slot for nothing: it gets
             # a few seconds, not the idle timeout.
             self.server.auth_timeouts += 1
             self.server.refusals.warning(
                 now, "closing a client from %s that did not authenticate", self.source
             )
-            self._abandon()
+            state.fire(AccessEvent.AUTH_TIMEOUT)
+            self._abandon(LifeEvent.AUTH_TIMEOUT)
             return
-        if self.receiving and now - self.last_received >= idle:
+        if state.takes_requests and self.receiving and now - self.last_received >= idle:
             log.info("closing an idle connection")
+            state.fire(LifeEvent.IDLE)
             self._reading.cancel()
         if self.sending_since is not None and now - self.sending_since >= send_timeout:
             log.info("closing a connection whose client does not read its replies")
-            self._abandon()
+            self._abandon(LifeEvent.SEND_TIMEOUT)
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         # The watchdog cancels ``_reading`` only while we wait for the client in
         # receive_some (never while a full reply queue holds us back).
+        state = self.state
         with self._reading:
-            while not self.closing:
+            while state.takes_requests:
                 self.receiving = True
                 try:
                     data = await self.stream.receive_some(READ_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._abandon()  # reset by the client: no one left to answer
+                    # Reset by the client: no one left to answer.
+                    self._abandon(LifeEvent.RESET)
                     return
                 finally:
                     self.receiving = False
+                if not state.takes_requests:
+                    return  # stopped, or idle, while this read came in: drop it
                 self.last_received = trio.current_time()
                 if not data:
-                    return  # the client shut its side; pending replies are still sent
+                    # The client shut its side; pending replies are still sent.
+                    state.fire(LifeEvent.END_OF_INPUT)
+                    return
                 self.parser.feed(data)
                 for event in self.parser.events():
                     await self._dispatch(event, nursery)
-                    if self.closing:
+                    if not state.takes_requests:
                         return
 
     async def _dispatch(self, event: cmd.Command | ProtocolError, nursery: trio.Nursery) -> None:
         slot = _Slot(event, time.perf_counter())
         # A bound on replies by count and by bytes: past either, stop reading.
-        while len(self.replies) >= self.limit or not self._has_byte_room():
-            self._room = trio.Event()
-            await self._room.wait()
+        if len(self.replies) >= self.limit or not self._has_byte_room():
+            self.state.fire(FlowEvent.OUT_OF_ROOM)
+            while len(self.replies) >= self.limit or not self._has_byte_room():
+                self._room = trio.Event()
+                await self._room.wait()
+            self.state.fire(FlowEvent.ROOM)
         self.replies.append(slot)
         if isinstance(event, ProtocolError):
             self._finish(slot, event.data)
         elif isinstance(event, cmd.Quit):
             # The writer sends replies in order, so OK goes out after every earlier
             # reply; waiting here keeps the reader from reading past the QUIT.
-            self.closing = True
+            self.state.fire(LifeEvent.QUIT)
             await self._wait_all()
             slot.close_after = True
             self._finish(slot, render(Ok()))
@@ -764,13 +815,14 @@ class _Connection:
             except trio.WouldBlock:
                 await self.in_flight.acquire()
             deps = self._dependencies(event, slot.done)
-            if deps or not self._start_simple(event, slot, nursery):
+            if deps or not self._start_simple(event, slot):
                 nursery.start_soon(self._run_command, event, slot, deps)
 
-    def _start_simple(self, command: cmd.Command, slot: _Slot, nursery: trio.Nursery) -> bool:
+    def _start_simple(self, command: cmd.Command, slot: _Slot) -> bool:
         """PUT, GET or DELETE with nothing to wait for: one attempt through
-        ``Router.start``, without a task. Whatever that attempt cannot settle (a
-        rejection, a read's unknown outcome) goes to a task with the full router."""
+        ``Router.start``, without a task. Its outcome comes back inside the host loop's
+        turn, which only records it and wakes this connection's writer: formatting and
+        writing are the connection's work, not the loop's (``_answer_settled``)."""
         match command:
             case cmd.Put(bucket, key, value):
                 request: tuple[Any, ...] = ("put", key, value)
@@ -781,32 +833,57 @@ class _Connection:
             case _:
                 return False
 
-        def done(outcome: Outcome) -> None:
-            reply = _settled_reply(command, outcome)
-            if reply is not None:
-                slot.data = reply
-                self._command_done(slot)
-            elif not self.finished:
-                nursery.start_soon(self._run_command, command, slot, [])
+        def settled(outcome: Outcome) -> None:
+            if self.state.over:
+                return  # nobody left to answer
+            slot.outcome = outcome
+            slot.state = answer_after(slot.state, AnswerEvent.OUTCOME)
+            self._settled.append(slot)
+            self._writer_wanted.set()
 
-        return self.server.router.start(bucket, request, done)
+        started = self.server.router.start(bucket, request, settled)
+        if self._settled:
+            # Settled at once (or others were, by the loop): this is the connection's
+            # own task, so answer now, before the next command looks for what to wait for.
+            self._answer_settled()
+        return started
+
+    def _answer_settled(self) -> None:
+        """Turn the outcomes the host loop recorded into replies (one write for all of
+        them, by ``_flush``). Whatever an attempt could not settle (a rejection, a
+        read's unknown outcome) goes to a task with the full router."""
+        settled, self._settled = self._settled, []
+        for slot in settled:
+            assert isinstance(slot.event, cmd.Command) and slot.outcome is not None
+            reply = _settled_reply(slot.event, slot.outcome)
+            slot.outcome = None
+            if reply is None:
+                slot.state = answer_after(slot.state, AnswerEvent.RETRY)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_command, slot.event, slot, [])
+            else:
+                slot.data = reply
+                self._answer(slot)
+        self._flush()
 
     def _finish(self, slot: _Slot, data: bytes) -> None:
         slot.data = data
         self.server.metrics.answered(slot.event, slot.started, data)
         self._account(len(data))
-        slot.done.set()
+        slot.answered()
         self._flush()
 
     async def _auth(self, event: cmd.Auth, slot: _Slot) -> None:
         server = self.server
+        state = self.state
         if server.check_password(event.password):
-            if not self.authed:
+            if not state.authenticated:
                 if not server.promote():
+                    state.fire(AccessEvent.NO_CLIENT_SLOT)
                     await self._close_with(slot, Error(ErrorCode.BUSY, "too many connections"))
                     return
-                self.authed = True
                 server.unauthenticated.release(self.source)
+            state.fire(AccessEvent.PASSWORD_OK)
             self._finish(slot, _OK_LINE)
             return
         # A guess costs time, and only a few are allowed: the reader waits here, so
@@ -816,6 +893,7 @@ class _Connection:
         delay = AUTH_FAILURE_DELAY * 2 ** (self.auth_failures - 1)
         await trio.sleep(min(delay, AUTH_FAILURE_DELAY_MAX))
         if self.auth_failures >= AUTH_FAILURE_LIMIT:
+            state.fire(AccessEvent.LAST_WRONG_PASSWORD)
             server.refusals.warning(
                 trio.current_time(),
                 "closing a client from %s after %d wrong passwords",
@@ -824,11 +902,12 @@ class _Connection:
             )
             await self._close_with(slot, Error(ErrorCode.AUTH, "wrong password; closing"))
             return
+        state.fire(AccessEvent.WRONG_PASSWORD)
         self._finish(slot, render(Error(ErrorCode.AUTH, "wrong password")))
 
     async def _close_with(self, slot: _Slot, reply: Reply) -> None:
         """Answer ``slot`` with ``reply`` after every earlier reply, then close."""
-        self.closing = True
+        self.state.fire(LifeEvent.REFUSE)
         await self._wait_all()
         slot.close_after = True
         self._finish(slot, render(reply))
@@ -872,14 +951,18 @@ class _Connection:
             self._command_done(slot)
 
     def _command_done(self, slot: _Slot) -> None:
-        """A command has its reply in ``slot``: the writer may send it, and the command
-        no longer counts against ``max_in_flight``."""
+        """A command has its reply in ``slot``: send what is ready."""
+        self._answer(slot)
+        self._flush()
+
+    def _answer(self, slot: _Slot) -> None:
+        """``slot`` has its reply: the writer may send it, and the command no longer
+        counts against ``max_in_flight``."""
         self.server.metrics.answered(slot.event, slot.started, slot.data)
         self._account(len(slot.data))
-        slot.done.set()
+        slot.answered()
         self.in_flight.release()
         self.server.served += 1
-        self._flush()
 
     def _take_ready(self) -> tuple[bytes, bool]:
         """The replies at the head of the queue that are done, joined (one write for a
@@ -887,8 +970,9 @@ class _Connection:
         replies = self.replies
         chunks = []
         close = False
-        while replies and replies[0].done.is_set():
+        while replies and replies[0].state is Answer.READY:
             slot = replies.popleft()
+            slot.state = answer_after(slot.state, AnswerEvent.WRITTEN)
             chunks.append(slot.data)
             if slot.close_after:
                 close = True
@@ -898,12 +982,13 @@ class _Connection:
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), close
 
     def _flush(self) -> None:
-        """Write the replies that are ready, in order. Straight from the caller (the host
-        loop or the reader) while the socket takes them: waking a writer task per reply
-        costs more than the write. What the socket does not take at once (or every
-        reply, without a socket) goes to the writer task, which owns the socket until
-        it has sent all that is ready."""
-        if self._writing or self.finished:
+        """Write the replies that are ready, in order. Straight from the connection's
+        task that made them (reader, command task, or writer) while the socket takes
+        them: waking the writer task per reply costs more than the write. What the
+        socket does not take at once (or every reply, without a socket) goes to the
+        writer task, which owns the socket until it has sent all that is ready. Never
+        called from the host loop's turn (see ``_start_simple``)."""
+        if self._writing or self.state.over:
             return
         data, close = self._take_ready()
         if data and self._fd is not None:
@@ -912,7 +997,7 @@ class _Connection:
             except BlockingIOError:
                 sent = 0
             except OSError:
-                self._abandon()  # reset by the client: no one left to answer
+                self._abandon(LifeEvent.RESET)  # no one left to answer
                 return
             self._account(-sent)
             data = data[sent:]
@@ -927,20 +1012,24 @@ class _Connection:
             self._writer_wanted.set()  # nothing left to send: the writer may return
 
     def _quit_done(self) -> None:
-        """The reply to QUIT is written: close gently (see ``LineServer._handle``)."""
-        self.quit = True
-        self._abandon()
+        """The last reply (to QUIT, or a refusal) is written: close gently (see
+        ``LineServer._handle``); the cancel only ends tasks with nothing left to do."""
+        self.state.fire(LifeEvent.ALL_WRITTEN)
+        assert self._cancel is not None
+        self._cancel.cancel()
 
     async def _writer(self) -> None:
         while True:
-            while self._writing:
+            if self._settled:
+                self._answer_settled()
+            if self._writing:
                 data, close = self._unsent, self._close_after_unsent
                 self._unsent = b""
                 self.sending_since = trio.current_time()
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._abandon()
+                    self._abandon(LifeEvent.RESET)
                     return
                 finally:
                     self.sending_since = None
@@ -950,7 +1039,11 @@ class _Connection:
                     return
                 self._unsent, self._close_after_unsent = self._take_ready()
                 self._writing = bool(self._unsent)
+                continue
             if self._input_done and not self.replies:
+                # Not if the connection ended while this task was already woken.
+                if not self.state.over:
+                    self.state.fire(LifeEvent.ALL_WRITTEN)
                 return
             self._writer_wanted = trio.Event()
             await self._writer_wanted.wait()

@@ -16,28 +16,59 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import trio
 
 from boutique.machine import CommandFailed, encode_value
 from boutique.raft import ChangeType, ConfChange, Role
 from boutique.runtime.group import Applied, GroupRuntime
+from boutique.runtime.host import HostSettings, RaftHost
 from boutique.runtime.requests import LocalView, Propose, Read
 
 from .admission import GroupView, Verdict, decide, parse_view
-from .envelope import Change, GroupState, book_to_wire, parse_book
+from .envelope import Address, Change, GroupState, book_to_wire, parse_book
 from .errors import GroupError, Timeout, Unavailable
+from .routing import RequestRouter
 
-if TYPE_CHECKING:
-    from .member import Member
+__all__ = ["DutyMember", "admit", "hand_over", "learn_addresses", "steward"]
 
-__all__ = ["admit", "hand_over", "learn_addresses", "steward"]
+
+class DutyMember(Protocol):
+    """What the duties need of a member (``member.Member`` is one). A protocol, not
+    the class, so that this module and ``member`` (which starts the duties) do not
+    import each other."""
+
+    node_id: int
+    group_id: str
+    settings: HostSettings
+    founders: frozenset[int]
+    joining: bool
+    rejoining: bool
+
+    @property
+    def host(self) -> RaftHost: ...
+
+    @property
+    def router(self) -> RequestRouter: ...
+
+    def in_group(self) -> bool: ...
+
+    def election_timeout(self) -> float: ...
+
+    def addresses(self) -> dict[int, Address]: ...
+
+    def learn_addresses(self, book: dict[int, Address]) -> None: ...
+
+    def refresh_peers(self) -> None: ...
+
+    def open_member_group(self, *, found: bool, campaign: bool) -> None: ...
+
 
 log = logging.getLogger("boutique.group")
 
 
-async def steward(member: Member[Any, Any, Any, Any]) -> None:
+async def steward(member: DutyMember) -> None:
     """While `member` leads, carry out the queued membership changes: each node's in
     order, one step at a time. A learner that is still catching up (or has not come
     up at all) does not hold back the changes of other nodes: a member that lost its
@@ -57,9 +88,7 @@ async def steward(member: Member[Any, Any, Any, Any]) -> None:
                 break
 
 
-async def _carry_out(
-    member: Member[Any, Any, Any, Any], group: GroupRuntime, change: Change
-) -> bool:
+async def _carry_out(member: DutyMember, group: GroupRuntime, change: Change) -> bool:
     """Take the next step of `change`; False if it can only wait (a learner that is
     not caught up yet)."""
     raft = group.node.raft
@@ -94,7 +123,7 @@ async def _carry_out(
     return True
 
 
-async def _finish(member: Member[Any, Any, Any, Any], change: Change, result: str) -> None:
+async def _finish(member: DutyMember, change: Change, result: str) -> None:
     done = encode_value(("m", "done", change.token, result))
     try:
         await member.router.route(Propose(done), member.settings.request_timeout)
@@ -103,7 +132,7 @@ async def _finish(member: Member[Any, Any, Any, Any], change: Change, result: st
         log.debug("could not record the end of change %d: %s", change.token, exc)
 
 
-async def learn_addresses(member: Member[Any, Any, Any, Any]) -> None:
+async def learn_addresses(member: DutyMember) -> None:
     """A joining member may know only one existing member. Ask those it knows for the
     address book, so it accepts the leader's connection whoever leads; once it is a
     member, the book reaches it through the log."""
@@ -121,7 +150,7 @@ async def learn_addresses(member: Member[Any, Any, Any, Any]) -> None:
         await trio.sleep(0.25)
 
 
-async def hand_over(member: Member[Any, Any, Any, Any]) -> None:
+async def hand_over(member: DutyMember) -> None:
     """A leader that stops first hands leadership to the most caught-up voter it can
     reach, so the others go on at once instead of after an election timeout, and
     requests forwarded to it are answered. Bounded by one election timeout, and
@@ -145,7 +174,7 @@ ADMISSION_RETRY = 0.25
 """Seconds between two rounds of questions while a member cannot decide yet."""
 
 
-async def admit(member: Member[Any, Any, Any, Any]) -> None:
+async def admit(member: DutyMember) -> None:
     """Host the group once it is known to be safe: found it, join it empty, or first
     have this member removed and added again (it lost its state). Until then the
     member hosts nothing, so it neither votes nor acknowledges."""
@@ -164,12 +193,12 @@ async def admit(member: Member[Any, Any, Any, Any]) -> None:
         # Campaign at once only if every founder hosts the group already: an
         # election won before a founder decides would make that founder rejoin.
         everyone = all(answers.get(f) is not None for f in member.founders - {member.node_id})
-        member.host.open_member_group(found=verdict is Verdict.FOUND, campaign=everyone)
+        member.open_member_group(found=verdict is Verdict.FOUND, campaign=everyone)
         member.refresh_peers()
         return
 
 
-async def _ask_views(member: Member[Any, Any, Any, Any]) -> dict[int, GroupView | None]:
+async def _ask_views(member: DutyMember) -> dict[int, GroupView | None]:
     """Every reachable member's own view of the group (None: it hosts none)."""
     answers: dict[int, GroupView | None] = {}
     timeout = max(member.election_timeout(), 0.5)
@@ -188,7 +217,7 @@ async def _ask_views(member: Member[Any, Any, Any, Any]) -> dict[int, GroupView 
     return answers
 
 
-async def _readmit(member: Member[Any, Any, Any, Any]) -> None:
+async def _readmit(member: DutyMember) -> None:
     """Have the group remove this member and add it back as a learner; return once
     the removal is committed, after which no candidate counts this member's vote
     until the leader promotes it (caught up, as any new member)."""

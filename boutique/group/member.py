@@ -422,6 +422,10 @@ class Member(Generic[C, R, Q, A]):
         book = group.host.state.book if group is not None else {}
         return {**self.static_members, **self._learned, **book}
 
+    def open_member_group(self, *, found: bool, campaign: bool) -> None:
+        """Host the group as admission decided (see ``duties.admit``)."""
+        self.host.open_member_group(found=found, campaign=campaign)
+
     def learn_addresses(self, book: dict[int, Address]) -> None:
         """Merge addresses learnt outside the log (a joining member's seeds' books)."""
         self._learned.update(book)

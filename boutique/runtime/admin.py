@@ -11,18 +11,14 @@ registry cannot be reached. None of them had any effect.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from boutique.machine import WireValue, wire_items
 from boutique.placement import NodeInfo
 from boutique.registry import RangeMap, RegistryState
 
 from .requests import TransferLeader
-from .router import CommandRejected, NotFound, OutcomeUnknown, Unavailable
-
-if TYPE_CHECKING:
-    from .node import Node
-    from .router import Router
+from .router import CommandRejected, NotFound, OutcomeUnknown, Router, Unavailable
+from .store_node import StoreNode
 
 
 class AdminError(Exception):
@@ -33,7 +29,7 @@ class AdminError(Exception):
 
 
 class Admin:
-    def __init__(self, node: Node, router: Router) -> None:
+    def __init__(self, node: StoreNode, router: Router) -> None:
         self.node = node
         self.router = router
 

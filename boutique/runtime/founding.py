@@ -35,7 +35,6 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -46,10 +45,8 @@ from boutique.storage.errors import DataFileError
 
 from .group import Applied
 from .requests import LocalView
-
-if TYPE_CHECKING:
-    from .node import Node
-    from .router import Router
+from .router import Router
+from .store_node import META_GROUP, StoreNode
 
 log = logging.getLogger("boutique.founding")
 
@@ -88,7 +85,7 @@ def decide(me: int, founders: Collection[int], answers: Mapping[int, GroupView |
     return Decision.WAIT
 
 
-def refusal(node: Node) -> ClusterExistsError:
+def refusal(node: StoreNode) -> ClusterExistsError:
     me = node.me
     return ClusterExistsError(
         me.data_dir,
@@ -102,7 +99,7 @@ def refusal(node: Node) -> ClusterExistsError:
     )
 
 
-async def admit(node: Node, router: Router) -> None:
+async def admit(node: StoreNode, router: Router) -> None:
     """Return once this node may found; raise `ClusterExistsError` if it must not.
     Meanwhile ``node.waiting_for_peers`` says why the node does not serve."""
     founders = node.config.meta_replicas
@@ -113,9 +110,9 @@ async def admit(node: Node, router: Router) -> None:
         node.waiting_for_peers = None
 
 
-async def _admit(node: Node, router: Router, founders: tuple[int, ...], peers: list[int]) -> None:
-    from .node import META_GROUP
-
+async def _admit(
+    node: StoreNode, router: Router, founders: tuple[int, ...], peers: list[int]
+) -> None:
     last_silent: list[int] | None = None
     next_log = 0.0
     began = trio.current_time()
@@ -165,7 +162,7 @@ async def _admit(node: Node, router: Router, founders: tuple[int, ...], peers: l
         await trio.sleep(RETRY)
 
 
-async def record_started(node: Node, router: Router) -> None:
+async def record_started(node: StoreNode, router: Router) -> None:
     """Keep the registry's record of started nodes up to date; runs until cancelled.
 
     Every node records itself once its meta group is on disk (a node restarted before
@@ -174,8 +171,6 @@ async def record_started(node: Node, router: Router) -> None:
     entries (which it did only after persisting them): at a cluster's birth that
     happens within a few ticks of a founder's first vote or acknowledgement, closing
     most of the window in which a wiped founder would not be recognised."""
-    from .node import META_GROUP
-
     while True:
         await trio.sleep(node.settings.tick_interval * 2)
         state = node.registry_state()
@@ -198,7 +193,9 @@ async def record_started(node: Node, router: Router) -> None:
                 break
 
 
-async def _ask_views(node: Node, peers: list[int], group_id: str) -> dict[int, GroupView | None]:
+async def _ask_views(
+    node: StoreNode, peers: list[int], group_id: str
+) -> dict[int, GroupView | None]:
     answers: dict[int, GroupView | None] = {}
     timeout = max(node.settings.tick_interval * node.settings.election_ticks, 0.5)
 

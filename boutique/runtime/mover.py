@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -31,11 +31,8 @@ from boutique.registry import BucketInfo, RegistryState
 
 from .group import Applied
 from .requests import ChangeMembership, GroupLeaderView, LeaderView
-from .router import RoutingError
-
-if TYPE_CHECKING:
-    from .node import Node
-    from .router import Router
+from .router import Router, RoutingError
+from .store_node import META_GROUP, StoreNode
 
 log = logging.getLogger("boutique.mover")
 
@@ -47,7 +44,7 @@ CAUGHT_UP_SLACK = 0
 
 
 class Mover:
-    def __init__(self, node: Node, router: Router) -> None:
+    def __init__(self, node: StoreNode, router: Router) -> None:
         self.node = node
         self.router = router
         self.rounds = 0
@@ -93,8 +90,6 @@ class Mover:
 
     async def _sync_meta_members(self, state: RegistryState) -> None:
         """One membership change per round, until the meta group matches the registry."""
-        from .node import META_GROUP
-
         conf = self.node.meta_conf()
         if conf is None:
             return
@@ -127,8 +122,6 @@ class Mover:
     # --- Leaving nodes ------------------------------------------------------------------
 
     async def _drain_leaving_nodes(self, state: RegistryState) -> None:
-        from .node import META_GROUP
-
         assert state.ranges is not None
         load = Counter(node for rng in state.ranges for node in rng.replicas)
         for info in [n for n in state.nodes.values() if n.leaving]:

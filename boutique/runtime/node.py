@@ -32,16 +32,19 @@ from boutique.registry import BucketInfo, RegistryMachine, RegistryState
 from boutique.storage.errors import StorageOpenError
 from boutique.storage.sqlite import SqliteStorage
 
+from . import founding
 from .group import GroupRuntime
-from .host import HostSettings, RaftHost
+from .host import HostSettings
+from .mover import Mover
 from .peertls import PeerTLS
+from .router import Router
+from .store_node import META_GROUP as META_GROUP  # re-exported: many import it from here
+from .store_node import StoreNode
 
 log = logging.getLogger("boutique.node")
 
-META_GROUP = "meta"
 
-
-class Node(RaftHost):
+class Node(StoreNode):
     """A running node of a bucket-store cluster."""
 
     def __init__(self, config: ClusterConfig, me: NodeConfig, *, seed: int | None = None) -> None:
@@ -109,9 +112,6 @@ class Node(RaftHost):
             self._release_lock()
 
     def start_background(self, nursery: trio.Nursery) -> None:
-        from .mover import Mover
-        from .router import Router
-
         self._update_peers()
         self.mover = Mover(self, Router(self))
         nursery.start_soon(self.mover.run)
@@ -121,8 +121,6 @@ class Node(RaftHost):
         """A node whose data directory is empty hosts nothing until ``founding.admit``
         says it may (or raises, which stops the node); then the registry's record of
         started nodes is kept up to date, so a later wipe is recognised."""
-        from . import founding
-
         if META_GROUP not in self.groups:
             await founding.admit(self, router)
             self.open_groups()

@@ -29,10 +29,11 @@ from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
 from .group import Applied, Outcome, Pending, Rejected
-from .node import META_GROUP, Node
 from .outcomes import Done, MaybeApplied, NotApplied, Refused
 from .requests import GroupRequest, Propose, Read, Request
 from .routing import Expired, route
+from .store_node import META_GROUP
+from .store_node import StoreNode as Node
 
 Command = tuple[WireValue, ...]
 """A command or query for a group's machine (``("put", key, value)``, ``("lookup", name)``)."""

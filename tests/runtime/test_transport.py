@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from boutique.runtime.framing import FrameDecoder, encode_frame
@@ -351,7 +352,11 @@ async def test_frames_flow_again_after_a_peer_restarts() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_reachable_and_on_suspect_follow_a_peer() -> None:
+async def test_reachable_and_on_suspect_follow_a_peer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Virtual time over loopback sockets in this process: what is checked is the
+    # keepalive and suspicion logic, so it can watch for much longer than it waits.
     a, b = Node(1, suspect_after=0.25), Node(2)
     async with trio.open_nursery() as nursery:
         await a.start(nursery)
@@ -361,14 +366,17 @@ async def test_reachable_and_on_suspect_follow_a_peer() -> None:
         await wait_until(lambda: a.transport.reachable(2))
 
         # Keepalives alone keep it reachable while nothing is sent.
-        await trio.sleep(0.3)
+        await trio.sleep(3.0)
         assert a.transport.reachable(2)
         assert a.suspected == []
 
         await b.stop()
+        stopped = trio.current_time()
         await wait_until(lambda: a.suspected == [2])
+        # At once, not suspect_after later: the end of its stream tells.
+        assert trio.current_time() - stopped <= 0.01
         assert not a.transport.reachable(2)
-        await trio.sleep(0.2)
+        await trio.sleep(3.0)
         assert a.suspected == [2]  # once per loss, not once per check
 
         await b.start(nursery)
@@ -397,7 +405,7 @@ async def test_a_peer_whose_stream_closes_is_suspected_at_once() -> None:
 
 
 async def test_an_inbound_stream_that_goes_silent_is_closed(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A dialer that stays connected but sends nothing, not even keepalives (a paused
     process), has its stream closed after the idle timeout: the watchdog does what a
@@ -408,12 +416,17 @@ async def test_an_inbound_stream_that_goes_silent_is_closed(
         await trio.sleep_forever()
 
     monkeypatch.setattr(b.transport, "_drain", stall)
+    began = trio.current_time()
     async with trio.open_nursery() as nursery:
         await a.start(nursery)
         await b.start(nursery)
         mesh(a, b)
         await wait_until(lambda: 2 in a.transport._inbound)
-        await wait_until(lambda: 2 not in a.transport._inbound)  # idle timeout ~0.5 s
+        assert trio.current_time() - began <= 0.005  # the handshake: its last bytes
+        await wait_until(lambda: 2 not in a.transport._inbound)
+        # The idle timeout, max(io_timeout, suspect_after) + 4 heartbeats = 0.48 s,
+        # seen by a watchdog that looks every 0.01 s (and a poll of 0.005 s here).
+        assert 0.48 <= trio.current_time() - began <= 0.48 + 0.01 + 0.005 + 0.005
         assert a.suspected == [2]
         nursery.cancel_scope.cancel()
 

@@ -21,7 +21,8 @@ world's operations and the line protocol.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 
@@ -30,26 +31,37 @@ from boutique.wire import request_line
 
 from .clients import SimConnection
 from .network import LinkFaults
-from .world import ProcessGone
-
-if TYPE_CHECKING:
-    from .run import _Run
+from .world import ProcessGone, SimWorld, leader_of
 
 LOSSY = LinkFaults(min_delay=0.0005, max_delay=0.01, drop=0.2, duplicate=0.1, slow=0.1)
 
 
-async def run(run: _Run, until: float) -> None:
+@dataclass
+class Nemesis:
+    """What the faults act on and report to."""
+
+    world: SimWorld
+    rng: random.Random
+    faults: tuple[str, ...]
+    buckets: tuple[str, ...]
+    """Buckets whose leaders are crashed, cut off and transferred."""
+    violation: Callable[[str], None]
+    next_node: int
+    """The id the next added node gets."""
+    wiped: set[int] = field(default_factory=set)
+    """Nodes whose disk was wiped: they refuse to start, and the heal leaves them."""
+
+
+async def run(run: Nemesis, until: float) -> None:
     rng = random.Random(run.rng.getrandbits(64))
     async with trio.open_nursery() as undo:
         while trio.current_time() < until:
             await trio.sleep(rng.uniform(0.2, 0.7))
-            fault = rng.choice(run.scenario.faults)
+            fault = rng.choice(run.faults)
             await _inject(run, rng, fault, undo)
 
 
-async def _inject(run: _Run, rng: random.Random, fault: str, undo: trio.Nursery) -> None:
-    from .run import BUCKETS, leader_of
-
+async def _inject(run: Nemesis, rng: random.Random, fault: str, undo: trio.Nursery) -> None:
     world = run.world
     network = world.network
     up = world.up_nodes()
@@ -61,7 +73,7 @@ async def _inject(run: _Run, rng: random.Random, fault: str, undo: trio.Nursery)
             world.crash(victim, torn=fault == "crash_torn")
             undo.start_soon(_restart_later, run, victim, later)
         case "crash_leader":
-            bucket = rng.choice(BUCKETS)
+            bucket = rng.choice(run.buckets)
             victim_or_none = _bucket_leader(run, bucket) or leader_of(world, "meta")
             if victim_or_none is not None:
                 world.crash(victim_or_none)
@@ -91,7 +103,7 @@ async def _inject(run: _Run, rng: random.Random, fault: str, undo: trio.Nursery)
             world.note(f"cut n{a} -> n{b}")
             undo.start_soon(_heal_later, run, later)
         case "isolate_leader":
-            target = _bucket_leader(run, rng.choice(BUCKETS)) or leader_of(world, "meta")
+            target = _bucket_leader(run, rng.choice(run.buckets)) or leader_of(world, "meta")
             if target is not None:
                 network.partition({target}, set(everyone) - {target})
                 world.note(f"isolated leader n{target}")
@@ -101,7 +113,7 @@ async def _inject(run: _Run, rng: random.Random, fault: str, undo: trio.Nursery)
             world.note("lossy links")
             undo.start_soon(_heal_later, run, later)
         case "transfer" if up:
-            bucket = rng.choice(BUCKETS)
+            bucket = rng.choice(run.buckets)
             await _admin(
                 run, rng, b"TRANSFER", bucket.encode(), f"n{rng.choice(everyone)}".encode()
             )
@@ -124,9 +136,7 @@ async def _inject(run: _Run, rng: random.Random, fault: str, undo: trio.Nursery)
             pass
 
 
-def _bucket_leader(run: _Run, bucket: str) -> int | None:
-    from .run import leader_of
-
+def _bucket_leader(run: Nemesis, bucket: str) -> int | None:
     for process in run.world.processes.values():
         node = process.node
         if node is not None:
@@ -136,7 +146,7 @@ def _bucket_leader(run: _Run, bucket: str) -> int | None:
     return None
 
 
-async def _admin(run: _Run, rng: random.Random, *args: bytes) -> bool:
+async def _admin(run: Nemesis, rng: random.Random, *args: bytes) -> bool:
     """One ADMIN command through a random node; whether it answered OK. Any answer but
     an internal error is acceptable (a refusal, a timeout): the point is what it does
     to the cluster."""
@@ -161,7 +171,7 @@ async def _admin(run: _Run, rng: random.Random, *args: bytes) -> bool:
     return False
 
 
-async def _register(run: _Run, node_id: int) -> None:
+async def _register(run: Nemesis, node_id: int) -> None:
     rng = random.Random(run.rng.getrandbits(64))
     me = run.world.processes[node_id].me
     args = (
@@ -176,7 +186,7 @@ async def _register(run: _Run, node_id: int) -> None:
         await trio.sleep(0.2)
 
 
-async def _move(run: _Run, rng: random.Random) -> None:
+async def _move(run: Nemesis, rng: random.Random) -> None:
     state = _registry(run)
     if state is None or state.ranges is None:
         return
@@ -189,7 +199,7 @@ async def _move(run: _Run, rng: random.Random) -> None:
     await _admin(run, rng, b"MOVE", rng_.id.encode(), f"n{frm}".encode(), f"n{to}".encode())
 
 
-async def _split(run: _Run, rng: random.Random) -> None:
+async def _split(run: Nemesis, rng: random.Random) -> None:
     state = _registry(run)
     if state is None or state.ranges is None:
         return
@@ -198,7 +208,7 @@ async def _split(run: _Run, rng: random.Random) -> None:
     await _admin(run, rng, b"SPLIT", rng_.id.encode(), at.encode())
 
 
-def _registry(run: _Run) -> RegistryState | None:
+def _registry(run: Nemesis) -> RegistryState | None:
     for process in run.world.processes.values():
         if process.node is not None:
             state = process.node.registry_state()
@@ -207,18 +217,18 @@ def _registry(run: _Run) -> RegistryState | None:
     return None
 
 
-async def _restart_later(run: _Run, node: int, delay: float) -> None:
+async def _restart_later(run: Nemesis, node: int, delay: float) -> None:
     await trio.sleep(delay)
     await run.world.start(node)
 
 
-async def _resume_later(run: _Run, node: int, delay: float) -> None:
+async def _resume_later(run: Nemesis, node: int, delay: float) -> None:
     await trio.sleep(delay)
     run.world.network.resume(node)
     run.world.note(f"n{node} resumed")
 
 
-async def _heal_later(run: _Run, delay: float) -> None:
+async def _heal_later(run: Nemesis, delay: float) -> None:
     await trio.sleep(delay)
     run.world.network.heal()
     run.world.note("healed links")

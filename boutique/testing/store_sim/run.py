@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import trio
 import trio.testing
 
-from boutique.raft import Role
 from boutique.registry import RegistryState
 from boutique.runtime.founding import ClusterExistsError
 from boutique.runtime.node import META_GROUP
@@ -47,7 +46,9 @@ from boutique.testing.jepsen import FINAL_CLIENT, bucket_of, history_key, lost_a
 from boutique.testing.linearizability import check_kv_history
 from boutique.wire import request_line
 
+from . import nemesis
 from .clients import Recorder, SimConnection
+from .nemesis import Nemesis
 from .network import LinkFaults
 from .world import (
     Knobs,
@@ -208,8 +209,6 @@ class _Run:
         self.recorder = Recorder(self.history, trio.current_time, OP_TIMEOUT)
         self.committed: dict[tuple[str, int], tuple[int, int]] = {}
         self.checked_to: dict[tuple[int, str], int] = {}
-        self.next_node = scenario.nodes + 1
-        self.wiped: set[int] = set()
         self.digest = hashlib.sha256()
 
     def violation(self, text: str) -> None:
@@ -222,6 +221,14 @@ class _Run:
         async with trio.open_nursery() as nursery:
             self.world = world = SimWorld(config, self.rng, nursery=nursery, knobs=knobs)
             world.note(f"{knobs}")
+            self.nemesis = Nemesis(
+                world,
+                random.Random(self.rng.getrandbits(64)),
+                self.scenario.faults,
+                BUCKETS,
+                self.violation,
+                next_node=self.scenario.nodes + 1,
+            )
             self.promises = PromiseChecker(_Disks(world))
             world.network.on_send.append(self.promises.on_send)
             world.network.on_send.append(self._digest_frame)
@@ -378,16 +385,14 @@ class _Run:
     # --- The nemesis --------------------------------------------------------------------
 
     async def _nemesis(self, until: float) -> None:
-        from . import nemesis
-
-        await nemesis.run(self, until)
+        await nemesis.run(self.nemesis, until)
 
     async def _heal(self) -> None:
         world = self.world
         world.network.heal()
         world.note("healed the network")
         for process in list(world.processes.values()):
-            if not process.up and not process.removed and process.id not in self.wiped:
+            if not process.up and not process.removed and process.id not in self.nemesis.wiped:
                 await world.start(process.id)
 
     # --- Checks -------------------------------------------------------------------------
@@ -549,28 +554,12 @@ def _catalog(state: RegistryState) -> str:
     return repr((buckets, ranges, sorted(state.removed)))
 
 
-def leader_of(world: SimWorld, group_id: str) -> int | None:
-    """The node that leads ``group_id`` in the highest term, if any runs."""
-    best: tuple[int, int] | None = None
-    for process in world.processes.values():
-        node = process.node
-        if node is None:
-            continue
-        group = node.groups.get(group_id)
-        if group is not None and group.node.raft.role is Role.LEADER:
-            term = group.node.raft.term
-            if best is None or term > best[0]:
-                best = (term, process.id)
-    return None if best is None else best[1]
-
-
 __all__ = [
     "SCENARIOS",
     "ClusterExistsError",
     "LinkFaults",
     "RunResult",
     "Scenario",
-    "leader_of",
     "run_seed",
     "scenario_for",
 ]

@@ -33,6 +33,7 @@ from typing import TypeVar
 import trio
 
 from boutique.config import ClusterConfig, NodeConfig, parse_config
+from boutique.raft import Role
 from boutique.runtime.founding import ClusterExistsError
 from boutique.runtime.group import GroupRuntime
 from boutique.runtime.node import Node
@@ -354,6 +355,21 @@ class SimWorld:
         if not result:
             raise ProcessGone(f"n{node_id} went down during the request")
         return result[0]
+
+
+def leader_of(world: SimWorld, group_id: str) -> int | None:
+    """The node that leads ``group_id`` in the highest term, if any runs."""
+    best: tuple[int, int] | None = None
+    for process in world.processes.values():
+        node = process.node
+        if node is None:
+            continue
+        group = node.groups.get(group_id)
+        if group is not None and group.node.raft.role is Role.LEADER:
+            term = group.node.raft.term
+            if best is None or term > best[0]:
+                best = (term, process.id)
+    return None if best is None else best[1]
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -1,0 +1,118 @@
+"""Replies to task-free commands are made and written by the connection, not by the
+host loop: the outcome callback (run inside ``RaftHost``'s turn) only records the
+outcome and wakes the connection's writer, which formats and writes every reply that
+is ready in one go."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+import trio.testing
+
+from boutique.runtime.group import Applied, Outcome, Rejected
+from boutique_server.connection_state import Answer
+
+if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand these out
+    from conftest import MemoryRouter, StartMemoryServer
+
+
+class LaterRouter:
+    """Takes every PUT and GET on the task-free path and keeps its callback, so the
+    test plays the host loop and decides when (and with what) each one settles."""
+
+    def __init__(self, inner: MemoryRouter) -> None:
+        self.inner = inner
+        self.waiting: list[tuple[tuple[Any, ...], Callable[[Outcome], None]]] = []
+
+    def start(self, bucket: str, command: tuple[Any, ...], then: Callable[[Outcome], None]) -> bool:
+        self.waiting.append((command, then))
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def writes_in_the_loop(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[bool]]:
+    """``os.write`` calls made while the test says it is inside the host loop's turn
+    (set ``in_loop[0]``), by their sizes."""
+    made: list[int] = []
+    in_loop = [False]
+    write = os.write
+
+    def watched(fd: int, data: Any) -> int:
+        if in_loop[0]:
+            made.append(len(data))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", watched)
+    return made, in_loop
+
+
+async def test_the_loops_callback_only_records_and_the_connection_writes(
+    start_memory_server: StartMemoryServer,
+    memory_router: MemoryRouter,
+    writes_in_the_loop: tuple[list[int], list[bool]],
+) -> None:
+    await memory_router.create("b")
+    router = LaterRouter(memory_router)
+    served = await start_memory_server(router)
+    conn = await served.connect()
+    await conn.send(b"PUT b k1 v\nDELETE b k2\nPUT b k3 v\n")
+    await trio.testing.wait_all_tasks_blocked()
+    [connection] = served.server.live
+    assert [command[0] for command, _ in router.waiting] == ["put", "delete", "put"]
+
+    made, in_loop = writes_in_the_loop
+    in_loop[0] = True
+    for _, then in router.waiting:
+        then(Applied(None))
+    in_loop[0] = False
+    # Recorded, not answered: no reply was written, formatted or counted in the turn.
+    assert made == []
+    assert [slot.state for slot in connection.replies] == [Answer.SETTLED] * 3
+    assert served.server.served == 0
+    await conn.expect(b"OK\r\n" * 3)
+    assert served.server.served == 3
+
+
+async def test_an_attempt_that_settles_nothing_goes_to_the_full_router_from_the_connection(
+    start_memory_server: StartMemoryServer, memory_router: MemoryRouter
+) -> None:
+    await memory_router.create("b")
+    await memory_router.put("b", b"k", b"old")
+    router = LaterRouter(memory_router)
+    served = await start_memory_server(router)
+    conn = await served.connect()
+    await conn.send(b"GET b k\n")
+    await trio.testing.wait_all_tasks_blocked()
+    [(_, then)] = router.waiting
+    then(Rejected("not the leader"))
+    await conn.expect(b"old\r\nOK\r\n")  # the full router's answer
+
+
+async def test_an_outcome_for_a_connection_that_is_gone_is_dropped(
+    start_memory_server: StartMemoryServer, memory_router: MemoryRouter
+) -> None:
+    await memory_router.create("b")
+    router = LaterRouter(memory_router)
+    served = await start_memory_server(router)
+    conn = await served.connect()
+    await conn.send(b"PUT b k v\n")
+    await trio.testing.wait_all_tasks_blocked()
+    [connection] = served.server.live
+    conn.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await conn.aclose()  # a reset: nobody left to answer
+    with trio.fail_after(5):
+        while not connection.state.over:
+            await trio.sleep(0.001)
+    assert connection.state.over
+    [(_, then)] = router.waiting
+    then(Applied(None))
+    assert served.server.served == 0 and served.server.reply_bytes == 0
