@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import trio
 import trio.testing
 
+from boutique.raft import Role
 from boutique.registry import RegistryState
 from boutique.runtime.founding import ClusterExistsError
 from boutique.runtime.node import META_GROUP
@@ -209,6 +210,7 @@ class _Run:
         self.recorder = Recorder(self.history, trio.current_time, OP_TIMEOUT)
         self.committed: dict[tuple[str, int], tuple[int, int]] = {}
         self.checked_to: dict[tuple[int, str], int] = {}
+        self.leaders_seen: set[tuple[str, int, int]] = set()
         self.digest = hashlib.sha256()
 
     def violation(self, text: str) -> None:
@@ -426,6 +428,28 @@ class _Run:
                             f"as term {first[0]} somewhere and as term {entry.term} on n{process.id}"
                         )
                 self.checked_to[(process.id, group_id)] = max(start, commit)
+            self._check_new_leaders(process.id)
+
+    def _check_new_leaders(self, node_id: int) -> None:
+        """Leader completeness: a node that became leader holds every entry known to
+        be committed (checked once per group, node and term)."""
+        node = self.world.processes[node_id].node
+        if node is None:
+            return
+        for group_id, group in node.groups.items():
+            raft = group.node.raft
+            if raft.role is not Role.LEADER or (group_id, node_id, raft.term) in self.leaders_seen:
+                continue
+            self.leaders_seen.add((group_id, node_id, raft.term))
+            log = raft.log
+            for (committed_group, index), (term, _) in self.committed.items():
+                if committed_group != group_id or index < log.first_index():
+                    continue
+                if log.term_or_none(index) != term:
+                    self.violation(
+                        f"leader completeness: n{node_id} leads term {raft.term} of group "
+                        f"{group_id} without committed entry {index}/{term}"
+                    )
 
     async def _liveness(self) -> bool:
         """After the heal, every bucket takes a write and a read, and a new one can be
@@ -526,6 +550,8 @@ class _Run:
     def _final_checks(self) -> None:
         result = self.result
         self._check_agreement()
+        for violation in self.world.violations[:5]:
+            self.violation(violation)
         result.violations.extend(v for v in self.promises.violations if v not in result.violations)
         result.violations.extend(f"client saw: {p}" for p in self.recorder.problems[:5])
         operations = self.history.operations()

@@ -25,26 +25,26 @@ import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import trio
 
 from boutique.config import ClusterConfig, NodeConfig, parse_config
 from boutique.raft import Role
+from boutique.raft.core import Raft
 from boutique.runtime.founding import ClusterExistsError
 from boutique.runtime.group import GroupRuntime
 from boutique.runtime.node import Node
 from boutique.runtime.router import Router
 from boutique.runtime.transport import PeerTransport
-from boutique.testing.disk import PowerLossDisk, PowerLossStorage, PowerLost
+from boutique.testing.disk import PowerLossDisk, PowerLost
+from boutique.testing.invariants import InvariantChecker, InvariantViolation
 from boutique_server.server import LineServer
 
 from .network import SimNetwork, SimTransport
-
-T = TypeVar("T")
+from .observed import ObservedStorage
 
 SECRET = "simulated-cluster-secret-0123456789"
 
@@ -157,9 +157,14 @@ class SimNode(Node):
         network: SimNetwork,
         seed: int,
         knobs: Knobs = Knobs(),
+        checkers: dict[str, InvariantChecker] | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.disk = disk
         self.network = network
+        self.checkers = {} if checkers is None else checkers
+        """Each group's invariant checker, shared by every node of the world."""
+        self.report = report or _raise
         super().__init__(config, me, seed=seed)
         self.settings = dataclasses.replace(
             self.settings,
@@ -168,8 +173,12 @@ class SimNode(Node):
             snapshot_entries=knobs.snapshot_entries,
         )
 
-    def _open_storage(self) -> PowerLossStorage:  # type: ignore[override]
-        return self.disk.open()
+    def _open_storage(self) -> ObservedStorage:  # type: ignore[override]
+        return ObservedStorage(self.disk.open(), self.id, self.checkers, self._raft_of, self.report)
+
+    def _raft_of(self, group_id: str) -> Raft | None:
+        group = self.groups.get(group_id)
+        return None if group is None else group.node.raft
 
     def make_transport(self) -> PeerTransport:
         transport = SimTransport(
@@ -182,6 +191,10 @@ class SimNode(Node):
         )
         transport.set_peers(self.peers)
         return transport.as_peer_transport()
+
+
+def _raise(violation: str) -> None:
+    raise InvariantViolation(violation)
 
 
 class ProcessGone(Exception):
@@ -236,6 +249,9 @@ class SimWorld:
         }
         self.events: list[str] = []
         """What happened, with virtual times: printed for a failing seed."""
+        self.checkers: dict[str, InvariantChecker] = {}
+        self.violations: list[str] = []
+        """Invariants broken at a node's write (see ``observed``)."""
 
     def note(self, text: str) -> None:
         self.events.append(f"{trio.current_time():8.3f} {text}")
@@ -261,6 +277,8 @@ class SimWorld:
             network=self.network,
             seed=seed,
             knobs=self.knobs,
+            checkers=self.checkers,
+            report=self.violations.append,
         )
         started = False
         try:
@@ -330,31 +348,6 @@ class SimWorld:
 
     def up_nodes(self) -> list[int]:
         return [p.id for p in self.processes.values() if p.up and p.id not in self.network.paused]
-
-    # --- Clients ------------------------------------------------------------------------
-
-    async def call(self, node_id: int, work: Callable[[LineServer], Awaitable[T]]) -> T:
-        """Run ``work`` against ``node_id``'s server as one of its connections would:
-        inside the node's process, so a crash ends it; ``ProcessGone`` then, as a
-        client sees its connection break (the outcome of a write is unknown)."""
-        process = self.processes[node_id]
-        server, nursery = process.server, process.nursery
-        if server is None or nursery is None:
-            raise ProcessGone(f"n{node_id} is down")
-        result: list[T] = []
-        finished = trio.Event()
-
-        async def connection() -> None:
-            try:
-                result.append(await work(server))
-            finally:
-                finished.set()
-
-        nursery.start_soon(connection)
-        await finished.wait()
-        if not result:
-            raise ProcessGone(f"n{node_id} went down during the request")
-        return result[0]
 
 
 def leader_of(world: SimWorld, group_id: str) -> int | None:
