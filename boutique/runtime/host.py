@@ -385,7 +385,7 @@ class RaftHost:
             announce_commit=announce_commit,
             snapshot_chunk_size=self.settings.snapshot_chunk_size,
         )
-        node = RawNode(raft_config, storage, random.Random(self.rng.getrandbits(64)))
+        node = self.make_raw_node(raft_config, storage, random.Random(self.rng.getrandbits(64)))
         group = GroupRuntime(group_id, node, storage, host, self.settings.snapshot_entries)
         group.track_applied = track_applied
         self.groups[group_id] = group
@@ -397,6 +397,11 @@ class RaftHost:
         # trip instead of after an election timeout.
         group.campaign_when_ready = campaign
         return group
+
+    def make_raw_node(self, config: RaftConfig, storage: GroupStore, rng: random.Random) -> RawNode:
+        """The core of a group being opened. The Raft-core simulator overrides this to
+        run its own configurations and deliberately broken cores through the host."""
+        return RawNode(config, storage, rng)
 
     def close_group(self, group_id: str) -> None:
         """Stop hosting ``group_id`` and delete its storage."""

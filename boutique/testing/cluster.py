@@ -1,17 +1,21 @@
 """A deterministic cluster of Raft nodes over a simulated network and clock.
 
-``SimCluster`` plays the caller of every ``RawNode`` exactly as the Ready contract says
-(persist, send, apply, advance), with ``MemoryStorage`` as each node's disk, so a
-simulated crash loses precisely what was never persisted. Each node hosts a state
+Each node is the shipped ``RaftHost`` with one group, stepped by ``SimCluster`` instead of
+trio: messages are stepped into its core one at a time, and each Ready goes through the
+host's own cycle (send, persist, send what needed the persist, apply, advance), so the
+simulator and every real node run one Ready driver. ``MemoryStorage`` is each node's
+disk, so a simulated crash loses precisely what was never persisted. Each node hosts a state
 machine (``KVStore`` unless told otherwise) through ``MachineHost``. Everything random comes from one seed; one call to
 ``step()`` is one unit of virtual time.
 
-The invariant checker watches every persist, apply and role change.
+The invariant checker watches every persist (through the storage the host writes), every
+Ready as it is taken (entries to apply, read indexes released) and every role change.
 """
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +23,6 @@ from typing import Any
 from boutique.examples import KVStore
 from boutique.machine import CommandFailed, MachineHost, StateMachine
 from boutique.raft import (
-    EntryType,
     HardState,
     RaftConfig,
     RawNode,
@@ -28,7 +31,10 @@ from boutique.raft import (
     bootstrap,
 )
 from boutique.raft.core import Raft
-from boutique.raft.messages import AppendResponse, VoteResponse
+from boutique.raft.messages import AppendResponse, Entry, Message, Snapshot, VoteResponse
+from boutique.runtime.group import GroupRuntime, GroupStore, Pending
+from boutique.runtime.host import HostSettings, RaftHost
+from boutique.runtime.outcomes import Applied, Outcome, Rejected, Unknown
 from boutique.storage import MemoryStorage
 
 from .invariants import InvariantChecker
@@ -67,16 +73,149 @@ class SimOptions:
     leave early but before anything is persisted."""
 
 
-@dataclass(slots=True)
-class _PendingWrite:
-    term: int
-    done: WriteDone
+NEVER = 1 << 62
+"""``snapshot_entries`` for a cluster that never snapshots."""
+GROUP = "g"
+"""The one group every simulated node hosts."""
 
 
-@dataclass(slots=True)
-class _ReadWaiter:
-    query: tuple[Any, ...]
-    done: WriteDone
+class _PowerCut(Exception):
+    """Raised by a node's storage at its first write of a Ready chosen for a crash."""
+
+
+class _ObservedLog:
+    """One node's ``MemoryStorage`` as the host writes it: every persist is shown to the
+    invariant checker first (and may be a crash point). Reads pass through."""
+
+    def __init__(self, cluster: SimCluster, sim: SimNode) -> None:
+        self._cluster = cluster
+        self._sim = sim
+        self._inner = sim.storage
+        self.armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _cut(self) -> None:
+        if self.armed:
+            self.armed = False
+            raise _PowerCut()
+
+    def append(self, entries: list[Entry]) -> None:
+        self._cut()
+        if entries:
+            checker, sim, storage = self._cluster.checker, self._sim, self._inner
+            first = entries[0].index
+            prev_term: int | None
+            try:
+                prev_term = storage.term(first - 1)
+            except Exception:
+                prev_term = None
+            checker.observe_persisted(sim.id, entries, prev_term)
+            if sim.raft.role is Role.LEADER:
+                checker.observe_leader_append(sim.raft, entries)
+            storage.append(entries)
+            checker.observe_log_end(sim.id, sim.raft.term, storage.last_index())
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        self._cut()
+        sim = self._sim
+        self._cluster.checker.observe_hard_state(sim.id, sim.persisted, hard_state)
+        self._inner.set_hard_state(hard_state)
+        sim.persisted = hard_state
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        self._cut()
+        self._inner.apply_snapshot(snapshot)
+
+
+class _OneGroupStorage:
+    """The ``NodeStorage`` of a simulated node: its one group, always durable."""
+
+    def __init__(self, log: _ObservedLog) -> None:
+        self.log = log
+
+    def group(self, group_id: str) -> _ObservedLog:
+        return self.log
+
+    def groups(self) -> list[str]:
+        return [GROUP]
+
+    def drop_group(self, group_id: str) -> None:
+        raise AssertionError("the simulated group is never dropped")
+
+    def pending_writes(self) -> int:
+        return 0
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _CoreHost(RaftHost):
+    """The shipped host with one group, stepped by ``SimCluster`` instead of trio:
+    its Ready cycle (``_cycle``) is the one every node of boutique runs."""
+
+    def __init__(self, cluster: SimCluster, sim: SimNode, log: _ObservedLog) -> None:
+        opts = cluster.options
+        super().__init__(
+            sim.id,
+            secret=b"raft-core-simulator",
+            cluster_name="sim",
+            peers={},
+            listen=("127.0.0.1", 0),
+            open_storage=lambda: _OneGroupStorage(log),
+            machine_for=lambda group_id: cluster.machine(),
+            settings=HostSettings(
+                election_ticks=opts.election_tick,
+                heartbeat_ticks=opts.heartbeat_tick,
+                snapshot_entries=opts.snapshot_every or NEVER,
+                snapshot_chunk_size=opts.snapshot_chunk_size,
+                max_inflight_appends=opts.max_inflight_msgs,
+                max_entries_per_append=opts.max_entries_per_msg,
+            ),
+            seed=cluster.rng.getrandbits(64),
+        )
+        self.cluster = cluster
+        self.sim = sim
+        self.storage = self.open_storage()
+
+    def make_raw_node(self, config: RaftConfig, storage: GroupStore, rng: random.Random) -> RawNode:
+        opts = self.cluster.options
+        config = RaftConfig(
+            id=self.id,
+            election_tick=opts.election_tick,
+            heartbeat_tick=opts.heartbeat_tick,
+            max_entries_per_msg=opts.max_entries_per_msg,
+            max_inflight_msgs=opts.max_inflight_msgs,
+            announce_commit=opts.announce_commit,
+            max_size_per_msg=1 << 12,
+            snapshot_chunk_size=opts.snapshot_chunk_size,
+            pre_vote=opts.pre_vote,
+            check_quorum=opts.check_quorum,
+            quiesce=opts.quiesce,
+        )
+        node = self.cluster.node_class(config, storage, rng, core=self.cluster.raft_class)
+        take_ready, observe, node_id = node.ready, self.cluster._observe_ready, self.id
+
+        def ready() -> Ready:
+            # Every Ready is shown to the checker as it is taken, before the host acts.
+            taken = take_ready()
+            observe(node_id, taken)
+            return taken
+
+        node.ready = ready  # type: ignore[method-assign]
+        return node
+
+    def _send_all(self, outgoing: defaultdict[int, defaultdict[str, list[Message]]]) -> None:
+        # The transport's edge: messages go to the simulated network as they are.
+        for batch in outgoing.values():
+            for messages in batch.values():
+                for msg in messages:
+                    self.cluster._send(msg)
+        outgoing.clear()
 
 
 @dataclass(slots=True)
@@ -85,15 +224,30 @@ class SimNode:
 
     id: int
     storage: MemoryStorage
-    host: MachineHost[Any, Any, Any, Any, Any]
-    node: RawNode | None = None
+    last_host: MachineHost[Any, Any, Any, Any, Any]
+    server: _CoreHost | None = None
+    log: _ObservedLog | None = None
     persisted: HardState = field(default_factory=HardState)
     tick_rate: float = 1.0
     tick_credit: float = 0.0
-    writes: dict[int, _PendingWrite] = field(default_factory=dict)
-    reads: dict[bytes, _ReadWaiter] = field(default_factory=dict)
-    ready_reads: list[tuple[int, bytes]] = field(default_factory=list)
+    reads: dict[bytes, Pending] = field(default_factory=dict)
+    """Reads in flight by the workload's context (the group tags them its own way)."""
     was_leader: bool = False
+
+    @property
+    def group(self) -> GroupRuntime | None:
+        return None if self.server is None else self.server.groups.get(GROUP)
+
+    @property
+    def node(self) -> RawNode | None:
+        group = self.group
+        return None if group is None else group.node
+
+    @property
+    def host(self) -> MachineHost[Any, Any, Any, Any, Any]:
+        """The state machine's host (the last incarnation's while the node is down)."""
+        group = self.group
+        return self.last_host if group is None else group.host
 
     @property
     def up(self) -> bool:
@@ -104,9 +258,27 @@ class SimNode:
         return self.raft_node().raft
 
     def raft_node(self) -> RawNode:
-        if self.node is None:
+        node = self.node
+        if node is None:
             raise RuntimeError(f"node {self.id} is down")
-        return self.node
+        return node
+
+
+def _done_with(done: WriteDone) -> Callable[[Outcome], None]:
+    """A workload callback fed by a request's outcome."""
+
+    def then(outcome: Outcome) -> None:
+        match outcome:
+            case Applied(reply) if isinstance(reply, CommandFailed):
+                done("fail", reply)
+            case Applied(reply):
+                done("ok", reply)
+            case Rejected(reason):
+                done("fail", reason)
+            case Unknown(reason):
+                done("unknown", reason)
+
+    return then
 
 
 class SimCluster:
@@ -149,44 +321,26 @@ class SimCluster:
     # --- Lifecycle ----------------------------------------------------------------------
 
     def _start(self, sim: SimNode) -> None:
-        opts = self.options
-        snapshot = sim.storage.snapshot()
-        sim.host = MachineHost(self.machine())
-        if snapshot.meta.index:
-            sim.host.restore(snapshot.data)
-        config = RaftConfig(
-            id=sim.id,
-            election_tick=opts.election_tick,
-            heartbeat_tick=opts.heartbeat_tick,
-            max_entries_per_msg=opts.max_entries_per_msg,
-            max_inflight_msgs=opts.max_inflight_msgs,
-            announce_commit=opts.announce_commit,
-            max_size_per_msg=1 << 12,
-            snapshot_chunk_size=opts.snapshot_chunk_size,
-            pre_vote=opts.pre_vote,
-            check_quorum=opts.check_quorum,
-            quiesce=opts.quiesce,
-        )
-        node_rng = random.Random(self.rng.getrandbits(64))
-        sim.node = self.node_class(config, sim.storage, node_rng, core=self.raft_class)
+        sim.log = _ObservedLog(self, sim)
         sim.persisted = sim.storage.hard_state
+        sim.server = _CoreHost(self, sim, sim.log)
+        group = sim.server.open_group(
+            GROUP, announce_commit=self.options.announce_commit, quiesce=self.options.quiesce
+        )
+        sim.last_host = group.host
         sim.was_leader = False
         self.checker.observe_restart(sim.id, sim.persisted)
 
     def crash(self, node_id: int) -> None:
         """Power off: memory is lost, the disk (MemoryStorage) is kept."""
         sim = self.nodes[node_id]
-        if not sim.up:
+        group = sim.group
+        if group is None:
             return
         self.crashes += 1
-        sim.node = None
-        for pending in sim.writes.values():
-            pending.done("unknown", "node crashed")
-        sim.writes.clear()
-        for waiter in sim.reads.values():
-            waiter.done("unknown", "node crashed")
+        sim.server = None
+        group.close("node crashed")
         sim.reads.clear()
-        sim.ready_reads.clear()
         self.network.drop_to(node_id)
 
     def restart(self, node_id: int) -> None:
@@ -218,16 +372,11 @@ class SimCluster:
 
     def submit_write(self, node_id: int, command: tuple[Any, ...], done: WriteDone) -> None:
         """Propose ``command`` at ``node_id``; ``done`` is called exactly once."""
-        sim = self.nodes[node_id]
-        if not sim.up:
+        group = self.nodes[node_id].group
+        if group is None:
             done("fail", "node down")
             return
-        try:
-            entry = sim.raft_node().propose(MachineHost.encode_command(command))
-        except Exception as exc:  # NotLeaderError, ProposalDroppedError
-            done("fail", exc)
-            return
-        sim.writes[entry.index] = _PendingWrite(entry.term, done)
+        group.propose(MachineHost.encode_command(command), Pending(then=_done_with(done)))
 
     def next_read_context(self) -> bytes:
         self.read_seq += 1
@@ -236,18 +385,20 @@ class SimCluster:
     def submit_read(
         self, node_id: int, query: tuple[Any, ...], done: WriteDone, context: bytes
     ) -> None:
-        """A linearizable read through ReadIndex at ``node_id``, tagged ``context``."""
+        """A linearizable read through ReadIndex at ``node_id``; ``context`` names it
+        for ``forget_read``."""
         sim = self.nodes[node_id]
-        if not sim.up:
+        group = sim.group
+        if group is None:
             done("fail", "node down")
             return
-        self.checker.observe_read_asked(context)
-        try:
-            sim.raft_node().read_index(context)
-        except Exception as exc:  # NotLeaderError
-            done("fail", exc)
-            return
-        sim.reads[context] = _ReadWaiter(query, done)
+        pending = Pending(then=_done_with(done))
+        asked = set(group.reads)
+        group.read(query, pending)
+        for tag in set(group.reads) - asked:
+            # The read index is asked now: nothing committed later may be missed.
+            self.checker.observe_read_asked(tag)
+            sim.reads[context] = pending
 
     # --- The loop -----------------------------------------------------------------------
 
@@ -284,7 +435,7 @@ class SimCluster:
                 rounds += 1
                 if rounds > 100:
                     raise RuntimeError(f"node {sim.id} produced Ready forever")
-                self._handle_ready(sim, sim.node.ready())
+                self._cycle(sim)
         rafts = [sim.raft for sim in self.live()]
         self.checker.observe_roles(rafts)
         for raft in rafts:
@@ -296,31 +447,42 @@ class SimCluster:
                 self.checker.observe_new_leader(sim.raft)
             sim.was_leader = is_leader
 
-    def _handle_ready(self, sim: SimNode, ready: Ready) -> None:
-        node = sim.node
-        assert node is not None
-        for msg in ready.messages:
-            self._send(msg)
-        if self.mid_ready_crash and self.rng.random() < self.mid_ready_crash:
-            # Crash between sending the early messages and persisting: nothing of this
-            # Ready is durable, and nothing that depended on it may have left.
+    def _cycle(self, sim: SimNode) -> None:
+        """One Ready of ``sim``, through the host's own cycle: send, persist, send what
+        needed the persist, apply, advance."""
+        server, log = sim.server, sim.log
+        assert server is not None and log is not None
+        # Crash between sending the messages that may leave early and persisting:
+        # nothing of this Ready is durable, and nothing that depended on it may leave.
+        log.armed = bool(self.mid_ready_crash) and self.rng.random() < self.mid_ready_crash
+        try:
+            server._cycle({GROUP})
+        except _PowerCut:
             self.crash(sim.id)
             return
-        self._persist(sim, ready)
-        for msg in ready.persisted_messages:
-            self._send(msg)
-        if ready.snapshot is not None:
-            sim.host.restore(ready.snapshot.data)
-            for index in [i for i in sim.writes if i <= ready.snapshot.meta.index]:
-                sim.writes.pop(index).done("unknown", "covered by an installed snapshot")
-        self._apply(sim, ready)
+        finally:
+            log.armed = False
+        if server.quarantined:
+            # The core's own sanity checks tripped: a finding, not a fault to ride out.
+            raise RuntimeError(f"node {sim.id}: {server.quarantined[GROUP]}")
+        group = sim.group
+        assert group is not None
+        if group.build is not None:
+            server._continue_snapshots()
+        self.checker.observe_commit(sim.id, group.node.raft.log.committed)
+
+    def _observe_ready(self, node_id: int, ready: Ready) -> None:
+        """What a Ready shows before the host acts on it: entries about to be applied
+        (state machine safety, leader completeness) and released read indexes."""
+        sim = self.nodes[node_id]
+        applied = sim.host.applied_index
+        if ready.committed_entries:
+            leaders = [s.raft for s in self.live() if s.raft.role is Role.LEADER]
+            for entry in ready.committed_entries:
+                if entry.index > applied:
+                    self.checker.observe_applied(node_id, entry, leaders)
         for read_state in ready.read_states:
-            self.checker.observe_read_state(sim.id, read_state.index, read_state.context)
-            sim.ready_reads.append((read_state.index, read_state.context))
-        node.advance(ready)
-        self.checker.observe_commit(sim.id, node.raft.log.committed)
-        self._serve_reads(sim)
-        self._maybe_snapshot(sim)
+            self.checker.observe_read_state(node_id, read_state.index, read_state.context)
 
     def _send(self, msg: Any) -> None:
         if isinstance(msg, VoteResponse) and msg.granted and not msg.pre_vote:
@@ -329,73 +491,7 @@ class SimCluster:
             self.checker.observe_ack(msg.frm, msg.term, msg.index)
         self.network.send(self.now, msg)
 
-    def _persist(self, sim: SimNode, ready: Ready) -> None:
-        storage = sim.storage
-        if ready.snapshot is not None:
-            storage.apply_snapshot(ready.snapshot)
-        if ready.entries:
-            first = ready.entries[0].index
-            prev_term: int | None
-            try:
-                prev_term = storage.term(first - 1)
-            except Exception:
-                prev_term = None
-            self.checker.observe_persisted(sim.id, ready.entries, prev_term)
-            if sim.raft.role is Role.LEADER:
-                self.checker.observe_leader_append(sim.raft, ready.entries)
-            storage.append(ready.entries)
-            term = ready.hard_state.term if ready.hard_state is not None else sim.persisted.term
-            self.checker.observe_log_end(sim.id, term, storage.last_index())
-        if ready.hard_state is not None:
-            self.checker.observe_hard_state(sim.id, sim.persisted, ready.hard_state)
-            storage.set_hard_state(ready.hard_state)
-            sim.persisted = ready.hard_state
-
-    def _apply(self, sim: SimNode, ready: Ready) -> None:
-        leaders = [s.raft for s in self.live() if s.raft.role is Role.LEADER]
-        for entry in ready.committed_entries:
-            if entry.index <= sim.host.applied_index:
-                continue
-            self.checker.observe_applied(sim.id, entry, leaders)
-            if entry.type is EntryType.NORMAL:
-                reply = sim.host.apply_entry(entry.index, entry.data)
-            else:
-                sim.host.skip(entry.index)
-                reply = None
-            pending = sim.writes.pop(entry.index, None)
-            if pending is None:
-                continue
-            if pending.term != entry.term:
-                pending.done("fail", "overwritten by another leader's entry")
-            elif isinstance(reply, CommandFailed):
-                pending.done("fail", reply)
-            else:
-                pending.done("ok", reply)
-
-    def _serve_reads(self, sim: SimNode) -> None:
-        if not sim.ready_reads:
-            return
-        applied = sim.host.applied_index
-        waiting = []
-        for index, context in sim.ready_reads:
-            waiter = sim.reads.get(context)
-            if waiter is None:
-                continue
-            if index <= applied:
-                del sim.reads[context]
-                waiter.done("ok", sim.host.query(waiter.query))
-            else:
-                waiting.append((index, context))
-        sim.ready_reads = waiting
-
-    def _maybe_snapshot(self, sim: SimNode) -> None:
-        every = self.options.snapshot_every
-        if not every or sim.node is None:
-            return
-        applied = sim.host.applied_index
-        if applied - sim.storage.snapshot().meta.index >= every:
-            sim.storage.create_snapshot(applied, sim.node.conf_state, sim.host.snapshot())
-            sim.storage.compact(applied)
-
     def forget_read(self, node_id: int, context: bytes) -> None:
-        self.nodes[node_id].reads.pop(context, None)
+        pending = self.nodes[node_id].reads.pop(context, None)
+        if pending is not None:
+            pending.abandoned = True
