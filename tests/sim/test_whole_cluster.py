@@ -13,9 +13,11 @@ something. ``docs/simulation.md`` publishes the table.
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 import sys
+from typing import cast
 
 import pytest
 
@@ -123,3 +125,23 @@ def test_a_plant_is_switched_off_after_its_run() -> None:
     drop = router.Router.drop
     run_seed(0, "calm", plant="drop_without_fence")
     assert router.Router.drop is drop
+
+
+@pytest.mark.parametrize("name", [n for n, p in sorted(PLANTS.items()) if p.variant])
+def test_a_core_plant_reaches_every_group_the_host_opens(name: str) -> None:
+    """Its whole-cluster scenarios run the broken core, not only the core simulator."""
+    from boutique.raft import RaftConfig
+    from boutique.runtime.host import RaftHost
+    from boutique.storage import MemoryStorage
+    from boutique.testing.broken import VARIANTS
+
+    def core() -> type:
+        host = cast(RaftHost, object.__new__(RaftHost))
+        node = host.make_raw_node(RaftConfig(id=1), MemoryStorage(), random.Random(1))
+        return type(node.raft)
+
+    plant = PLANTS[name]
+    assert plant.variant is not None
+    with plant.install():
+        assert core() is VARIANTS[plant.variant].raft_class
+    assert core() is not VARIANTS[plant.variant].raft_class

@@ -36,9 +36,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from boutique.raft import LogStorage, RaftConfig, RawNode
+from boutique.raft import RaftConfig, RawNode
 from boutique.raft.core import Raft
 from boutique.runtime import founding, group, host, router
+from boutique.runtime.group import GroupStore
 from boutique.runtime.node import META_GROUP
 from boutique.testing import broken
 
@@ -132,10 +133,12 @@ def _empty_member_votes() -> Iterator[None]:
 def _core(variant: type[Raft]) -> Callable[[], contextlib.AbstractContextManager[None]]:
     @contextlib.contextmanager
     def install() -> Iterator[None]:
-        def raw_node(config: RaftConfig, storage: LogStorage, rng: random.Random) -> RawNode:
+        def make_raw_node(
+            self: host.RaftHost, config: RaftConfig, storage: GroupStore, rng: random.Random
+        ) -> RawNode:
             return RawNode(config, storage, rng, core=variant)
 
-        with _patched(host, "RawNode", raw_node):
+        with _patched(host.RaftHost, "make_raw_node", make_raw_node):
             yield
 
     return install
