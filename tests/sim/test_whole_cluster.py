@@ -29,6 +29,9 @@ SEEDS = int(os.environ.get("BOUTIQUE_WHOLE_SEEDS", "500"))
 PLANT_SEEDS = 300
 
 REGRESSIONS = [
+    # A client connected to a node in the instant it stopped after its removal: the
+    # harness spawned into a closing nursery (now: the connection is refused).
+    (257, "members"),
     # The promise checker took a follower's "installed" answer for a snapshot its synced
     # log already covered (Raft's fast-forward) for an unsynced snapshot.
     (474, "mix"),
@@ -40,6 +43,7 @@ REGRESSIONS = [
 ]
 
 
+@pytest.mark.timeout(900)  # about 150 s on two idle cores; the default 300 s is tight
 def test_the_scenario_mix_passes() -> None:
     failures = [
         f"{result.summary()}\n  replay: {result.replay_command()}"

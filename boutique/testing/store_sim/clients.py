@@ -46,7 +46,10 @@ class SimConnection:
         self._stream = client_side
         self._parser = ReplyParser()
         self.closed = False
-        nursery.start_soon(server._handle, server_side)
+        try:
+            nursery.start_soon(server._handle, server_side)
+        except RuntimeError as exc:  # the process is shutting down: no new connections
+            raise ProcessGone(f"n{node_id} is going down") from exc
 
     async def request(self, line: bytes) -> RawReply:
         """Send one request line, wait for its reply (``ProcessGone`` if the node dies)."""

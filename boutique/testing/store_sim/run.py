@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import traceback
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -193,10 +194,15 @@ def run_seed(seed: int, scenario: str, *, plant: str | None = None) -> RunResult
     result = RunResult(seed, scenario, plant)
     reset_process_globals()
     with deterministic_trio(seed), quiet_logs(), planted(plant):
-        trio.run(
-            _Run(seed, SCENARIOS[scenario], result).main,
-            clock=trio.testing.MockClock(autojump_threshold=0),
-        )
+        try:
+            trio.run(
+                _Run(seed, SCENARIOS[scenario], result).main,
+                clock=trio.testing.MockClock(autojump_threshold=0),
+            )
+        except Exception as exc:  # the harness itself broke: a failing seed all the same
+            trace = traceback.format_exception(exc)
+            result.violations.append(f"the simulation itself failed: {exc!r}")
+            result.events.extend(line.rstrip() for line in trace[-8:])
     return result
 
 

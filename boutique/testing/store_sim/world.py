@@ -293,6 +293,7 @@ class SimWorld:
                     task_status.started()
                     await node.removed.wait()
                     process.removed = True
+                    process.server = process.nursery = None  # no new connections
                     self.note(f"n{process.id} was removed from the cluster: it stops")
                     nursery.cancel_scope.cancel()
         except BaseException as exc:  # recorded by _ended; this incarnation is over
