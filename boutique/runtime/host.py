@@ -252,6 +252,11 @@ class RaftHost:
         self.transport: PeerTransport | None = None
         self._inbox: list[_InboxItem] = []
         self._wakeup = trio.Event()
+        self.clock: Callable[[], float] = trio.current_time
+        """The time the turn reads (request deadlines, broken links). Only the async
+        edges (``run``, the ticker, the waits) use trio: a turn (``_turn``) runs
+        without an event loop when given another clock, which is how a simulator or
+        a test steps the host by hand."""
         self._tick_due = False
         self._carry: set[str] = set()
         self._building: set[str] = set()
@@ -487,7 +492,7 @@ class RaftHost:
         # A request in a stream that broke will never be answered: the peer may not have
         # read it, or its answer was in the stream. The peer reconnects at once and is
         # "reachable" again, so without this the request would wait out its timeout.
-        self._links_lost[peer] = trio.current_time()
+        self._links_lost[peer] = self.clock()
 
     async def _ticker(self) -> None:
         while True:
@@ -867,14 +872,14 @@ class RaftHost:
         """Give a request that no task waits for (``Pending.then``) a deadline of
         ``settings.request_timeout``; past it, it is resolved ``Unknown``. Every tracked
         request gets the same timeout, so the oldest is always first in line."""
-        pending.deadline = trio.current_time() + self.settings.request_timeout
+        pending.deadline = self.clock() + self.settings.request_timeout
         self._tracked.append(pending)
 
     def _expire_requests(self) -> None:
         """Called every tick: end tracked requests past their deadline, and forwarded
         requests whose peer went silent or whose stream broke (a dead node or a broken
         stream will not answer, and waiting out the whole timeout helps nobody)."""
-        now = trio.current_time()
+        now = self.clock()
         tracked = self._tracked
         while tracked and (tracked[0].outcome is not None or tracked[0].deadline <= now):
             pending = tracked.popleft()
@@ -913,7 +918,7 @@ class RaftHost:
         """Ask ``peer`` to run ``request`` in its copy of the group (``execute_local``);
         ``pending`` is resolved when it answers, ``Rejected`` at once if it is
         unreachable, ``Unknown`` if it goes silent first."""
-        self.forwarder.send(self.transport, peer, group_id, request, pending, trio.current_time())
+        self.forwarder.send(self.transport, peer, group_id, request, pending, self.clock())
 
     def _mail_posted(self) -> None:
         """Mail waits for the end of this turn; outside a turn, one starts for it."""
