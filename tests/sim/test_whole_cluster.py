@@ -149,3 +149,41 @@ def test_a_core_plant_reaches_every_group_the_host_opens(name: str) -> None:
     with plant.install():
         assert core() is VARIANTS[plant.variant].raft_class
     assert core() is not VARIANTS[plant.variant].raft_class
+
+
+def test_a_paused_node_takes_no_turn_until_it_resumes() -> None:
+    """Pause is SIGSTOP: the host does nothing (no tick, no step) while stopped, and
+    catches up when it resumes."""
+    import trio.testing
+
+    from boutique.testing.store_sim.world import (
+        SimWorld,
+        cluster_config,
+        deterministic_trio,
+        quiet_logs,
+    )
+
+    turns: dict[str, int] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            world = SimWorld(cluster_config(3), random.Random(7), nursery=nursery)
+            for node_id in (1, 2, 3):
+                await world.start(node_id)
+            await trio.sleep(2)
+            node = world.processes[1].node
+            assert node is not None
+            world.pause(1)
+            await trio.sleep(0.01)  # the turn already under way ends
+            turns["paused"] = node.counters.turns
+            await trio.sleep(2)
+            turns["still paused"] = node.counters.turns
+            world.resume(1)
+            await trio.sleep(1)
+            turns["resumed"] = node.counters.turns
+            nursery.cancel_scope.cancel()
+
+    with deterministic_trio(7), quiet_logs():
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert turns["still paused"] == turns["paused"]
+    assert turns["resumed"] > turns["paused"]

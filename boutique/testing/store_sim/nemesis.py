@@ -224,11 +224,10 @@ async def _restart_later(run: Nemesis, node: int, delay: float) -> None:
 
 async def _resume_later(run: Nemesis, node: int, delay: float) -> None:
     await trio.sleep(delay)
-    run.world.network.resume(node)
-    run.world.note(f"n{node} resumed")
+    run.world.resume(node)
 
 
 async def _heal_later(run: Nemesis, delay: float) -> None:
     await trio.sleep(delay)
-    run.world.network.heal()
+    run.world.heal()
     run.world.note("healed links")

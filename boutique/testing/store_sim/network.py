@@ -20,7 +20,7 @@ What the network may do to a frame, by the seeded ``random.Random`` it is given:
   after that much silence. A crashed node's peers hear the stream break at once.
 * a paused node (``pause``) is a process stopped with SIGSTOP: frames to and from it
   wait in their streams and arrive, in a burst, when it resumes; in between its peers
-  suspect it.
+  suspect it (its host takes no turn meanwhile: ``world.SimNode``).
 
 What it must never do: deliver a frame inside the sender's call, reorder the
 non-Raft part of frames on one link, hand a restarted node what was in flight to its

@@ -397,7 +397,7 @@ class _Run:
 
     async def _heal(self) -> None:
         world = self.world
-        world.network.heal()
+        world.heal()
         world.note("healed the network")
         for process in list(world.processes.values()):
             if not process.up and not process.removed and process.id not in self.nemesis.wiped:

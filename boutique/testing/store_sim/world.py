@@ -165,6 +165,8 @@ class SimNode(Node):
         self.checkers = {} if checkers is None else checkers
         """Each group's invariant checker, shared by every node of the world."""
         self.report = report or _raise
+        self._paused_carry: set[str] = set()
+        self._paused_building: set[str] = set()
         super().__init__(config, me, seed=seed)
         self.settings = dataclasses.replace(
             self.settings,
@@ -175,6 +177,24 @@ class SimNode(Node):
 
     def _open_storage(self) -> ObservedStorage:  # type: ignore[override]
         return ObservedStorage(self.disk.open(), self.id, self.checkers, self._raft_of, self.report)
+
+    def _turn(self) -> None:
+        """A paused process (SIGSTOP) takes no turn: what arrives, ticks included,
+        waits in the inbox until it resumes. The work carried between turns is set
+        aside meanwhile, so the loop sleeps instead of spinning on it."""
+        if self.id in self.network.paused:
+            self._paused_carry |= self._carry
+            self._paused_building |= self._building
+            self._carry, self._building = set(), set()
+            return
+        if self._paused_carry or self._paused_building:
+            self._carry |= self._paused_carry
+            self._building |= self._paused_building
+            self._paused_carry, self._paused_building = set(), set()
+        super()._turn()
+
+    def resume(self) -> None:
+        self._wakeup.set()
 
     def _raft_of(self, group_id: str) -> Raft | None:
         group = self.groups.get(group_id)
@@ -342,6 +362,19 @@ class SimWorld:
         if self.processes[node_id].up:
             self.network.pause(node_id)
             self.note(f"n{node_id} paused")
+
+    def resume(self, node_id: int) -> None:
+        self.network.resume(node_id)
+        node = self.processes[node_id].node
+        if node is not None:
+            node.resume()
+        self.note(f"n{node_id} resumed")
+
+    def heal(self) -> None:
+        """Every link works again and every paused node resumes."""
+        for node_id in sorted(self.network.paused):
+            self.resume(node_id)
+        self.network.heal()
 
     def add_node(self, node_id: int) -> NodeProcess:
         process = self.processes[node_id] = NodeProcess(joining_node(node_id))
