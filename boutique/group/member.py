@@ -48,6 +48,9 @@ __all__ = ["Member", "MemberStatus"]
 
 log = logging.getLogger("boutique.group")
 
+_REMOVED = object()
+"""What ``_unless_removed`` answers once the member knows it was removed."""
+
 C = TypeVar("C")
 R = TypeVar("R")
 Q = TypeVar("Q")
@@ -150,6 +153,8 @@ class Member(Generic[C, R, Q, A]):
         self.settings = settings if settings is not None else HostSettings()
         self._learned: dict[int, Address] = {}
         self._nursery: trio.Nursery | None = None
+        self._removed_event = trio.Event()
+        """Set when this member learns it was removed (see ``stop_as_removed``)."""
         envelope = Envelope(machine)
         self.host = _LibraryHost(
             self,
@@ -396,9 +401,11 @@ class Member(Generic[C, R, Q, A]):
             if remaining <= 0:
                 raise Timeout(f"the change of node {node_id} goes on in the background")
             try:
-                result = await self.router.route(Read(("m", "result", token)), remaining)
+                result = await self._unless_removed(Read(("m", "result", token)), remaining)
             except Unavailable:
                 continue  # the deadline check above ends this
+            if result is _REMOVED:
+                continue  # the check above returns: the removal it asked for is done
             if result == "ok":
                 break
             if result is not None:
@@ -413,6 +420,34 @@ class Member(Generic[C, R, Q, A]):
             if (node_id in conf.voters) == (op == "join"):
                 return
             await trio.sleep(self.settings.tick_interval)
+
+    async def _unless_removed(self, request: Read, timeout: float) -> object:
+        """``request``'s answer, or ``_REMOVED`` as soon as this member learns it was
+        removed: a removed member is refused by everyone, so waiting for the answer
+        would only wait out the timeout (a member that removed itself did, 30 s by
+        default, although it knew at once)."""
+        answer: list[object] = []
+        failed: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                try:
+                    answer.append(await self.router.route(request, timeout))
+                except Exception as exc:  # re-raised below as it came, not in a group
+                    failed.append(exc)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                await self._removed_event.wait()
+                answer.append(_REMOVED)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(ask)
+            nursery.start_soon(watch)
+        if failed:
+            raise failed[0]
+        return answer[0] if answer else _REMOVED
 
     # --- Addresses ----------------------------------------------------------------------
 
@@ -479,6 +514,7 @@ class Member(Generic[C, R, Q, A]):
             source,
         )
         self.host.set_peers({})
+        self._removed_event.set()
         # Often called from inside the host's turn (applying its own removal), where
         # the loop must not be halted under its feet: halt it from a task.
         if self._nursery is not None:

@@ -124,3 +124,27 @@ def test_the_envelope_keeps_tombstones_and_refuses_their_return() -> None:
     copy: MachineHost[GroupState, Any, Any, Any, Any] = MachineHost(Envelope(KVStore()))
     copy.restore(host.snapshot())
     assert copy.state.removed == {4}
+
+
+async def test_a_member_that_removes_itself_returns_as_soon_as_it_knows() -> None:
+    """It used to wait out the whole timeout (30 s by default): once removed, nobody
+    answers its requests, so its wait for the change's result could only time out.
+    Real time on purpose: under ``MockClock`` the race that lost it does not occur."""
+    async with three() as members:
+        (port,) = free_ports(1)
+        address = ("127.0.0.1", port)
+        async with Member.start(
+            Counter(),
+            node_id=4,
+            members={4: address, 1: members[0].host.listen},
+            secret=SECRET,
+            join=True,
+            settings=FAST,
+        ) as newcomer:
+            await members[1].add_member(4, address, timeout=10)
+            for leaving in (members[2], newcomer):
+                started = trio.current_time()
+                await leaving.remove_member(leaving.node_id, timeout=20)
+                assert trio.current_time() - started < 10, f"member {leaving.node_id}"
+                assert leaving.status().role == "removed"
+            await wait_for(lambda: members[0].status().voters == (1, 2))
