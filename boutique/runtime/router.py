@@ -133,7 +133,16 @@ class Router:
                     raise
                 info = newer
                 continue
-            await self._write(META_GROUP, self._meta_replicas(), ("drop", name, info.group))
+            try:
+                await self._write(META_GROUP, self._meta_replicas(), ("drop", name, info.group))
+            except (Unavailable, OutcomeUnknown):
+                if fenced_now:
+                    # The tombstone committed: that was the DROP's instant, so it took
+                    # effect whatever becomes of this clean-up (the mover, or the next
+                    # DROP or CREATE, finishes it). UNAVAILABLE would say "certainly
+                    # not applied" of a bucket that is gone.
+                    return True
+                raise
             if fenced_now:
                 return True
             # Another DROP fenced this incarnation first; the bucket may exist again.
