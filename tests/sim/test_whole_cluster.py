@@ -35,6 +35,7 @@ REGRESSIONS = [
     (884, "churn"),
     (1046, "churn"),
     (1113, "mix"),
+    (1748, "churn"),
     # A client connected to a node in the instant it stopped after its removal: the
     # harness spawned into a closing nursery (now: the connection is refused).
     (257, "members"),
