@@ -39,7 +39,6 @@ import trio.testing
 
 from boutique.raft import Role
 from boutique.registry import RegistryState
-from boutique.runtime.founding import ClusterExistsError
 from boutique.runtime.node import META_GROUP
 from boutique.testing.disk import PowerLossDisk
 from boutique.testing.durability import PromiseChecker
@@ -51,7 +50,6 @@ from boutique.wire import request_line
 from . import nemesis
 from .clients import Recorder, SimConnection
 from .nemesis import Nemesis
-from .network import LinkFaults
 from .world import (
     Knobs,
     ProcessGone,
@@ -588,8 +586,6 @@ def _catalog(state: RegistryState) -> str:
 
 __all__ = [
     "SCENARIOS",
-    "ClusterExistsError",
-    "LinkFaults",
     "RunResult",
     "Scenario",
     "run_seed",
