@@ -71,6 +71,7 @@ from boutique.runtime.node import Node
 from boutique.runtime.outcomes import Done, MaybeApplied, Outcome, Refused, classify
 from boutique.runtime.peertls import client_port_context
 from boutique.runtime.router import (
+    Command,
     CommandRejected,
     NotFound,
     OutcomeUnknown,
@@ -825,7 +826,7 @@ class _Connection:
         writing are the connection's work, not the loop's (``_answer_settled``)."""
         match command:
             case cmd.Put(bucket, key, value):
-                request: tuple[Any, ...] = ("put", key, value)
+                request: Command = ("put", key, value)
             case cmd.Delete(bucket, key):
                 request = ("delete", key)
             case cmd.Get(bucket, key):
