@@ -185,12 +185,12 @@ class RaftHost(HostCore):
 
     async def propose(self, group_id: str, data: bytes, timeout: float) -> Outcome:
         pending = Pending()
-        self.submit(group_id, Propose(data), pending)
+        self.execute(group_id, Propose(data), pending)
         return await wait_outcome(pending, timeout)
 
     async def read(self, group_id: str, query: WireValue, timeout: float) -> Outcome:
         pending = Pending()
-        self.submit(group_id, Read(query), pending)
+        self.execute(group_id, Read(query), pending)
         return await wait_outcome(pending, timeout)
 
     async def call(

@@ -831,19 +831,17 @@ class HostCore:
         without waiting: ``pending`` is resolved from a turn. The caller sets
         ``pending.then`` and ``track``s it, or waits for it (the trio adapter's
         ``wait_outcome``)."""
-        match request:
-            case Propose(data):
-                self._post(_Propose(group_id, data, pending))
-            case Read(query):
-                self._post(_Read(group_id, query, pending))
+        self.execute(group_id, request, pending)
 
     def execute(self, group_id: str, request: Request, pending: Pending) -> None:
         """Run one routed request (any kind of ``runtime.requests``) against this node's
         copy of the group; ``pending`` is resolved from a turn (``LocalView`` at once:
         None if this node does not host the group)."""
         match request:
-            case Propose() | Read():
-                self.submit(group_id, request, pending)
+            case Propose(data):
+                self._post(_Propose(group_id, data, pending))
+            case Read(query):
+                self._post(_Read(group_id, query, pending))
             case ChangeMembership(change_type, node):
                 self.submit_change(group_id, ConfChange.single(change_type, node), pending)
             case LeaderView():
