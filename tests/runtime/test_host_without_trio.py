@@ -63,15 +63,20 @@ def test_tracked_requests_expire_by_the_hosts_clock() -> None:
 
 def test_work_posted_outside_a_turn_asks_the_driver_for_one() -> None:
     woken: list[str] = []
-    host = make_host(RecordingTransport())
+    transport = RecordingTransport()
+    host = make_host(transport)
     host.on_work = lambda: woken.append("work")
     host.tick()
     host.submit("nowhere", Propose(b"x"), Pending())
     host.send_forward(2, "g", Read(("get", "k")), Pending())
-    assert woken == ["work"] * 3
+    host.on_frame(3, {"f": [[1, "w", "nowhere", b"x"]]})
+    assert woken == ["work"] * 4
     woken.clear()
     assert host.turn() is False
-    assert woken == []  # the mail went out at the end of the turn: no second wake-up
+    # The answer to node 3 was posted inside the turn and left at its end, with the
+    # request to node 2: no second wake-up for it.
+    assert woken == []
+    assert sorted(peer for peer, _ in transport.frames) == [2, 3]
 
 
 def test_every_request_kind_runs_from_the_core_without_a_task() -> None:
