@@ -236,7 +236,8 @@ class _Suspect:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """Run ``fn`` inside the loop (e.g. a leader transfer) and resolve with its result."""
+    """Run ``fn`` inside a turn (e.g. the drain starting a leader transfer) and resolve
+    with its result."""
 
     group: str
     fn: Callable[[GroupRuntime], Reply]
@@ -536,7 +537,9 @@ class HostCore:
     def turn(self) -> bool:
         """Do the work posted since the last turn (see the module docstring); True if
         work is left for another turn (a turn's cost is bounded: the driver should
-        let other work run, then call again)."""
+        let other work run, then call again). A halted host does nothing."""
+        if self.halted:
+            return False
         self._in_turn = True
         try:
             self._turn()

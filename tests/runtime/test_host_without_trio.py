@@ -142,3 +142,13 @@ def test_halt_settles_transfers_still_waiting() -> None:
     assert waiting.outcome is None
     host.halt()
     assert isinstance(waiting.outcome, Unknown)
+
+
+def test_a_halted_host_takes_no_turn() -> None:
+    transport = RecordingTransport()
+    host = make_host(transport, machine_for=lambda group: KVStore())
+    host.open_group("kv", (1,), bootstrap_voters=True, campaign=True)
+    host.halt()
+    host.tick()
+    assert host.turn() is False
+    assert host.counters.turns == 0 and host.groups["kv"].leader == 0
