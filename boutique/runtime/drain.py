@@ -119,12 +119,9 @@ async def settle(host: RaftHost, busy: Callable[[], bool], timeout: float) -> bo
 
 async def say_goodbye(host: RaftHost, timeout: float) -> None:
     """Halt the host, send what it still owes, then the goodbye frame to every peer."""
+    # Requests from peers got their outcome in ``halt``, and their answers joined the
+    # mail (no task serves them), so it is complete now.
     host.halt()
-    with trio.move_on_after(timeout):
-        # Tasks serving peers' requests saw their outcome in ``halt``; let them post
-        # their answers before the mail goes.
-        while host.serving:
-            await trio.sleep(host.settings.tick_interval / 4)
     host.flush_mail()
     transport = host.transport
     if transport is None:

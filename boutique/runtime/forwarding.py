@@ -423,7 +423,7 @@ class Forwarder:
 
     def peer_departed(self, peer: int) -> None:
         """``peer`` said goodbye: whatever it still owes us was refused or never read
-        (see ``RaftHost._peer_departed``), so it is rejected, to be retried elsewhere."""
+        (see ``HostCore._peer_departed``), so it is rejected, to be retried elsewhere."""
         self.departed.add(peer)
         for request_id, waiting in list(self.waiting.items()):
             if waiting.peer == peer:
@@ -433,7 +433,7 @@ class Forwarder:
     def expire(self, link: Link, broken: dict[int, float], peers: Sequence[int]) -> None:
         """Called every tick: end requests whose peer went silent, or that were sent
         before a stream to or from their peer broke (``broken``: peer -> when; see
-        ``RaftHost._expire_requests``). ``peers`` are the other nodes."""
+        ``HostCore._expire_requests``). ``peers`` are the other nodes."""
         if not self.waiting:
             return
         self._sweeps += 1

@@ -1,9 +1,10 @@
 """One Raft group hosted by a node: its RawNode, storage, state machine and waiters.
 
-``GroupRuntime`` is plain synchronous code driven by the node's event loop (see
-``node.py``): the loop calls ``persist`` for every group, syncs storage once, then
+``GroupRuntime`` is plain synchronous code driven by the host's turn (see
+``host_core.py``): the turn calls ``persist`` for every group, syncs storage once, then
 ``apply_and_advance``. Client requests register a ``Pending`` and are resolved when their
-entry is applied (or lost), or when a read becomes safe to serve. Nothing here awaits.
+entry is applied (or lost), or when a read becomes safe to serve. Nothing here awaits,
+and this module never imports trio.
 
 Requests end with an ``Outcome`` (``runtime.outcomes``): ``Applied`` (with the
 machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
@@ -29,8 +30,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import trio
 
 from boutique.machine import AnyMachineHost, CommandFailed, HostRestorer, SnapshotStream, WireValue
 from boutique.raft import (
@@ -75,39 +74,31 @@ class GroupStore(LogStorage, Protocol):
 
 @dataclass(slots=True)
 class Pending:
-    """A request waiting on the event loop.
+    """A request waiting for its outcome: resolved once, from whatever learns it first
+    (a turn of the host, a transport callback, the host's expiry of old requests).
 
-    A task waits for it with ``wait``. Code that must not cost a task per request (the
-    line server's simple commands, requests forwarded by peers) sets ``then`` instead:
-    it is called once, with the outcome, from whatever resolves the request (inside the
-    host loop or a transport callback), so it must not block. Such a request has no
-    timeout of its own: the host resolves it ``Unknown`` once ``deadline`` passes (see
-    ``RaftHost.track``).
+    ``then`` is called once, with the outcome, when it is resolved: code that must not
+    cost a task per request (the line server's simple commands, requests forwarded by
+    peers) answers from there, so it must not block. Such a request has no timeout of
+    its own: the host resolves it ``Unknown`` once ``deadline`` passes (see
+    ``HostCore.track``). A trio task waits for one with ``runtime.host.wait_outcome``,
+    which chains its own wake-up onto ``then``; nothing here knows about event loops.
     """
 
-    event: trio.Event = field(default_factory=trio.Event)
     outcome: Outcome | None = None
     abandoned: bool = False
+    """Whoever waited gave up: the group may forget the request."""
     then: Callable[[Outcome], None] | None = None
     deadline: float = math.inf
 
     def resolve(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
-            self.event.set()
             if self.then is not None:
                 try:
                     self.then(outcome)
                 except Exception:
                     log.exception("a request's completion callback failed")
-
-    async def wait(self, timeout: float) -> Outcome:
-        with trio.move_on_after(timeout):
-            await self.event.wait()
-        if self.outcome is None:
-            self.abandoned = True
-            return Unknown("timed out waiting for the group")
-        return self.outcome
 
 
 @dataclass(slots=True)
@@ -146,7 +137,7 @@ class _Read:
 
 
 class GroupRuntime:
-    """A group on this node. All methods run inside the node's event loop."""
+    """A group on this node. All methods run inside the host's turn."""
 
     _contexts = itertools.count(1)
 

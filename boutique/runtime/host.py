@@ -1,222 +1,88 @@
-"""``RaftHost``: one process hosting many Raft groups, of any state machines.
+"""``RaftHost``: the trio adapter of ``HostCore``, the multi-Raft engine of one process.
 
-This is the multi-Raft engine under both the bucket store (``node.Node``) and the
-consensus library. Everything that touches a ``RawNode`` runs in one task, the event
-loop of the host. Other tasks (peer transport, client connections, the ticker) only put
-work in the inbox and wait on a ``Pending``. Each turn of the loop:
+``host_core.HostCore`` holds every decision and is driven by calls; this module gives
+it an event loop and nothing else. ``RaftHost.run``:
 
-1. ticks the active (non-quiet) groups if a tick is due, and steps every inbound
-   message and local request;
-2. takes a ``Ready`` from every group that has one and sends the messages that may
-   leave at once, batched into one frame per destination node;
-3. writes every group's hard state, entries and snapshots, then syncs the storage
-   ONCE for all of them (group commit);
-4. sends the messages that needed that sync, again one frame per destination;
-5. applies committed entries, serves reads, advances, and tells the owner (through
-   ``on_applied``) what the groups it watches applied;
-6. sends the requests forwarded to other nodes and the answers to theirs, again one
-   frame per destination (``runtime.forwarding.Forwarder``).
+1. opens the storage and loads the groups (``HostCore.open``);
+2. starts the peer transport (``PeerTransport``, or what ``make_transport`` returns),
+   whose callbacks are the core's events (``on_frame``, ``on_suspect``,
+   ``on_link_lost``, ``learn_removed``);
+3. runs the loop task: it sleeps until the core says there is work (``on_work`` sets a
+   ``trio.Event``), calls ``turn()``, and checkpoints between turns while work is
+   carried over, so a turn over thousands of groups never starves keepalives and
+   clients; and the ticker task, which calls ``tick()`` every ``tick_interval``;
+4. starts the owner's own tasks (``start_background``).
 
-Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host with
-thousands of idle groups does almost nothing. When the transport suspects a peer,
-groups led by it are woken to elect someone else.
+For trio callers it adds awaiting versions of the core's requests (``propose``,
+``read``, ``call``, ``change_membership``, ``transfer_leader``, ``forward``,
+``execute_local``): each makes a ``Pending``, hands it to the core and awaits it with
+``wait_outcome``. Requests that must not cost a task (the line server's) skip these
+and use the core's ``submit``/``send_forward``/``track`` with ``Pending.then``.
 
-A group whose core fails (``GROUP_FAILURES``) is quarantined and the loop carries on
-with the others; a failure of the node's storage ends the loop (and the node). When a
-stream to or from a peer breaks, requests forwarded to it and follower reads waiting on
-it are settled within ``LINK_LOSS_GRACE``. The loop never awaits inside a turn.
-
-A graceful stop (``runtime.drain``) sets ``stopping`` (peers' requests are refused as
-certainly not applied), waits until ``busy`` is false, then ``halt``s the loop and
-sends each peer a goodbye frame; a peer that reads it retries elsewhere whatever it
-still waits for here. A new process greets its peers first, which ends the goodbye.
-
-Removed nodes: the owner calls ``set_removed`` with the ids its replicated records say
-were removed; they stop being peers, their connections close, requests they forward
-are refused, and the transport tells each one, when it dials, that it was removed.
-A host told so calls ``on_removed`` once (the owner stops it: see ``Node`` and
-``Member``); ``removed_by`` says which peer told it.
+What it must never do: decide anything (retry, expire, route, quarantine: that is the
+core's), or touch a ``RawNode`` or a group outside the core's calls.
 """
 
 from __future__ import annotations
 
-import collections
-import heapq
-import logging
-import random
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Self
 
 import trio
 
-from boutique.machine import AnyMachine, AnyMachineHost, MachineHost, WireValue
-from boutique.raft import (
-    Message,
-    NotLeaderError,
-    RaftConfig,
-    RawNode,
-    Role,
-    bootstrap,
-)
+from boutique.machine import AnyMachine, WireValue
 from boutique.raft.messages import ConfChange
-from boutique.raft.storage import StorageError
 
-from .codec import CodecError, decode_batch, encode_batch
-from .forwarding import ANSWERS, REQUESTS, ForwardedRequest, Forwarder
-from .framing import DEFAULT_MAX_FRAME
-from .group import Applied, GroupRuntime, GroupStore, Outcome, Pending, Rejected, Reply, Unknown
+from .group import GroupRuntime, Outcome, Pending, Reply, Unknown
+from .host_core import DEFAULT_SETTINGS, HostCore
+from .host_core import GOODBYE as GOODBYE
+from .host_core import GROUP_FAILURES as GROUP_FAILURES
+from .host_core import HELLO as HELLO
+from .host_core import LINK_LOSS_GRACE as LINK_LOSS_GRACE
+from .host_core import MAX_GROUPS_PER_TURN as MAX_GROUPS_PER_TURN
+from .host_core import Address as Address
+from .host_core import HostCounters as HostCounters
+from .host_core import HostSettings as HostSettings
+from .host_core import NodeStorage as NodeStorage
+from .host_core import local_view as local_view
 from .peertls import PeerTLS
-from .requests import (
-    ChangeMembership,
-    GroupLeaderView,
-    LeaderView,
-    LocalView,
-    Propose,
-    Read,
-    Request,
-    TransferLeader,
-)
+from .requests import Propose, Read, Request, TransferLeader
 from .transport import PeerTransport
 
-log = logging.getLogger("boutique.host")
-
-GROUP_FAILURES = (RuntimeError, StorageError)
-"""What the core (or a group's own storage reads) raises when ONE group's state is
-broken: a conflict with a committed entry, compacted entries and no snapshot, a Ready
-out of order. Such a group is quarantined; the others carry on. Storage failures of the
-whole node (``boutique.storage.errors.DataFileError``: a failed commit, a closed data
-file) are not among them: they stop the node."""
-
-LINK_LOSS_GRACE = 0.2
-"""Seconds a forwarded request may still be answered after a stream to or from its
-peer broke (an answer already in our socket buffer is read in that time); then it is
-settled without its answer instead of waiting out the whole request timeout."""
-
-GOODBYE = "bye"
-"""Key of the last frame a stopping host sends each peer (``{"bye": True}``)."""
-HELLO = "hi"
-"""Key of the first frame a host sends each peer (``{"hi": True}``): a new process, so a
-goodbye heard from an earlier one no longer holds."""
-
-MAX_GROUPS_PER_TURN = 256
-"""Groups carried over from earlier turns handled in one turn at most (new input and
-ticks are always handled)."""
-
-Address = tuple[str, int]
-
-StatusField = int | str | bool | list[int]
-"""A field of a group's entry in ``RaftHost.group_status``."""
+TIMED_OUT = "timed out waiting for the group"
 
 
-class NodeStorage(Protocol):
-    """Every group's storage on one node (``SqliteStorage``, ``MemoryNodeStorage``)."""
+async def wait_outcome(pending: Pending, timeout: float, timed_out: str = TIMED_OUT) -> Outcome:
+    """Wait up to ``timeout`` seconds for ``pending``'s outcome; past it the request is
+    abandoned (the group may forget it) and the outcome is ``Unknown(timed_out)``. The
+    wake-up is chained onto ``pending.then``, which keeps working."""
+    if pending.outcome is None:
+        done = trio.Event()
+        earlier = pending.then
 
-    def group(self, group_id: str) -> GroupStore: ...
-    def groups(self) -> list[str]: ...
-    def drop_group(self, group_id: str) -> None: ...
-    def pending_writes(self) -> int: ...
-    def commit(self) -> None: ...
-    def close(self) -> None: ...
+        def then(outcome: Outcome) -> None:
+            done.set()
+            if earlier is not None:
+                earlier(outcome)
 
-
-@dataclass(frozen=True, slots=True)
-class HostSettings:
-    """Timing and sizes shared by every group of a host."""
-
-    tick_interval: float = 0.05
-    election_ticks: int = 10
-    heartbeat_ticks: int = 1
-    snapshot_entries: int = 10_000
-    request_timeout: float = 5.0
-    snapshot_chunk_size: int = 1 << 20
-    """Bytes of snapshot per InstallSnapshot message: a snapshot of any size goes to a
-    follower in messages (and frames) of about this size."""
-    max_frame: int = DEFAULT_MAX_FRAME
-    """The largest peer frame accepted (see ``PeerTransport``)."""
-    max_inflight_appends: int = 1
-    """Unacknowledged appends per follower. One keeps the message count per write low
-    under load: what is proposed while an append is in flight goes in the next one, so
-    the per-message cost (a Python-level encode, decode and step) is shared."""
-    max_entries_per_append: int = 256
-    """Entries per append message at most. The simulator makes it tiny in some runs so
-    that a leader's catch-up travels in many small appends (windows that one big append
-    would hide, such as an old term's entry acknowledged without the new leader's
-    no-op)."""
+        pending.then = then
+        with trio.move_on_after(timeout):
+            await done.wait()
+    if pending.outcome is None:
+        pending.abandoned = True
+        return Unknown(timed_out)
+    return pending.outcome
 
 
-@dataclass(slots=True)
-class HostCounters:
-    """What the loop did since the host started; STATUS shows them and the benchmark
-    divides them by the operations it ran (how well turns batch)."""
+class RaftHost(HostCore):
+    """Hosts groups on one node under trio. Start it with ``await nursery.start(host.run)``.
 
-    turns: int = 0
-    """Turns of the loop (one per wake-up)."""
-    syncs: int = 0
-    """Storage commits (one fsync each) for all groups at once."""
-    proposals: int = 0
-    reads: int = 0
-    messages_out: int = 0
-    """Raft messages sent to peers (many travel in one frame)."""
-    messages_in: int = 0
-    frames_out: int = 0
-    """Frames handed to the transport (one per peer per send)."""
-    snapshot_pieces: int = 0
-    """Pieces of snapshots built (one per building group per turn)."""
-    snapshots_taken: int = 0
-    """Snapshots built and recorded (not counting those installed from a leader)."""
-    longest_turn_us: int = 0
-    """The longest turn of the loop so far, in microseconds, snapshot pieces, storage
-    syncs and sends included: the worst stall of the host's work this node has seen
-    (an integer, like every counter, so STATUS and the benchmark parse it alike)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    peer: int
-    batch: dict[str, list[Message]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Propose:
-    group: str
-    data: bytes
-    pending: Pending
-
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    group: str
-    query: WireValue
-    pending: Pending
-
-
-@dataclass(frozen=True, slots=True)
-class _Suspect:
-    peer: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """Run ``fn`` inside the loop (e.g. a leader transfer) and resolve with its result."""
-
-    group: str
-    fn: Callable[[GroupRuntime], Reply]
-    pending: Pending
-
-
-_InboxItem = _Step | _Propose | _Read | _Suspect | _Call
-
-
-class RaftHost:
-    """Hosts groups on one node. Start it with ``await nursery.start(host.run)``.
-
-    Subclasses decide which groups exist: override ``load_groups`` (called once the
-    storage is open, before any peer traffic) and ``on_applied`` (called after groups
-    with ``track_applied`` applied entries or installed a snapshot).
+    Subclasses decide which groups exist (``load_groups``, ``on_applied``: see
+    ``HostCore``) and may start their own tasks (``start_background``).
     """
+
+    transport: PeerTransport | None
 
     def __init__(
         self,
@@ -228,818 +94,144 @@ class RaftHost:
         listen: Address,
         open_storage: Callable[[], NodeStorage],
         machine_for: Callable[[str], AnyMachine],
-        settings: HostSettings = HostSettings(),
+        settings: HostSettings = DEFAULT_SETTINGS,
         seed: int | None = None,
         peer_tls: PeerTLS | None = None,
     ) -> None:
-        self.id = node_id
+        self._wakeup = trio.Event()
+        super().__init__(
+            node_id,
+            peers=peers,
+            open_storage=open_storage,
+            machine_for=machine_for,
+            clock=trio.current_time,
+            on_work=self._wake,
+            settings=settings,
+            seed=seed,
+        )
         self.peer_tls = peer_tls
         """Mutual TLS between nodes (None: plaintext, on a trusted network)."""
         self.secret = secret
         self.cluster_name = cluster_name
-        self.peers = dict(peers)
         self.listen = listen
-        self.open_storage = open_storage
-        self.machine_for = machine_for
-        self.settings = settings
-        self.rng = random.Random(seed)
-        self.storage: NodeStorage | None = None
-        self.groups: dict[str, GroupRuntime] = {}
-        self.active: set[str] = set()
-        self.quarantined: dict[str, str] = {}
-        """Groups taken out of service because their core failed: id -> why. They stay
-        out until the node restarts (or the group is closed here); see ``_quarantine``."""
-        self.transport: PeerTransport | None = None
-        self._inbox: list[_InboxItem] = []
-        self._wakeup = trio.Event()
-        self.clock: Callable[[], float] = trio.current_time
-        """The time the turn reads (request deadlines, broken links). Only the async
-        edges (``run``, the ticker, the waits) use trio: a turn (``_turn``) runs
-        without an event loop when given another clock, which is how a simulator or
-        a test steps the host by hand."""
-        self._tick_due = False
-        self._carry: set[str] = set()
-        self._building: set[str] = set()
-        """Groups with a snapshot being built: each gets one piece per turn."""
-        self.changed: set[str] = set()
-        """Groups opened, or that applied entries or a snapshot, since a subclass last
-        took this set (``Node`` does, to find fenced buckets): so it never has to look
-        at every group to find the few whose state changed."""
-        self._links_lost: dict[int, float] = {}
-        """Peers a stream to or from broke, and when (latest break): their forwards sent
-        before it are settled once ``LINK_LOSS_GRACE`` has passed (``_expire_requests``)."""
-        self._tracked: collections.deque[Pending] = collections.deque()
-        """Requests without a waiting task, oldest first (see ``track``)."""
-        self._in_turn = False
-        self.forwarder = Forwarder(self._mail_posted, max(1, round(1 / settings.tick_interval)))
-        """Requests forwarded to peers and waiting for answers, and the requests and
-        answers going out at the end of the turn (one frame per peer)."""
-        self._nursery: trio.Nursery | None = None
         self.peer_port: int = listen[1]
-        self.counters = HostCounters()
-        self.on_sync: Callable[[float], None] | None = None
-        """Told how many seconds each storage commit (fsync) took: the metrics'
-        histogram, when a server serves metrics."""
-        self.stopping = False
-        """Set by the drain (``runtime.drain``): requests forwarded by peers are refused
-        as certainly not applied, so their nodes retry elsewhere."""
-        self._halted = False
-        self._serving = 0
-        self.removed_ids: frozenset[int] = frozenset()
-        """Node ids removed from the cluster or group (see ``set_removed``)."""
-        self.removed_by: int | None = None
-        """The peer that told this host it was removed (None: not removed)."""
+        self._nursery: trio.Nursery | None = None
 
     # --- Lifecycle ----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
         """Open storage, load groups, join peers, and serve until cancelled."""
-        self.storage = self.open_storage()
+        self.open()
         try:
-            self.load_groups()
-            self.transport = self.make_transport()
-            if self.removed_ids:
-                self.transport.set_removed(self.removed_ids)
+            transport = self.make_transport()
+            self.attach(transport)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.peer_port = await nursery.start(self.transport.run, *self.listen)
+                self.peer_port = await nursery.start(transport.run, *self.listen)
                 self.greet()
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._loop)
                 self.start_background(nursery)
                 task_status.started(self)
         finally:
-            for group in self.groups.values():
-                group.close("node shutting down")
-            self.storage.close()
+            self.close()
 
     def make_transport(self) -> PeerTransport:
         """The link to the peers. A test or a simulator returns an in-process network
-        here (``boutique.testing.loopback``): frames go to ``_on_frame`` either way."""
+        here (``boutique.testing.loopback``): frames go to ``on_frame`` either way."""
         return PeerTransport(
             self.id,
             self.secret,
             self.cluster_name,
             self.peers,
-            self._on_frame,
-            on_suspect=self._on_suspect,
+            self.on_frame,
+            on_suspect=self.on_suspect,
             max_frame=self.settings.max_frame,
             tls=self.peer_tls,
-            on_link_lost=self._on_link_lost,
+            on_link_lost=self.on_link_lost,
             on_removed=self.learn_removed,
         )
-
-    def load_groups(self) -> None:
-        """Load every group the storage holds (subclasses add their own rules)."""
-        assert self.storage is not None
-        for group_id in self.storage.groups():
-            self.open_group(group_id)
 
     def start_background(self, nursery: trio.Nursery) -> None:
         """Start the owner's own tasks (called once the host runs)."""
 
-    def on_applied(self, group: GroupRuntime, restored: bool) -> None:
-        """A watched group applied entries (``group.on_applied``) or, if ``restored``,
-        installed a snapshot. Runs inside the loop; must not await."""
-
-    def on_removed(self) -> None:
-        """This host was removed from its cluster or group (``removed_by`` set). Called
-        once; must not await. The owner stops serving and shuts the host down."""
-
-    def learn_removed(self, peer: int) -> None:
-        """``peer`` (this host's own id: its own records) says this host was removed."""
-        if self.removed_by is not None:
-            return  # every peer says so; acting once is enough
-        self.removed_by = peer
-        self.on_removed()
-
-    def open_group(
-        self,
-        group_id: str,
-        voters: tuple[int, ...] = (),
-        *,
-        bootstrap_voters: bool = False,
-        campaign: bool = False,
-        quiesce: bool = True,
-        track_applied: bool = False,
-        announce_commit: bool = True,
-    ) -> GroupRuntime:
-        """Host ``group_id`` here: load it from storage, or with ``bootstrap_voters``
-        start it as a founding member of ``voters`` if the storage has nothing.
-        ``announce_commit=False`` suits a group whose followers never serve reads (see
-        ``RaftConfig.announce_commit``)."""
-        existing = self.groups.get(group_id)
-        if existing is not None:
-            return existing
-        assert self.storage is not None
-        storage = self.storage.group(group_id)
-        if bootstrap_voters and storage.last_index() == 0:
-            hard_state, entries = bootstrap(set(voters))
-            storage.bootstrap(hard_state, entries)
-        host: AnyMachineHost = MachineHost(self.machine_for(group_id))
-        snapshot = storage.snapshot()
-        if snapshot.meta.index:
-            host.restore(snapshot.data)
-        raft_config = RaftConfig(
-            id=self.id,
-            election_tick=self.settings.election_ticks,
-            heartbeat_tick=self.settings.heartbeat_ticks,
-            quiesce=quiesce,
-            max_inflight_msgs=self.settings.max_inflight_appends,
-            max_entries_per_msg=self.settings.max_entries_per_append,
-            announce_commit=announce_commit,
-            snapshot_chunk_size=self.settings.snapshot_chunk_size,
-        )
-        node = self.make_raw_node(raft_config, storage, random.Random(self.rng.getrandbits(64)))
-        group = GroupRuntime(group_id, node, storage, host, self.settings.snapshot_entries)
-        group.track_applied = track_applied
-        self.groups[group_id] = group
-        self.active.add(group_id)
-        self._carry.add(group_id)
-        self.changed.add(group_id)
+    def _wake(self) -> None:
         self._wakeup.set()
-        # The preferred leader campaigns at once: a new group is usable in one round
-        # trip instead of after an election timeout.
-        group.campaign_when_ready = campaign
-        return group
-
-    def make_raw_node(self, config: RaftConfig, storage: GroupStore, rng: random.Random) -> RawNode:
-        """The core of a group being opened. The Raft-core simulator overrides this to
-        run its own configurations and deliberately broken cores through the host."""
-        return RawNode(config, storage, rng)
-
-    def close_group(self, group_id: str) -> None:
-        """Stop hosting ``group_id`` and delete its storage."""
-        self.quarantined.pop(group_id, None)
-        group = self.groups.pop(group_id, None)
-        self.active.discard(group_id)
-        self._carry.discard(group_id)
-        self._building.discard(group_id)
-        self.changed.discard(group_id)
-        if group is not None:
-            group.close("group removed from this node")
-        assert self.storage is not None
-        self.storage.drop_group(group_id)
-
-    # --- Quarantine --------------------------------------------------------------------
-
-    def _quarantine(self, group_id: str, exc: BaseException) -> None:
-        """Take ``group_id`` out of service after its core (or its storage reads) failed:
-        whatever state it is in can no longer be trusted, so nothing more of it is
-        stepped, persisted, applied or sent. Its pending writes end ``Unknown`` (they
-        may have been replicated and committed elsewhere), its reads ``Rejected``; new
-        requests are refused with the reason. Every other group carries on."""
-        group = self.groups.pop(group_id, None)
-        if group is None:
-            return
-        reason = f"{type(exc).__name__}: {exc}"
-        self.quarantined[group_id] = reason
-        self.active.discard(group_id)
-        self._carry.discard(group_id)
-        self._building.discard(group_id)
-        log.error(
-            "group %s quarantined on node %d (no longer served here; other groups carry on): %s",
-            group_id,
-            self.id,
-            reason,
-            exc_info=exc,
-        )
-        group.close(self.quarantine_message(group_id))
-
-    def quarantine_message(self, group_id: str) -> str:
-        return f"group {group_id} is quarantined: {self.quarantined.get(group_id, '')}"
-
-    def _not_here(self, group_id: str) -> Rejected:
-        """Why a request for a group missing from ``groups`` is refused."""
-        if group_id in self.quarantined:
-            return Rejected(self.quarantine_message(group_id))
-        return Rejected("group not hosted here")
-
-    # --- Inbox --------------------------------------------------------------------------
-
-    def _post(self, item: _InboxItem) -> None:
-        self._inbox.append(item)
-        self._wakeup.set()
-
-    def _on_frame(self, peer: int, payload: object) -> None:
-        if not isinstance(payload, dict):
-            log.warning("node %d sent a frame that is not a map; ignored", peer)
-            return
-        if payload.get(GOODBYE) is True:
-            self._peer_departed(peer)
-            return
-        self.forwarder.departed.discard(peer)
-        if "r" in payload:
-            try:
-                batch = decode_batch(payload["r"])
-            except CodecError as exc:
-                log.warning("node %d sent undecodable Raft messages: %s", peer, exc)
-                return
-            self._post(_Step(peer, batch))
-        if REQUESTS in payload:
-            for request in self.forwarder.read_requests(peer, payload[REQUESTS]):
-                self._on_forward_request(peer, request)
-        if ANSWERS in payload:
-            self.forwarder.read_answers(peer, payload[ANSWERS])
-
-    def _on_suspect(self, peer: int) -> None:
-        # Unreachable now: requests to it are refused for that reason until it is heard
-        # from again, whether the process that said goodbye or a new one.
-        self.forwarder.departed.discard(peer)
-        self._post(_Suspect(peer))
-
-    def _on_link_lost(self, peer: int) -> None:
-        # A request in a stream that broke will never be answered: the peer may not have
-        # read it, or its answer was in the stream. The peer reconnects at once and is
-        # "reachable" again, so without this the request would wait out its timeout.
-        self._links_lost[peer] = self.clock()
 
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.settings.tick_interval)
-            self._tick_due = True
-            self._wakeup.set()
-
-    # --- The loop -----------------------------------------------------------------------
+            self.tick()
 
     async def _loop(self) -> None:
-        while not self._halted:
+        counters = self.counters
+        while not self.halted:
             await self._wakeup.wait()
-            if self._halted:
+            if self.halted:
                 return
             self._wakeup = trio.Event()
             started = time.perf_counter()
-            self._in_turn = True
-            try:
-                self._turn()
-                if self._building:
-                    self._continue_snapshots()
-            finally:
-                self._in_turn = False
-            self.forwarder.flush(self.transport)
+            more = self.turn()
             took = round((time.perf_counter() - started) * 1e6)
-            if took > self.counters.longest_turn_us:
-                self.counters.longest_turn_us = took
-            if self._carry or self._building:
+            if took > counters.longest_turn_us:
+                counters.longest_turn_us = took
+            if more:
                 self._wakeup.set()
                 # Let the transport and the connections run between turns, so a turn
                 # over thousands of groups never starves keepalives and clients.
                 await trio.lowlevel.checkpoint()
 
-    def _turn(self) -> None:
-        self.counters.turns += 1
-        dirty = self._carry
-        self._carry = set()
-        if len(dirty) > MAX_GROUPS_PER_TURN:
-            # A turn has a bounded cost: the rest waits for the next one. Taking the
-            # batch costs the batch, not the carry: sorting every carried group each
-            # turn made a restart with 100,000 groups quadratic.
-            self._carry = dirty
-            dirty = {self._carry.pop() for _ in range(MAX_GROUPS_PER_TURN)}
-        if self._tick_due:
-            self._tick_due = False
-            self._expire_requests()
-            for group_id in list(self.active):
-                node = self.groups[group_id].node
-                try:
-                    node.tick()
-                except GROUP_FAILURES as exc:
-                    self._quarantine(group_id, exc)
-                    continue
-                if node.quiesced:
-                    # Quiet now (a lone member goes quiet without any message to
-                    # send): no more ticks until a message or a request wakes it.
-                    self.active.discard(group_id)
-                dirty.add(group_id)
-        inbox, self._inbox = self._inbox, []
-        for item in inbox:
-            dirty.update(self._handle(item))
-        if len(dirty) > 4 * MAX_GROUPS_PER_TURN:
-            self._carry |= dirty
-            dirty = {self._carry.pop() for _ in range(4 * MAX_GROUPS_PER_TURN)}
-        # A leader's own acknowledgement (after the sync) often commits at once: run a
-        # few Ready cycles back to back so the entry is applied and answered in this
-        # turn, instead of paying another trip through the scheduler.
-        for _ in range(3):
-            if not dirty:
-                return
-            dirty = self._cycle(dirty)
-        self._carry |= dirty
-
-    def _continue_snapshots(self) -> None:
-        """One piece of every snapshot being built, written ahead in one sync: a large
-        snapshot costs many short turns, never one long one."""
-        for group_id in list(self._building):
-            group = self.groups.get(group_id)
-            if group is None or group.build is None:
-                self._building.discard(group_id)
-                continue
-            try:
-                group.continue_snapshot()
-            except GROUP_FAILURES as exc:
-                self._quarantine(group_id, exc)
-                continue
-            self.counters.snapshot_pieces += 1
-            if group.build is None:
-                self._building.discard(group_id)
-                self.counters.snapshots_taken += 1
-        assert self.storage is not None
-        if self.storage.pending_writes():
-            self._sync()
-
-    def _sync(self) -> None:
-        """Commit storage (one fsync for every group), counted and timed."""
-        assert self.storage is not None
-        self.counters.syncs += 1
-        started = time.perf_counter()
-        self.storage.commit()
-        if self.on_sync is not None:
-            self.on_sync(time.perf_counter() - started)
-
-    def _cycle(self, dirty: set[str]) -> set[str]:
-        """One Ready cycle for the ``dirty`` groups; returns those with more to do."""
-        readies = []
-        for group_id in dirty:
-            group = self.groups.get(group_id)
-            if group is None:
-                continue
-            try:
-                if group.node.has_ready():
-                    readies.append((group, group.node.ready()))
-            except GROUP_FAILURES as exc:
-                self._quarantine(group_id, exc)
-        if not readies:
-            return set()
-        outgoing: defaultdict[int, defaultdict[str, list[Message]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        for group, ready in readies:
-            for msg in ready.messages:
-                outgoing[msg.to][group.group_id].append(msg)
-        self._send_all(outgoing)
-        wrote_ahead = False
-        for group, ready in readies:
-            try:
-                wrote_ahead |= group.persist(ready)
-            except GROUP_FAILURES as exc:
-                self._quarantine(group.group_id, exc)
-        # A quarantined group's messages that needed its write never leave.
-        readies = [(g, r) for g, r in readies if self.groups.get(g.group_id) is g]
-        assert self.storage is not None
-        # A Ready that only moved the commit index needs no sync (losing it in a crash
-        # only means re-learning the commit index); its write joins the next commit.
-        # The sync runs inline: handing it to a thread cost more (~0.2 ms a turn) than
-        # it saved, and requests arriving meanwhile simply form the next turn's batch.
-        # Snapshot chunks written ahead are synced as they come, never all at the end.
-        must_sync = wrote_ahead or any(ready.must_sync for _, ready in readies)
-        if must_sync and self.storage.pending_writes():
-            self._sync()
-        for group, ready in readies:
-            for msg in ready.persisted_messages:
-                outgoing[msg.to][group.group_id].append(msg)
-        self._send_all(outgoing)
-        watched = []
-        more = set()
-        for group, ready in readies:
-            if self.groups.get(group.group_id) is not group:
-                continue  # dropped or quarantined meanwhile
-            try:
-                group.apply_and_advance(ready)
-            except GROUP_FAILURES as exc:
-                self._quarantine(group.group_id, exc)
-                continue
-            if group.build is not None:
-                self._building.add(group.group_id)
-            if ready.committed_entries or ready.snapshot is not None:
-                self.changed.add(group.group_id)
-            if group.track_applied and (group.on_applied or ready.snapshot is not None):
-                watched.append((group, ready.snapshot is not None))
-            if group.node.has_ready():
-                more.add(group.group_id)
-            if group.node.quiesced:
-                self.active.discard(group.group_id)
-            else:
-                self.active.add(group.group_id)
-        for group, restored in watched:
-            self.on_applied(group, restored)
-            group.on_applied.clear()
-        return more
-
-    def _handle(self, item: _InboxItem) -> set[str]:
-        match item:
-            case _Step(peer, batch):
-                touched = set()
-                for group_id, messages in batch.items():
-                    group = self.groups.get(group_id)
-                    if group is None:
-                        continue  # not created here yet, or dropped: the sender retries
-                    self.counters.messages_in += len(messages)
-                    try:
-                        for msg in messages:
-                            if msg.frm != peer or msg.to != self.id:
-                                continue
-                            group.node.step(msg)
-                    except GROUP_FAILURES as exc:
-                        self._quarantine(group_id, exc)
-                        continue
-                    touched.add(group_id)
-                    self.active.add(group_id)
-                return touched
-            case _Propose(group_id, data, pending):
-                group = self.groups.get(group_id)
-                if group is None:
-                    pending.resolve(self._not_here(group_id))
-                    return set()
-                try:
-                    group.propose(data, pending)
-                except GROUP_FAILURES as exc:
-                    # Nothing of this entry left the node, and the group never sends
-                    # again: certainly not applied.
-                    self._quarantine(group_id, exc)
-                    pending.resolve(self._not_here(group_id))
-                    return set()
-                self.counters.proposals += 1
-                self.active.add(group_id)
-                return {group_id}
-            case _Read(group_id, query, pending):
-                group = self.groups.get(group_id)
-                if group is None:
-                    pending.resolve(self._not_here(group_id))
-                    return set()
-                try:
-                    group.read(query, pending)
-                except GROUP_FAILURES as exc:
-                    self._quarantine(group_id, exc)
-                    pending.resolve(self._not_here(group_id))
-                    return set()
-                self.counters.reads += 1
-                self.active.add(group_id)
-                return {group_id}
-            case _Suspect(peer):
-                touched = set()
-                for group_id, group in list(self.groups.items()):
-                    raft = group.node.raft
-                    if raft.lead == peer and raft.role is not Role.LEADER:
-                        try:
-                            group.node.suspect_leader()
-                        except GROUP_FAILURES as exc:
-                            self._quarantine(group_id, exc)
-                            continue
-                        self.active.add(group_id)
-                        touched.add(group_id)
-                return touched
-            case _Call(group_id, fn, pending):
-                group = self.groups.get(group_id)
-                if group is None:
-                    pending.resolve(self._not_here(group_id))
-                    return set()
-                try:
-                    pending.resolve(Applied(fn(group)))
-                except NotLeaderError as exc:
-                    pending.resolve(Rejected("not the leader", exc.leader))
-                except Exception as exc:
-                    pending.resolve(Rejected(str(exc), group.leader))
-                self.active.add(group_id)
-                return {group_id}
-        return set()
-
-    def _send_all(self, outgoing: defaultdict[int, defaultdict[str, list[Message]]]) -> None:
-        if self.transport is None:
-            outgoing.clear()
-            return
-        counters = self.counters
-        for peer, batch in outgoing.items():
-            if batch:
-                counters.frames_out += 1
-                counters.messages_out += sum(len(m) for m in batch.values())
-                self.transport.send(peer, {"r": encode_batch(dict(batch))}, now=True)
-        outgoing.clear()
-
-    # --- Local requests (any task) ---------------------------------------------------------
+    # --- Awaiting requests (any task) -------------------------------------------------------
 
     async def propose(self, group_id: str, data: bytes, timeout: float) -> Outcome:
         pending = Pending()
-        self._post(_Propose(group_id, data, pending))
-        return await pending.wait(timeout)
+        self.execute(group_id, Propose(data), pending)
+        return await wait_outcome(pending, timeout)
 
     async def read(self, group_id: str, query: WireValue, timeout: float) -> Outcome:
         pending = Pending()
-        self._post(_Read(group_id, query, pending))
-        return await pending.wait(timeout)
+        self.execute(group_id, Read(query), pending)
+        return await wait_outcome(pending, timeout)
+
+    async def call(
+        self, group_id: str, fn: Callable[[GroupRuntime], Reply], timeout: float
+    ) -> Outcome:
+        """Run ``fn`` on the group inside a turn; ``Applied`` with its result."""
+        pending = Pending()
+        self.submit_call(group_id, fn, pending)
+        return await wait_outcome(pending, timeout)
 
     async def change_membership(self, group_id: str, change: ConfChange, timeout: float) -> Outcome:
         """Propose a membership change here (this node must lead the group); Applied
         once the change is applied on this node."""
         pending = Pending()
-
-        def propose(group: GroupRuntime) -> None:
-            group.change_membership(change, pending)
-
-        outcome = await self.call(group_id, propose, timeout)
-        if not isinstance(outcome, Applied):
-            return outcome
-        return await pending.wait(timeout)
+        self.submit_change(group_id, change, pending)
+        return await wait_outcome(pending, timeout)
 
     async def transfer_leader(self, group_id: str, target: int, timeout: float) -> Outcome:
         """Ask the group to hand leadership to ``target`` (forwarded to the leader by
         Raft from a follower). Returns once ``target`` leads, as this node sees it."""
-        outcome = await self.call(group_id, lambda g: g.node.transfer_leader(target), timeout)
-        if not isinstance(outcome, Applied):
-            return outcome
-        deadline = trio.current_time() + timeout
-        while trio.current_time() < deadline:
-            group = self.groups.get(group_id)
-            if group is None:
-                return self._not_here(group_id)
-            if group.leader == target:
-                return Applied(None)
-            await trio.sleep(self.settings.tick_interval)
-        return Unknown("the transfer did not finish in time")
-
-    def set_peers(self, peers: dict[int, Address]) -> None:
-        """Change where peers live (members joined or left)."""
-        self.peers = {p: a for p, a in peers.items() if p not in self.removed_ids}
-        if self.transport is not None:
-            self.transport.set_peers(self.peers)
-
-    def set_removed(self, removed: frozenset[int]) -> None:
-        """The ids removed from the cluster or group, as the owner's records say: no
-        longer peers, refused, and told so when they dial."""
-        if removed == self.removed_ids:
-            return
-        self.removed_ids = frozenset(removed)
-        if self.transport is not None:
-            self.transport.set_removed(self.removed_ids)
-        self.set_peers(self.peers)
-
-    async def call(
-        self, group_id: str, fn: Callable[[GroupRuntime], Reply], timeout: float
-    ) -> Outcome:
         pending = Pending()
-        self._post(_Call(group_id, fn, pending))
-        return await pending.wait(timeout)
-
-    # --- Stopping (driven by ``runtime.drain``) -------------------------------------------
-
-    def busy(self) -> bool:
-        """True while a request this host took on (from a local client or a peer) has
-        no outcome yet."""
-        if self._serving or any(p.outcome is None for p in self._tracked):
-            return True
-        if self.forwarder.busy():
-            return True
-        return any(group.writes or group.reads for group in self.groups.values())
-
-    @property
-    def serving(self) -> int:
-        """Requests from peers being served by a task (not yet answered)."""
-        return self._serving
-
-    def greet(self) -> None:
-        """Tell every peer this is a new process (queued until connected)."""
-        assert self.transport is not None
-        for peer in self.peers:
-            if peer != self.id:
-                self.transport.send(peer, {HELLO: True})
-
-    def halt(self) -> None:
-        """End the event loop: from now on this host applies nothing and sends no Raft
-        message. Requests still without an outcome get one now (a write's is unknown)."""
-        self._halted = True
-        self._wakeup.set()
-        for group in self.groups.values():
-            group.close("the node stopped before the outcome was known")
-        while self._tracked:
-            pending = self._tracked.popleft()
-            if pending.outcome is None:
-                pending.resolve(Unknown("the node stopped before the outcome was known"))
-
-    def flush_mail(self) -> None:
-        """Send the answers still waiting for the end of a turn (after ``halt``)."""
-        self.forwarder.flush(self.transport)
-
-    def _peer_departed(self, peer: int) -> None:
-        """``peer`` said goodbye. It sends that only after answering every request it
-        took on and halting its loop, and frames arrive in order: whatever we forwarded
-        to it and still wait for was refused or never read, so it certainly was not
-        applied and may be retried elsewhere at once, instead of timing out."""
-        log.info("node %d stopped: retrying its requests elsewhere", peer)
-        self.forwarder.peer_departed(peer)
-
-    # --- Forwarding to other nodes -------------------------------------------------------
-
-    def track(self, pending: Pending) -> None:
-        """Give a request that no task waits for (``Pending.then``) a deadline of
-        ``settings.request_timeout``; past it, it is resolved ``Unknown``. Every tracked
-        request gets the same timeout, so the oldest is always first in line."""
-        pending.deadline = self.clock() + self.settings.request_timeout
-        self._tracked.append(pending)
-
-    def _expire_requests(self) -> None:
-        """Called every tick: end tracked requests past their deadline, and forwarded
-        requests whose peer went silent or whose stream broke (a dead node or a broken
-        stream will not answer, and waiting out the whole timeout helps nobody)."""
-        now = self.clock()
-        tracked = self._tracked
-        while tracked and (tracked[0].outcome is not None or tracked[0].deadline <= now):
-            pending = tracked.popleft()
-            if pending.outcome is None:
-                pending.abandoned = True
-                pending.resolve(Unknown("timed out waiting for the group"))
-        if self.transport is None:
-            return
-        broken = {p: t for p, t in self._links_lost.items() if now - t >= LINK_LOSS_GRACE}
-        others = [peer for peer in self.peers if peer != self.id]
-        self.forwarder.expire(self.transport, broken, others)
-        if not broken:
-            return
-        # A follower's read waits for its leader's read index, a Raft message: if the
-        # stream to or from that leader broke, it may never come.
-        for group in self.groups.values():
-            if group.reads and group.leader in broken and group.leader != self.id:
-                group.reject_reads_waiting_for_index(
-                    f"the connection to node {group.leader} broke before it answered"
-                )
-        for peer, lost_at in broken.items():
-            if self._links_lost.get(peer) == lost_at:
-                del self._links_lost[peer]
-
-    def submit(self, group_id: str, request: Propose | Read, pending: Pending) -> None:
-        """Start a write or a linearizable read in this node's copy of the group,
-        without waiting: ``pending`` is resolved from the loop. The caller sets
-        ``pending.then`` and ``track``s it, or awaits it."""
-        match request:
-            case Propose(data):
-                self._post(_Propose(group_id, data, pending))
-            case Read(query):
-                self._post(_Read(group_id, query, pending))
-
-    def send_forward(self, peer: int, group_id: str, request: Request, pending: Pending) -> None:
-        """Ask ``peer`` to run ``request`` in its copy of the group (``execute_local``);
-        ``pending`` is resolved when it answers, ``Rejected`` at once if it is
-        unreachable, ``Unknown`` if it goes silent first."""
-        self.forwarder.send(self.transport, peer, group_id, request, pending, self.clock())
-
-    def _mail_posted(self) -> None:
-        """Mail waits for the end of this turn; outside a turn, one starts for it."""
-        if not self._in_turn:
-            self._wakeup.set()
+        self.execute(group_id, TransferLeader(target), pending)
+        return await wait_outcome(pending, timeout, "the transfer did not finish in time")
 
     async def forward(self, peer: int, group_id: str, request: Request, timeout: float) -> Outcome:
         """``send_forward`` for a task: wait up to ``timeout`` for the answer. A write
         whose answer never comes has an unknown outcome."""
         pending = Pending()
         self.send_forward(peer, group_id, request, pending)
-        outcome = await pending.wait(timeout)
+        outcome = await wait_outcome(pending, timeout)
         if isinstance(outcome, Unknown) and pending.outcome is None:
             outcome = Unknown(f"node {peer} did not answer")
         return outcome
 
     async def execute_local(self, group_id: str, request: Request, timeout: float) -> Outcome:
-        """Run one routed request against this node's copy of the group (see
-        ``runtime.requests`` for the kinds). ``LocalView`` answers None if this node
-        does not host the group."""
-        match request:
-            case Propose(data):
-                return await self.propose(group_id, data, timeout)
-            case Read(query):
-                return await self.read(group_id, query, timeout)
-            case ChangeMembership(change_type, node):
-                change = ConfChange.single(change_type, node)
-                return await self.change_membership(group_id, change, timeout)
-            case LeaderView():
-                return await self.call(group_id, _leader_view, timeout)
-            case TransferLeader(target):
-                return await self.transfer_leader(group_id, target, timeout)
-            case LocalView():
-                group = self.groups.get(group_id)
-                return Applied(None if group is None else local_view(group))
-
-    def _on_forward_request(self, peer: int, forwarded: ForwardedRequest) -> None:
-        request_id, request = forwarded.id, forwarded.request
-        if self.stopping:
-            self.forwarder.answer(peer, request_id, Rejected(f"node {self.id} is stopping"))
-            return
-        if peer in self.removed_ids:
-            # A removed node's requests are never served, whatever stream they came in
-            # (one opened before its removal included); the answer tells it why.
-            self.forwarder.answer(peer, request_id, Rejected(f"node {peer} was removed"))
-            return
-        if isinstance(request, Propose | Read):
-            # The common requests cost no task: the answer is sent from the loop.
-            pending = Pending()
-            pending.then = lambda outcome: self.forwarder.answer(peer, request_id, outcome)
-            self.track(pending)
-            self.submit(forwarded.group, request, pending)
-        elif self._nursery is not None:
-            self._nursery.start_soon(self._serve_forward, peer, forwarded)
-
-    async def _serve_forward(self, peer: int, forwarded: ForwardedRequest) -> None:
-        self._serving += 1
-        try:
-            outcome = await self.execute_local(
-                forwarded.group, forwarded.request, self.settings.request_timeout
-            )
-        finally:
-            self._serving -= 1
-        self.forwarder.answer(peer, forwarded.id, outcome)
-
-    # --- Inspection ---------------------------------------------------------------------
-
-    def group_status(self, limit: int | None = None) -> dict[str, dict[str, StatusField]]:
-        """The groups in id order, each as a dict; only the first ``limit`` if given
-        (picked without sorting them all or building a dict for each: STATUS on a
-        node with 100,000 groups must answer at once)."""
-        chosen = sorted(self.groups) if limit is None else heapq.nsmallest(limit, self.groups)
-        groups = {}
-        for group_id in chosen:
-            group = self.groups[group_id]
-            raft = group.node.raft
-            groups[group_id] = {
-                "role": raft.role.value,
-                "leader": raft.lead,
-                "term": raft.term,
-                "commit": raft.log.committed,
-                "applied": group.host.applied_index,
-                "quiet": raft.quiesced,
-                "voters": sorted(raft.conf.voters),
-            }
-        return groups
-
-    def group_counts(self) -> dict[str, int]:
-        """How many groups are in each role, and how many are quiet: one pass, no
-        per-group objects."""
-        counts: collections.Counter[str] = collections.Counter()
-        quiet = 0
-        for group in self.groups.values():
-            raft = group.node.raft
-            counts[raft.role.value] += 1
-            quiet += raft.quiesced
-        return {"total": len(self.groups), **counts, "quiet": quiet}
-
-
-def local_view(group: GroupRuntime) -> WireValue:
-    """This node's own, possibly stale, view of a group: its term and membership (read
-    by ``group.admission.parse_view``). A term above 1 means the group has held an
-    election (pre-vote makes the first one need a majority of founders)."""
-    raft = group.node.raft
-    return {
-        "term": raft.term,
-        "voters": [*sorted(raft.conf.voters)],
-        "learners": [*sorted(raft.conf.learners)],
-        "leader": raft.lead,
-    }
-
-
-def _leader_view(group: GroupRuntime) -> WireValue:
-    """What a mover needs to know about a group, as its leader sees it."""
-    raft = group.node.raft
-    if raft.role is not Role.LEADER:
-        raise NotLeaderError(raft.lead)
-    return GroupLeaderView(
-        voters=tuple(sorted(raft.conf.voters)),
-        learners=tuple(sorted(raft.conf.learners)),
-        match={member: pr.match for member, pr in raft.progress.items()},
-        commit=raft.log.committed,
-        pending_conf=raft.pending_conf_index > raft.log.applied,
-    ).to_wire()
+        """``execute`` for a task: run one routed request against this node's copy of
+        the group (see ``runtime.requests`` for the kinds) and wait for its outcome.
+        ``LocalView`` answers None if this node does not host the group."""
+        pending = Pending()
+        self.execute(group_id, request, pending)
+        timed_out = TIMED_OUT
+        if isinstance(request, TransferLeader):
+            timed_out = "the transfer did not finish in time"
+        return await wait_outcome(pending, timeout, timed_out)

@@ -1,8 +1,8 @@
 """A deterministic cluster of Raft nodes over a simulated network and clock.
 
-Each node is the shipped ``RaftHost`` with one group, stepped by ``SimCluster`` instead of
-trio: messages are stepped into its core one at a time, and each Ready goes through the
-host's own cycle (send, persist, send what needed the persist, apply, advance), so the
+Each node is the shipped host core (``HostCore``) with one group, stepped by
+``SimCluster`` without trio: messages are stepped into its core one at a time, and each
+Ready goes through the host's own cycle (send, persist, send what needed the persist, apply, advance), so the
 simulator and every real node run one Ready driver. ``MemoryStorage`` is each node's
 disk, so a simulated crash loses precisely what was never persisted. Each node hosts a state
 machine (``KVStore`` unless told otherwise) through ``MachineHost``. Everything random comes from one seed; one call to
@@ -33,7 +33,7 @@ from boutique.raft import (
 from boutique.raft.core import Raft
 from boutique.raft.messages import AppendResponse, Entry, Message, Snapshot, VoteResponse
 from boutique.runtime.group import GroupRuntime, GroupStore, Pending
-from boutique.runtime.host import HostSettings, RaftHost
+from boutique.runtime.host_core import HostCore, HostSettings
 from boutique.runtime.outcomes import Applied, Outcome, Rejected, Unknown
 from boutique.storage import MemoryStorage
 
@@ -154,20 +154,18 @@ class _OneGroupStorage:
         pass
 
 
-class _CoreHost(RaftHost):
-    """The shipped host with one group, stepped by ``SimCluster`` instead of trio:
-    its Ready cycle (``_cycle``) is the one every node of boutique runs."""
+class _CoreHost(HostCore):
+    """The shipped host core with one group, stepped by ``SimCluster`` (no trio): its
+    Ready cycle (``_cycle``) is the one every node of boutique runs."""
 
     def __init__(self, cluster: SimCluster, sim: SimNode, log: _ObservedLog) -> None:
         opts = cluster.options
         super().__init__(
             sim.id,
-            secret=b"raft-core-simulator",
-            cluster_name="sim",
             peers={},
-            listen=("127.0.0.1", 0),
             open_storage=lambda: _OneGroupStorage(log),
             machine_for=lambda group_id: cluster.machine(),
+            clock=lambda: float(cluster.now),
             settings=HostSettings(
                 election_ticks=opts.election_tick,
                 heartbeat_ticks=opts.heartbeat_tick,

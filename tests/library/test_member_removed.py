@@ -84,7 +84,7 @@ async def test_the_group_refuses_a_command_a_removed_member_forwards(
         # opened before its removal (the leader refuses it, it never reaches the log).
         group = leader.group_id
         body = encode_value(("u", ("incr", 1)))
-        leader.host._on_frame(gone.node_id, {"f": [[1, "w", group, body]]})
+        leader.host.on_frame(gone.node_id, {"f": [[1, "w", group, body]]})
         await trio.sleep(5.0)  # virtual: 25 election timeouts, for nothing
         assert await one.query("value") == await two.query("value") == 1
 

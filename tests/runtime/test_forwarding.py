@@ -143,7 +143,7 @@ async def test_a_host_answers_malformed_requests_as_refused_and_serves_the_rest(
     host = make_host(transport)
     host.stopping = True  # so the good request is answered at once, without a group
     frame = {"f": [[1, "c", "g", [99, 4]], "junk", [2, "w", "g", b"cmd"], [3, "t", "g", "x"]]}
-    host._on_frame(2, frame)
+    host.on_frame(2, frame)
     host.flush_mail()
     ((peer, sent),) = transport.frames
     assert peer == 2
@@ -162,9 +162,9 @@ async def test_a_malformed_answer_settles_its_request_unknown_and_never_raises()
     host.send_forward(2, "g", Read(("get", b"k")), fine)
     # An "err" answer whose error is not a pair raised ValueError out of the frame
     # handler before the codec; a status nobody knows was taken as unknown silently.
-    host._on_frame(2, {"a": [[1, "err", ["TypeError"], 0], [2, "maybe", "x", 0], None]})
-    host._on_frame(2, {"a": "not a list", "f": {"not": "a list"}})
-    host._on_frame(2, {"a": [[3, "ok", b"v", 0]]})
+    host.on_frame(2, {"a": [[1, "err", ["TypeError"], 0], [2, "maybe", "x", 0], None]})
+    host.on_frame(2, {"a": "not a list", "f": {"not": "a list"}})
+    host.on_frame(2, {"a": [[3, "ok", b"v", 0]]})
     assert isinstance(bad_error.outcome, Unknown)
     assert bad_error.outcome.reason.startswith("malformed answer")
     assert isinstance(bad_status.outcome, Unknown)
@@ -176,7 +176,7 @@ async def test_only_the_peer_asked_can_answer_a_request() -> None:
     host = make_host(RecordingTransport())
     pending = Pending()
     host.send_forward(2, "g", Propose(b"cmd"), pending)
-    host._on_frame(3, {"a": [[1, "ok", b"forged", 0]]})
+    host.on_frame(3, {"a": [[1, "ok", b"forged", 0]]})
     assert pending.outcome is None
-    host._on_frame(2, {"a": [[1, "ok", b"v", 0]]})
+    host.on_frame(2, {"a": [[1, "ok", b"v", 0]]})
     assert pending.outcome == Applied(b"v")

@@ -29,7 +29,7 @@ async def test_requests_and_answers_for_one_peer_share_one_frame() -> None:
         ),
         (3, {"a": [[8, "rej", "not the leader", 2]]}),
     ]
-    host._on_frame(2, {"a": [[2, "ok", b"v", 0], [1, "unk", "lost", 0]]})
+    host.on_frame(2, {"a": [[2, "ok", b"v", 0], [1, "unk", "lost", 0]]})
     assert second.outcome == Applied(b"v")
     assert first.outcome == Unknown("lost")
 

@@ -19,7 +19,8 @@ from boutique.raft import Message, Role
 from boutique.raft.messages import Entry, Heartbeat
 from boutique.runtime.codec import encode_batch
 from boutique.runtime.group import Applied, Pending, Rejected, Unknown
-from boutique.runtime.host import RaftHost, _Propose, _Read
+from boutique.runtime.host import RaftHost
+from boutique.runtime.host_core import _Propose, _Read
 from boutique.storage import MemoryNodeStorage
 from boutique.storage.errors import StorageFailedError
 
@@ -75,7 +76,7 @@ async def test_a_core_failure_in_step_quarantines_that_group_only(
         host._post(_Propose("g1", incr(5), write))
         host._post(_Read("g1", "value", read))
         heartbeat = Heartbeat(frm=2, to=1, term=99, commit=0)
-        host._on_frame(2, {"r": encode_batch({"g1": [heartbeat]})})
+        host.on_frame(2, {"r": encode_batch({"g1": [heartbeat]})})
         await trio.testing.wait_all_tasks_blocked()
         reason = f"group g1 is quarantined: RuntimeError: {CONFLICT}"
         # The write may have been proposed: unknown. The read had no effect: rejected.

@@ -15,7 +15,7 @@ async def test_a_stopping_host_refuses_forwarded_requests_as_not_applied() -> No
     transport = RecordingTransport()
     host = make_host(transport)
     host.stopping = True
-    host._on_frame(2, {"f": [[7, "w", "b/hats/1", b"cmd"], [8, "c", "b/hats/1", [1, 4]]]})
+    host.on_frame(2, {"f": [[7, "w", "b/hats/1", b"cmd"], [8, "c", "b/hats/1", [1, 4]]]})
     host.flush_mail()
     # "rej" is what makes the forwarding node retry elsewhere instead of answering
     # ERR TIMEOUT; nothing was submitted to a group.
@@ -33,7 +33,7 @@ async def test_goodbye_turns_requests_waiting_on_that_peer_into_retries() -> Non
     host.send_forward(2, "g", Propose(b"cmd"), to_2)
     host.send_forward(3, "g", Propose(b"cmd"), to_3)
     assert host.busy()
-    host._on_frame(2, {GOODBYE: True})
+    host.on_frame(2, {GOODBYE: True})
     # Certainly not applied: node 2 answered all it took on before its goodbye.
     assert to_2.outcome == Rejected("node 2 has stopped")
     assert to_3.outcome is None
@@ -41,12 +41,12 @@ async def test_goodbye_turns_requests_waiting_on_that_peer_into_retries() -> Non
     host.send_forward(2, "g", Propose(b"cmd"), later)
     assert later.outcome == Rejected("node 2 has stopped")
     # Any later frame from node 2 comes from a restarted process: it is asked again.
-    host._on_frame(2, {"a": []})
+    host.on_frame(2, {"a": []})
     again = Pending()
     host.send_forward(2, "g", Propose(b"cmd"), again)
     assert again.outcome is None
     (request_id,) = [i for i, forward in host.forwarder.waiting.items() if forward.pending is again]
-    host._on_frame(2, {"a": [[request_id, "ok", b"v", 0]]})
+    host.on_frame(2, {"a": [[request_id, "ok", b"v", 0]]})
     assert again.outcome == Applied(b"v")
 
 
@@ -69,10 +69,10 @@ async def test_a_restarted_peer_is_asked_again_after_its_hello_or_once_suspected
     host.greet()
     assert transport.frames == [(2, {HELLO: True}), (3, {HELLO: True})]
     for peer, forget in (
-        (2, lambda: host._on_frame(2, {HELLO: True})),
-        (3, lambda: host._on_suspect(3)),
+        (2, lambda: host.on_frame(2, {HELLO: True})),
+        (3, lambda: host.on_suspect(3)),
     ):
-        host._on_frame(peer, {GOODBYE: True})
+        host.on_frame(peer, {GOODBYE: True})
         refused = Pending()
         host.send_forward(peer, "g", Propose(b"cmd"), refused)
         assert refused.outcome == Rejected(f"node {peer} has stopped")

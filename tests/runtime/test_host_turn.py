@@ -1,4 +1,4 @@
-"""A turn of ``RaftHost``'s loop costs what it handles, not what waits (issue 19): with
+"""A turn of the host (``HostCore.turn``) costs what it handles, not what waits (issue 19): with
 100,000 groups carried over after a restart, sorting them all every turn made the
 restart quadratic."""
 
@@ -8,19 +8,17 @@ from typing import NoReturn
 
 import pytest
 
-import boutique.runtime.host as host_module
-from boutique.runtime.host import MAX_GROUPS_PER_TURN, RaftHost
+import boutique.runtime.host_core as host_module
+from boutique.runtime.host_core import MAX_GROUPS_PER_TURN, HostCore
 
 
-def make_host() -> RaftHost:
-    return RaftHost(
+def make_host() -> HostCore:
+    return HostCore(
         1,
-        secret=b"s" * 32,
-        cluster_name="test",
         peers={},
-        listen=("127.0.0.1", 0),
         open_storage=lambda: pytest.fail("storage is not used here"),
         machine_for=lambda group: pytest.fail("no group is opened here"),
+        clock=lambda: 0.0,
     )
 
 

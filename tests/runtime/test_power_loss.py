@@ -26,7 +26,7 @@ from boutique.examples.kvstore import KVStore
 from boutique.machine import MachineHost
 from boutique.raft import Message, Role
 from boutique.runtime.group import Applied, Outcome, Pending, Rejected
-from boutique.runtime.host import HostSettings, NodeStorage
+from boutique.runtime.host import HostSettings, NodeStorage, wait_outcome
 from boutique.runtime.requests import Propose
 from boutique.testing.disk import PowerLossDisk, PowerLost
 from boutique.testing.durability import PromiseChecker
@@ -175,7 +175,7 @@ class Cluster:
             pending = Pending()
             pending.then = self._on_reply(target)
             target.submit(GROUP, Propose(MachineHost.encode_command(("put", key, key))), pending)
-            outcome = await pending.wait(timeout)
+            outcome = await wait_outcome(pending, timeout)
             if not (isinstance(outcome, Rejected) and outcome.leader in self.hosts):
                 break
             target = self.hosts[outcome.leader]

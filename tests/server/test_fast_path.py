@@ -140,9 +140,15 @@ async def test_a_request_nothing_resolves_ends_unknown_at_its_deadline(
     served = await start_server(request_timeout=0.3)
     assert served.node is not None
     outcomes: list[Outcome] = []
-    pending = Pending(then=outcomes.append)
+    resolved = trio.Event()
+
+    def then(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        resolved.set()
+
+    pending = Pending(then=then)
     served.node.track(pending)  # nothing will ever resolve it
     with trio.fail_after(5):
-        await pending.event.wait()
+        await resolved.wait()
     assert outcomes == [Unknown("timed out waiting for the group")]
     assert pending.abandoned

@@ -38,7 +38,7 @@ from typing import Any
 
 from boutique.raft import RaftConfig, RawNode
 from boutique.raft.core import Raft
-from boutique.runtime import founding, group, host, router
+from boutique.runtime import founding, group, host_core, router
 from boutique.runtime.group import GroupStore
 from boutique.runtime.node import META_GROUP
 from boutique.testing import broken
@@ -71,20 +71,20 @@ def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
 def _acks_before_sync() -> Iterator[None]:
     """The turn's storage commit is put off until after the messages that needed it
     have been handed to the transport."""
-    real_sync = host.RaftHost._sync
-    real_send_all = host.RaftHost._send_all
+    real_sync = host_core.HostCore._sync
+    real_send_all = host_core.HostCore._send_all
 
-    def owe(self: host.RaftHost) -> None:
+    def owe(self: host_core.HostCore) -> None:
         self.__dict__["_sync_owed"] = True
 
-    def send_then_sync(self: host.RaftHost, outgoing: Any) -> None:
+    def send_then_sync(self: host_core.HostCore, outgoing: Any) -> None:
         real_send_all(self, outgoing)
         if self.__dict__.pop("_sync_owed", False):
             real_sync(self)
 
     with (
-        _patched(host.RaftHost, "_sync", owe),
-        _patched(host.RaftHost, "_send_all", send_then_sync),
+        _patched(host_core.HostCore, "_sync", owe),
+        _patched(host_core.HostCore, "_send_all", send_then_sync),
     ):
         yield
 
@@ -134,11 +134,11 @@ def _core(variant: type[Raft]) -> Callable[[], contextlib.AbstractContextManager
     @contextlib.contextmanager
     def install() -> Iterator[None]:
         def make_raw_node(
-            self: host.RaftHost, config: RaftConfig, storage: GroupStore, rng: random.Random
+            self: host_core.HostCore, config: RaftConfig, storage: GroupStore, rng: random.Random
         ) -> RawNode:
             return RawNode(config, storage, rng, core=variant)
 
-        with _patched(host.RaftHost, "make_raw_node", make_raw_node):
+        with _patched(host_core.HostCore, "make_raw_node", make_raw_node):
             yield
 
     return install

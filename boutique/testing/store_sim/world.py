@@ -204,9 +204,9 @@ class SimNode(Node):
         transport = SimTransport(
             self.network,
             self.id,
-            self._on_frame,
-            on_suspect=self._on_suspect,
-            on_link_lost=self._on_link_lost,
+            self.on_frame,
+            on_suspect=self.on_suspect,
+            on_link_lost=self.on_link_lost,
             on_removed=self.learn_removed,
         )
         transport.set_peers(self.peers)
