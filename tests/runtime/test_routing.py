@@ -1,5 +1,7 @@
-"""The routing loop shared by the store's router and the library: what ends it, what is
-retried, the backoff (in virtual time), and each side's choice of the next target."""
+"""The task driver of the routing decisions shared by the store's router and the
+library (what ends a request, what is retried, the backoff, in virtual time), and each
+side's choice of the next target. The decisions alone, with no trio, are
+``test_route_attempts.py``'s."""
 
 from __future__ import annotations
 
@@ -22,8 +24,16 @@ from boutique.runtime.outcomes import (
     Unknown,
 )
 from boutique.runtime.requests import Propose, Read, Request
-from boutique.runtime.router import Router, Unavailable, _ReplicaChooser
-from boutique.runtime.routing import Answered, Expired, route
+from boutique.runtime.route_drivers import route
+from boutique.runtime.router import Router
+from boutique.runtime.routing import (
+    Answered,
+    Expired,
+    GaveUp,
+    GiveUpKind,
+    Next,
+    ReplicaChooser,
+)
 
 
 @pytest.fixture
@@ -61,12 +71,13 @@ class RoundRobin:
     def first(self) -> int:
         return 1
 
-    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
+    def next(self, target: int, refused: NotApplied) -> Next:
         self.refusals.append(refused)
-        return target % 3 + 1, len(self.refusals) % 3 == 0
+        return Next(target % 3 + 1, len(self.refusals) % 3 == 0)
 
     def after_attempt(self) -> None:
         self.checks += 1
+        return None
 
 
 FAILED = CommandFailed("ValueError", "bad")
@@ -135,20 +146,20 @@ class Node:
         return {}
 
 
-def store_chooser(node: Node, replicas: tuple[int, ...] = (1, 2, 3)) -> _ReplicaChooser:
-    return _ReplicaChooser(Router(node), "g", replicas, None)  # type: ignore[arg-type]
+def store_chooser(node: Node, replicas: tuple[int, ...] = (1, 2, 3)) -> ReplicaChooser:
+    return Router(node)._chooser("g", replicas, None)  # type: ignore[arg-type]
 
 
 def test_the_store_follows_a_hint_among_the_replicas_and_backs_off_after_a_round() -> None:
     chooser = store_chooser(Node())
     assert chooser.first() == 1  # this node is a replica
     steps = [
-        (1, NotApplied("not the leader", 3), (3, False)),  # follow the hint
-        (3, NotApplied("not the leader", 3), (1, True)),  # a hint at itself: next, wait
-        (1, NotApplied("no leader"), (2, False)),
-        (2, NotApplied("not the leader", 9), (1, True)),  # 9 is no replica
-        (1, NotApplied("no leader"), (1, True)),  # all of 1, 2, 3 asked: wait, start over
-        (1, NotApplied("no leader"), (2, False)),
+        (1, NotApplied("not the leader", 3), Next(3)),  # follow the hint
+        (3, NotApplied("not the leader", 3), Next(1, True)),  # a hint at itself: next, wait
+        (1, NotApplied("no leader"), Next(2)),
+        (2, NotApplied("not the leader", 9), Next(1, True)),  # 9 is no replica
+        (1, NotApplied("no leader"), Next(1, True)),  # all of 1, 2, 3 asked: wait, start over
+        (1, NotApplied("no leader"), Next(2)),
     ]
     for target, refused, expected in steps:
         assert chooser.next(target, refused) == expected
@@ -156,12 +167,14 @@ def test_the_store_follows_a_hint_among_the_replicas_and_backs_off_after_a_round
 
 def test_the_store_gives_up_early_when_waiting_cannot_help() -> None:
     alone = store_chooser(Node(quarantined={"g": "broken"}), replicas=(1,))
-    with pytest.raises(Unavailable):
-        alone.next(1, NotApplied("quarantined"))
+    assert alone.next(1, NotApplied("quarantined")) == GaveUp(
+        GiveUpKind.UNAVAILABLE, "quarantined"
+    )
     waiting = store_chooser(Node(waiting_for_peers="a majority of the founders"), (1, 2))
-    assert waiting.next(1, NotApplied("no leader")) == (2, False)
-    with pytest.raises(Unavailable, match="does not serve yet"):
-        waiting.next(2, NotApplied("no leader"))
+    assert waiting.next(1, NotApplied("no leader")) == Next(2)
+    gave_up = waiting.next(2, NotApplied("no leader"))
+    assert isinstance(gave_up, GaveUp) and gave_up.kind is GiveUpKind.UNAVAILABLE
+    assert "does not serve yet" in gave_up.reason
 
 
 @dataclass
@@ -183,16 +196,16 @@ def test_the_library_follows_hints_then_its_own_leader_then_every_member() -> No
     chooser = _MemberChooser(router)
     assert chooser.first() == 1  # no leader known, none answered yet: itself
     steps = [
-        (1, NotApplied("no leader"), (2, False)),
-        (2, NotApplied("not the leader", 3), (3, False)),
-        (3, NotApplied("not the leader", 2), (1, True)),  # 2 was asked: all were, wait
-        (1, NotApplied("no leader"), (2, False)),
+        (1, NotApplied("no leader"), Next(2)),
+        (2, NotApplied("not the leader", 3), Next(3)),
+        (3, NotApplied("not the leader", 2), Next(1, True)),  # 2 was asked: all were, wait
+        (1, NotApplied("no leader"), Next(2)),
     ]
     for target, refused, expected in steps:
         assert chooser.next(target, refused) == expected
     assert chooser.leader_seen
     host.groups["g"].leader = 3
-    assert chooser.next(2, NotApplied("no leader")) == (3, False)
+    assert chooser.next(2, NotApplied("no leader")) == Next(3)
 
 
 def test_the_library_saw_no_leader_when_none_was_ever_named() -> None:
