@@ -1,13 +1,19 @@
 """The typed request path's plain parts load without trio (issue 15: the node's logic
 becomes sans-I/O, so a simulator can drive it): the request kinds, the outcomes and
-their classifier, and forwarding's codec and table of requests in flight."""
+their classifier, forwarding's codec and table of requests in flight, and the routing
+decisions."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-SANS_IO = ("boutique.runtime.requests", "boutique.runtime.outcomes", "boutique.runtime.forwarding")
+SANS_IO = (
+    "boutique.runtime.requests",
+    "boutique.runtime.outcomes",
+    "boutique.runtime.forwarding",
+    "boutique.runtime.routing",
+)
 
 
 def test_the_request_path_modules_import_no_trio() -> None:
