@@ -4,9 +4,6 @@ DROPs cut short. No node, no router, no trio."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from boutique.raft import ChangeType, ConfState
@@ -194,8 +191,3 @@ def test_drops_cut_short_leave_the_registry() -> None:
     assert finish_drops([B]) == [
         WriteRegistry(("drop", "b", B.group), f"finished the drop of bucket b ({B.group})")
     ]
-
-
-def test_the_mover_plan_imports_no_trio() -> None:
-    program = "import sys\nsys.modules['trio'] = None\nimport boutique.runtime.mover_plan\n"
-    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)

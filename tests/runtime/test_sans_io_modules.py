@@ -1,7 +1,7 @@
 """The typed request path's plain parts load without trio (issue 15: the node's logic
 becomes sans-I/O, so a simulator can drive it): the request kinds, the outcomes and
-their classifier, forwarding's codec and table of requests in flight, and the routing
-decisions."""
+their classifier, forwarding's codec and table of requests in flight, and the decisions
+of the routing, the mover, the admin commands and founding."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ SANS_IO = (
     "boutique.runtime.outcomes",
     "boutique.runtime.forwarding",
     "boutique.runtime.routing",
+    "boutique.runtime.mover_plan",
+    "boutique.runtime.admin_commands",
+    "boutique.runtime.founding_rule",
 )
 
 
