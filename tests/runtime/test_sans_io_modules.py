@@ -1,7 +1,8 @@
 """The typed request path's plain parts load without trio (issue 15: the node's logic
 becomes sans-I/O, so a simulator can drive it): the request kinds, the outcomes and
 their classifier, forwarding's codec and table of requests in flight, and the decisions
-of the routing, the mover, the admin commands and founding."""
+of the routing, the mover, the admin commands, founding and the catalog's
+reconciliation."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ SANS_IO = (
     "boutique.runtime.mover_plan",
     "boutique.runtime.admin_commands",
     "boutique.runtime.founding_rule",
+    "boutique.runtime.catalog_reconcile",
 )
 
 
