@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from boutique.runtime.admin_commands import USAGE as ADMIN_USAGE
+
 MAX_BUCKET_NAME_BYTES = 255
 MAX_KEY_BYTES = 4096
 MAX_SCAN_LIMIT_DIGITS = 9
@@ -200,16 +202,10 @@ class Fault:
 
 
 ADMIN_ARITY: dict[str, tuple[int, str]] = {
-    "NODES": (0, "ADMIN NODES"),
-    "RANGES": (0, "ADMIN RANGES"),
-    "MOVES": (0, "ADMIN MOVES"),
-    "ADD-NODE": (5, "ADMIN ADD-NODE name id host client_port peer_port"),
-    "REMOVE-NODE": (1, "ADMIN REMOVE-NODE name"),
-    "MOVE": (3, "ADMIN MOVE range from-node to-node"),
-    "TRANSFER": (2, "ADMIN TRANSFER bucket|range:<id> node"),
-    "SPLIT": (2, "ADMIN SPLIT range at"),
+    action: (len(usage.split()) - 2, usage) for action, usage in ADMIN_USAGE.items()
 }
-"""Admin sub-commands: number of arguments, and usage for error messages."""
+"""Admin sub-commands: number of arguments, and usage for error messages (from the one
+table the node's admin commands are parsed by, ``runtime.admin_commands.USAGE``)."""
 
 
 @dataclass(frozen=True, slots=True)

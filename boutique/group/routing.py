@@ -2,12 +2,12 @@
 
 A member proposes (or reads) locally when it leads, and otherwise forwards to the member
 it believes leads; it follows leader hints and tries the other members until the
-request's deadline, in the routing loop the bucket store's `runtime.router.Router` runs
-too (`runtime.routing`); only the choice of the next member is this module's. The caller
-gets exactly one answer: the machine's reply, or an error from `errors` that says what
-is known about the outcome (classed by `runtime.outcomes.classify`). A write handed to a
-leader whose fate was not learnt ends in `Timeout` at once: retrying it could apply it
-twice.
+request's deadline, decided by the `runtime.routing.RouteAttempts` the bucket store's
+`runtime.router.Router` uses too (driven by `runtime.route_drivers.route`); only the
+choice of the next member is this module's. The caller gets exactly one answer: the
+machine's reply, or an error from `errors` that says what is known about the outcome
+(classed by `runtime.outcomes.classify`). A write handed to a leader whose fate was not
+learnt ends in `Timeout` at once: retrying it could apply it twice.
 
 This module never touches storage or the Raft core; it only talks to the `RaftHost`.
 """
@@ -27,7 +27,8 @@ from boutique.runtime.outcomes import (
     classify,
 )
 from boutique.runtime.requests import Propose, Read
-from boutique.runtime.routing import Expired, route
+from boutique.runtime.route_drivers import route
+from boutique.runtime.routing import Answered, Next
 
 from .errors import CommandError, NoQuorum, Timeout, Unavailable
 
@@ -58,7 +59,8 @@ class RequestRouter:
         result = await route(
             self.host, self.group_id, request, timeout, chooser, "no member answered"
         )
-        if isinstance(result, Expired):
+        if not isinstance(result, Answered):
+            # Expired (this chooser never gives up early).
             error = Unavailable if chooser.leader_seen else NoQuorum
             raise error(f"group {self.group_id!r} is unavailable: {result.reason}")
         match result.verdict:
@@ -74,7 +76,7 @@ class RequestRouter:
 
 
 class _MemberChooser:
-    """The library's ``routing.Chooser``: the member a refusal names as leader, else
+    """The library's ``runtime.routing.Chooser``: the member a refusal names as leader, else
     the one this member believes leads, else the members not asked yet in id order;
     once every one was asked, wait a little (an election may be running) and start
     over."""
@@ -89,23 +91,23 @@ class _MemberChooser:
         router = self.router
         return router.leader() or router._last_good or router.host.id
 
-    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
+    def next(self, target: int, refused: NotApplied) -> Next:
         tried, hint, local = self.tried, refused.leader, self.router.leader()
         self.leader_seen = self.leader_seen or bool(hint or local)
         tried.add(target)
         if hint and hint not in tried:
-            return hint, False
+            return Next(hint)
         if local and local not in tried:
-            return local, False
+            return Next(local)
         me = self.router.host.id
         following = next((n for n in sorted(self.router.candidates()) if n not in tried), me)
         if following in tried:
             tried.clear()
-            return following, True
-        return following, False
+            return Next(following, wait=True)
+        return Next(following)
 
     def after_attempt(self) -> None:
-        pass
+        return None
 
 
 def settle(request: Propose | Read, outcome: Outcome) -> WireValue:

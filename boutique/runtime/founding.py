@@ -27,14 +27,14 @@ cluster wiped within a few ticks of its first vote, before its record was commit
 wiped node that reaches only nodes that never started while every node holding the
 data is unreachable; a node that joined with ``--join`` (not checked).
 
-This module decides and asks; it never opens storage and only reads the Raft core.
+The rule and its retries are ``founding_rule``'s (pure); this module asks the peers and
+the registry and sleeps between rounds. It never opens storage and only reads the Raft
+core.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-from collections.abc import Collection, Mapping
 
 import trio
 
@@ -43,6 +43,17 @@ from boutique.machine import CommandFailed, wire_items
 from boutique.raft import Role
 from boutique.storage.errors import DataFileError
 
+from .founding_rule import (
+    RETRY,
+    Admission,
+    AskRegistry,
+    Decision,
+    Found,
+    Refuse,
+    Retry,
+    Step,
+    decide,
+)
 from .group import Applied
 from .requests import LocalView
 from .router import Router
@@ -52,37 +63,10 @@ log = logging.getLogger("boutique.founding")
 
 __all__ = ["ClusterExistsError", "Decision", "admit", "decide", "record_started"]
 
-RETRY = 0.5
-"""Seconds between two rounds of questions."""
-LOG_EVERY = 10.0
-"""Seconds between two log lines saying the same thing while the node waits."""
-PATIENCE = 3.0
-"""Seconds of waiting for peers that are normal at a cluster's first start; after that
-the node says (in its log, and to clients at once) that it does not serve yet."""
-
 
 class ClusterExistsError(DataFileError):
     """The data directory is empty, yet the cluster already counts this node: it lost
     its state and must not found anything. The message says how to bring it back."""
-
-
-class Decision(enum.Enum):
-    FOUND = "found"
-    """The cluster is new: found it."""
-    ASK_REGISTRY = "ask the registry"
-    """The cluster exists: whether this node may found depends on the registry."""
-    WAIT = "wait"
-
-
-def decide(me: int, founders: Collection[int], answers: Mapping[int, GroupView | None]) -> Decision:
-    """What a node with an empty data directory does, given the meta group's views
-    from the peers that answered (None: the peer hosts no meta group yet)."""
-    if any(view is not None and view.term > 1 for view in answers.values()):
-        return Decision.ASK_REGISTRY
-    heard = {me, *answers} & set(founders)
-    if len(heard) * 2 > len(founders):
-        return Decision.FOUND
-    return Decision.WAIT
 
 
 def refusal(node: StoreNode) -> ClusterExistsError:
@@ -113,52 +97,40 @@ async def admit(node: StoreNode, router: Router) -> None:
 async def _admit(
     node: StoreNode, router: Router, founders: tuple[int, ...], peers: list[int]
 ) -> None:
-    last_silent: list[int] | None = None
-    next_log = 0.0
-    began = trio.current_time()
+    names = {n.id: n.name for n in node.config.nodes}
+    admission = Admission(node.id, node.me.name, founders, peers, names, trio.current_time())
     while True:
         answers = await _ask_views(node, peers, META_GROUP)
-        decision = decide(node.id, founders, answers)
-        if decision is Decision.FOUND:
-            log.info("no election anywhere yet: node %s founds the new cluster", node.me.name)
-            return
-        if decision is Decision.ASK_REGISTRY:
+        step: Step = admission.after_views(
+            decide(node.id, founders, answers), answers, trio.current_time()
+        )
+        if isinstance(step, AskRegistry):
             try:
-                started = wire_items(await router.registry_read(("started",)))
-                if node.id in started:
-                    raise refusal(node)
-                if node.id in founders:
-                    # A late first start: recorded before this node votes or
-                    # acknowledges, so a wipe from now on is recognised. (Other nodes
+                step = admission.after_registry(
+                    wire_items(await router.registry_read(("started",)))
+                )
+                if isinstance(step, Found) and step.record_started:
+                    # Recorded before this node votes or acknowledges. (Other nodes
                     # record it once their meta group is on disk: `record_started`.)
                     await router.registry_write(("node_started", node.id))
-                log.info("node %s starts late for the first time: it founds", node.me.name)
-                return
-            except ClusterExistsError:
-                raise
             except Exception as exc:
                 log.info("cannot ask the registry whether this node is new yet: %s", exc)
-        else:
-            silent = sorted(set(peers) - set(answers))
-            now = trio.current_time()
-            if now - began < PATIENCE:
-                # Nodes of a new cluster start seconds apart: a short wait is normal
-                # and worth neither a log line nor turning clients away early.
-                await trio.sleep(RETRY)
-                continue
-            names = ", ".join(n.name for n in node.config.nodes if n.id in silent)
-            node.waiting_for_peers = (
-                f"its data directory is empty and it is waiting for {names} to tell "
-                "whether the cluster exists"
-            )
-            if silent != last_silent or now >= next_log:
-                # Said once, again when it changes, and every LOG_EVERY seconds.
-                log.info(
-                    "node %s does not serve yet: %s (it votes for nothing meanwhile)",
-                    node.me.name,
-                    node.waiting_for_peers,
-                )
-                last_silent, next_log = silent, now + LOG_EVERY
+                step = Retry()
+        match step:
+            case Found(_, message):
+                log.info("%s", message)
+                return
+            case Refuse():
+                raise refusal(node)
+            case Retry(waiting, say):
+                if waiting is not None:
+                    node.waiting_for_peers = waiting
+                if say:
+                    log.info(
+                        "node %s does not serve yet: %s (it votes for nothing meanwhile)",
+                        node.me.name,
+                        waiting,
+                    )
         await trio.sleep(RETRY)
 
 

@@ -1,5 +1,9 @@
 """The mover: carries out placement changes recorded in the registry, step by step.
 
+This is the shell: what to do is decided by ``runtime.mover_plan`` (pure functions of
+the registry and the meta group's membership); this module executes its actions
+through the router and sleeps between rounds. It must never decide anything itself.
+
 It runs on every node but acts only on the meta group's leader. Each round it reads
 the registry as that leader has applied it and takes the next step of every change in
 flight; every step is idempotent and everything it needs to resume is in Raft groups,
@@ -20,16 +24,22 @@ so a mover that dies (or a leader that changes) mid-move simply continues next r
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from typing import Any
 
 import trio
 
-from boutique.placement import Move, moved_replicas
-from boutique.raft import ChangeType, ConfChange
-from boutique.registry import BucketInfo, RegistryState
+from boutique.registry import BucketInfo
+from boutique.registry_state import Move
 
 from .group import Applied
+from .mover_plan import (
+    ChangeMeta,
+    StepBuckets,
+    Warn,
+    WriteRegistry,
+    bucket_step,
+    finish_drops,
+    plan,
+)
 from .requests import ChangeMembership, GroupLeaderView, LeaderView
 from .router import Router, RoutingError
 from .store_node import META_GROUP, StoreNode
@@ -38,9 +48,8 @@ log = logging.getLogger("boutique.mover")
 
 ROUND = 0.2
 """Seconds between rounds."""
-PARALLEL_BUCKETS = 8
-CAUGHT_UP_SLACK = 0
-"""A learner is promoted once its match index is this close to the leader's commit."""
+META_CHANGE_TIMEOUT = 5.0
+"""Seconds a meta group membership change may take before the next round tries again."""
 
 
 class Mover:
@@ -64,144 +73,57 @@ class Mover:
                 log.warning("mover: a registry change was refused: %s", exc)
 
     async def step(self) -> None:
+        """One round on the meta group's leader: the plan's actions, in order (the
+        first that fails ends the round)."""
         state = self.node.registry_state()
         if state is None:
             return
-        await self._sync_meta_members(state)
-        await self._drain_leaving_nodes(state)
-        for move in list(state.moves.values()):
-            await self._advance_move(move, state)
-
-    # --- Drops cut short ---------------------------------------------------------------
+        node = self.node
+        for action in plan(state, node.meta_conf(), len(node.config.meta_replicas)):
+            match action:
+                case ChangeMeta(kind, node_id):
+                    log.info("mover: meta group: %s node %d", kind.name.lower(), node_id)
+                    outcome = await node.change_membership(
+                        META_GROUP, action.change, timeout=META_CHANGE_TIMEOUT
+                    )
+                    if not isinstance(outcome, Applied):
+                        log.info("mover: meta membership change not done yet: %s", outcome)
+                case WriteRegistry():
+                    await self._registry(action)
+                case Warn(message):
+                    log.warning("mover: %s", message)
+                case StepBuckets(move, buckets):
+                    async with trio.open_nursery() as nursery:
+                        for info in buckets:
+                            nursery.start_soon(self._step_bucket, info, move)
 
     async def _finish_drops(self) -> None:
-        """Take fenced buckets this node's groups lead out of the registry: a DROP whose
-        tombstone committed but whose registry step never happened (its node died, its
-        meta write timed out). Run by every node, for the groups it leads, since the
-        meta leader may host none of them."""
-        for info in self.node.fenced_but_listed():
+        """DROPs cut short, in the groups this node leads (see ``finish_drops``). Run by
+        every node, since the meta leader may host none of them."""
+        for write in finish_drops(self.node.fenced_but_listed()):
             try:
-                await self._registry("drop", info.name, info.group)
-                log.info("mover: finished the drop of bucket %s (%s)", info.name, info.group)
+                await self._registry(write)
             except RoutingError as exc:
-                log.info("mover: drop of %s: will retry: %s", info.name, exc)
-
-    # --- The meta group -----------------------------------------------------------------
-
-    async def _sync_meta_members(self, state: RegistryState) -> None:
-        """One membership change per round, until the meta group matches the registry."""
-        conf = self.node.meta_conf()
-        if conf is None:
-            return
-        members = conf.voters | conf.learners
-        active = {n for n, info in state.nodes.items() if not info.leaving}
-        change: ConfChange | None = None
-        joiners = sorted(n for n in active if n not in members)
-        gone = sorted(m for m in members if m not in state.nodes)
-        leaving_voters = sorted(
-            v for v in conf.voters if v in state.nodes and state.nodes[v].leaving
-        )
-        promotable = sorted(n for n in conf.learners if n in active)
-        wanted_voters = min(len(self.node.config.meta_replicas), len(active), 5)
-        if joiners:
-            change = ConfChange.single(ChangeType.ADD_LEARNER, joiners[0])
-        elif promotable and (
-            leaving_voters or len(conf.voters - set(leaving_voters)) < wanted_voters
-        ):
-            change = ConfChange.single(ChangeType.ADD_VOTER, promotable[0])
-        elif gone:
-            change = ConfChange.single(ChangeType.REMOVE, gone[0])
-        if change is None:
-            return
-        kind, node_id = change.changes[0]
-        log.info("mover: meta group: %s node %d", kind.name.lower(), node_id)
-        outcome = await self.node.change_membership(META_GROUP, change, timeout=5.0)
-        if not isinstance(outcome, Applied):
-            log.info("mover: meta membership change not done yet: %s", outcome)
-
-    # --- Leaving nodes ------------------------------------------------------------------
-
-    async def _drain_leaving_nodes(self, state: RegistryState) -> None:
-        assert state.ranges is not None
-        load = Counter(node for rng in state.ranges for node in rng.replicas)
-        for info in [n for n in state.nodes.values() if n.leaving]:
-            listed = any(info.id in rng.replicas for rng in state.ranges) or any(
-                info.id in b.replicas for b in state.buckets.values()
-            )
-            moving = any(info.id in (m.frm, m.to) for m in state.moves.values())
-            if not listed and not moving:
-                # Drained: it leaves the meta group first, then the registry.
-                conf = self.node.meta_conf()
-                if conf is not None and info.id in conf.voters | conf.learners:
-                    change = ConfChange.single(ChangeType.REMOVE, info.id)
-                    await self.node.change_membership(META_GROUP, change, timeout=5.0)
-                    continue
-                await self._registry("remove_node", info.id)
-                log.info("mover: node %s has left the cluster", info.name)
-                continue
-            for rng in state.ranges:
-                if info.id not in rng.replicas or rng.id in state.moves:
-                    continue
-                candidates = [
-                    n
-                    for n, other in state.nodes.items()
-                    if not other.leaving and n not in rng.replicas
-                ]
-                if not candidates:
-                    log.warning("mover: no node can take range %s from %s", rng.id, info.name)
-                    continue
-                target = min(candidates, key=lambda n: (load[n], n))
-                load[target] += 1
-                await self._registry("start_move", rng.id, info.id, target)
-                log.info("mover: moving range %s from %s to node %d", rng.id, info.name, target)
-
-    # --- Moves --------------------------------------------------------------------------
-
-    async def _advance_move(self, move: Move, state: RegistryState) -> None:
-        pending = [
-            info
-            for info in state.buckets.values()
-            if info.range_id == move.range_id and move.frm in info.replicas
-        ]
-        if not pending:
-            await self._registry("finish_move", move.range_id)
-            log.info(
-                "mover: range %s moved from node %d to node %d", move.range_id, move.frm, move.to
-            )
-            return
-        async with trio.open_nursery() as nursery:
-            for info in pending[:PARALLEL_BUCKETS]:
-                nursery.start_soon(self._step_bucket, info, move)
+                log.info("mover: %s: will retry: %s", " ".join(map(str, write.command[:2])), exc)
 
     async def _step_bucket(self, info: BucketInfo, move: Move) -> None:
-        """Take the next step of moving one bucket's group from ``frm`` to ``to``."""
+        """Take the next step of moving one bucket's group (see ``bucket_step``)."""
         hosts = tuple(dict.fromkeys((*info.replicas, move.to)))
         try:
             view = GroupLeaderView.from_wire(
                 await self.router.group_request(info.group, hosts, LeaderView())
             )
-            voters, learners = set(view.voters), set(view.learners)
-            if view.pending_conf:
-                return  # the previous change is still being applied
-            if move.to not in voters | learners:
-                await self._change(info, hosts, ChangeType.ADD_LEARNER, move.to)
-            elif move.to in learners:
-                match = view.match.get(move.to, 0)
-                if match + CAUGHT_UP_SLACK >= view.commit:
-                    await self._change(info, hosts, ChangeType.ADD_VOTER, move.to)
-            elif move.frm in voters | learners:
-                await self._change(info, hosts, ChangeType.REMOVE, move.frm)
-            else:
-                replicas = moved_replicas(info.replicas, move)
-                await self._registry("set_bucket_replicas", info.name, info.group, replicas)
+            match bucket_step(info, move, view):
+                case ChangeMembership(kind, node_id) as change:
+                    log.info("mover: bucket %s: %s node %d", info.name, kind.name.lower(), node_id)
+                    await self.router.group_request(info.group, hosts, change)
+                case WriteRegistry() as write:
+                    await self._registry(write)
+                case None:
+                    pass
         except (RoutingError, ValueError) as exc:
             log.info("mover: bucket %s: will retry: %s", info.name, exc)
 
-    async def _change(
-        self, info: BucketInfo, hosts: tuple[int, ...], kind: ChangeType, node_id: int
-    ) -> None:
-        log.info("mover: bucket %s: %s node %d", info.name, kind.name.lower(), node_id)
-        await self.router.group_request(info.group, hosts, ChangeMembership(kind, node_id))
-
-    async def _registry(self, *command: Any) -> Any:
-        return await self.router.registry_write(command)
+    async def _registry(self, write: WriteRegistry) -> None:
+        await self.router.registry_write(write.command)
+        log.info("mover: %s", write.done)

@@ -33,6 +33,7 @@ from boutique.storage.errors import StorageOpenError
 from boutique.storage.sqlite import SqliteStorage
 
 from . import founding
+from .catalog_reconcile import drops_cut_short, not_ours, reconcile
 from .group import GroupRuntime
 from .host import HostSettings
 from .mover import Mover
@@ -269,19 +270,17 @@ class Node(StoreNode):
             group = self.groups.get(group_id)
             if group_id != META_GROUP and group is not None and _fenced(group):
                 self._fenced.add(group_id)
-        catalog = self.catalog()
-        found = []
         for group_id in list(self._fenced):
             group = self.groups.get(group_id)
             if group is None or not _fenced(group):
                 self._fenced.discard(group_id)  # closed here: nothing left to finish
-                continue
-            # Kept while unlisted too: after a restart the registry may not have
-            # replayed the bucket's create yet.
-            info = catalog.get(group_id.split("/")[1])
-            if info is not None and info.group == group_id and group.node.raft.role is Role.LEADER:
-                found.append(info)
-        return found
+        # Kept while unlisted too: after a restart the registry may not have replayed
+        # the bucket's create yet.
+        return drops_cut_short(self._fenced, self.catalog(), self._leads)
+
+    def _leads(self, group_id: str) -> bool:
+        group = self.groups.get(group_id)
+        return group is not None and group.node.raft.role is Role.LEADER
 
     def _reconcile_all(self, *, close: bool) -> None:
         """Host every bucket this node replicates or is receiving in a move; with
@@ -292,21 +291,14 @@ class Node(StoreNode):
         state = self.registry_state()
         if state is None:
             return
-        wanted = {
-            info.group: info
-            for info in state.buckets.values()
-            if self.id in bucket_hosts(info, state)
-        }
-        for group_id, info in wanted.items():
-            # A quarantined group stays out until the node restarts: reopening it
-            # would only hit the same broken state again.
-            if group_id not in self.groups and group_id not in self.quarantined:
-                self._open_bucket(info, founding=False)
-        if close:
-            for group_id in [*self.groups, *self.quarantined]:
-                if group_id != META_GROUP and group_id not in wanted:
-                    log.info("group %s is not ours any more: closing it", group_id)
-                    self.close_group(group_id)
+        buckets = [g for g in self.groups if g != META_GROUP]
+        quarantined = [g for g in self.quarantined if g != META_GROUP]
+        plan = reconcile(state, self.id, buckets, quarantined, close=close)
+        for info in plan.open:
+            self._open_bucket(info, founding=False)
+        for group_id in plan.close:
+            log.info("group %s is not ours any more: closing it", group_id)
+            self.close_group(group_id)
 
     def _close_if_not_ours(self, name: str) -> None:
         """After a drop or move of bucket ``name`` was applied: close its local groups
@@ -314,11 +306,7 @@ class Node(StoreNode):
         state = self.registry_state()
         if state is None:
             return
-        info = state.buckets.get(name)
-        prefix = f"b/{name}/"
-        for group_id in [g for g in (*self.groups, *self.quarantined) if g.startswith(prefix)]:
-            if info is not None and info.group == group_id and self.id in bucket_hosts(info, state):
-                continue
+        for group_id in not_ours(state, self.id, name, [*self.groups, *self.quarantined]):
             log.info("group %s was dropped or moved away: closing it", group_id)
             self.close_group(group_id)
 

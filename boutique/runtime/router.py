@@ -3,8 +3,9 @@
 The ``Router`` looks the bucket up in the registry, then proposes (or reads) in the
 bucket's group: locally when this node leads it, otherwise at the node it believes
 leads, following leader hints and trying the other replicas until the request's
-deadline (the loop is ``runtime.routing``'s, shared with the library; the choice of
-replica is ``_ReplicaChooser``'s). The caller gets exactly one answer, classed (by
+deadline (the decisions are ``runtime.routing``'s ``RouteAttempts``, shared with the
+library, with the choice of replica by its ``ReplicaChooser``; this module is the
+shell that drives them, through ``runtime.route_drivers``). The caller gets exactly one answer, classed (by
 ``runtime.outcomes.classify``) as the wire contract wants:
 
 * a result — the command was applied (or the read served);
@@ -28,10 +29,19 @@ from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
-from .group import Applied, Outcome, Pending, Rejected
-from .outcomes import Done, MaybeApplied, NotApplied, Refused
+from .group import Outcome, Rejected
+from .outcomes import Done, MaybeApplied, Refused
 from .requests import GroupRequest, Propose, Read, Request
-from .routing import Expired, route
+from .route_drivers import route, start_route
+from .routing import (
+    Answered,
+    Expired,
+    GaveUp,
+    GiveUpKind,
+    ReplicaChooser,
+    Result,
+    RouteAttempts,
+)
 from .store_node import META_GROUP
 from .store_node import StoreNode as Node
 
@@ -57,6 +67,7 @@ class GroupFenced(NotFound):
 
 
 _BUCKET_DROPPED = BucketDropped.__name__
+_NO_REPLICA = "no replica answered"
 _FENCE_RETRIES = 3
 """How many times one request follows a bucket to a newer incarnation before giving up
 (each time the bucket was dropped and created again while the request ran)."""
@@ -238,12 +249,17 @@ class Router:
     # --- Without a task -----------------------------------------------------------------
 
     def start(self, bucket: str, command: Command, then: Callable[[Outcome], None]) -> bool:
-        """One attempt at a key command (``("put", key, value)``, ``("delete", key)``,
-        or a ``("get", key)`` query) on a bucket this node's catalog knows, sent where
-        the bucket's leader is believed to be, with no task: ``then`` is called once
-        with the outcome, within ``request_timeout``. False (and nothing started) when
-        the bucket is not in the local catalog; the async methods handle that, and
-        every outcome but ``Applied`` (retries, leader hints, NOT FOUND).
+        """A key command (``("put", key, value)``, ``("delete", key)``, or a
+        ``("get", key)`` query) on a bucket this node's catalog knows, routed with no
+        task: the same decisions as the async methods (``routing.RouteAttempts``),
+        driven by the attempts' callbacks (``route_drivers.start_route``). ``then`` is
+        called once with the outcome that settled it (``Applied``, or a write's
+        ``Unknown``), or with a ``Rejected`` when it was not settled before a backoff
+        was due (every replica asked), the deadline passed, or the bucket's group was
+        found fenced or changed: the async methods then take it over (retries with
+        backoff, NOT FOUND, a newer incarnation). False (and nothing started) when the
+        bucket is not in the local catalog. Each attempt ends within
+        ``request_timeout`` and none starts after that much time has passed.
 
         This is the path of nearly every request under load; the async methods cost a
         task, a cancel scope and several wake-ups each.
@@ -260,23 +276,31 @@ class Router:
         else:
             request = Propose(MachineHost.encode_command(command))
         group = info.group
-        target = self._first_target(group, info.replicas)
+        attempts = RouteAttempts(
+            node.id,
+            self._chooser(group, info.replicas, bucket),
+            node.clock() + node.config.request_timeout,
+            may_apply=request.may_apply,
+            no_answer=_NO_REPLICA,
+        )
 
-        def done(outcome: Outcome) -> None:
-            if type(outcome) is Applied:
-                if isinstance(outcome.reply, CommandFailed) and _is_fenced(outcome.reply):
+        def settled(result: Result | None, last: Outcome) -> None:
+            match result:
+                case Answered(Refused(failed)) if _is_fenced(failed):
                     # Not settled here: the full router checks for a newer incarnation.
-                    outcome = Rejected("the bucket's group was dropped")
-                else:
+                    then(Rejected("the bucket's group was dropped"))
+                case Answered(Done() | Refused(), target):
                     self.leader_hints[group] = target
-            then(outcome)
+                    then(last)
+                case Answered(MaybeApplied()):
+                    then(last)
+                case Expired(reason) | GaveUp(_, reason):
+                    then(Rejected(reason))
+                case None:
+                    # Every replica was asked: the backoff is a task's (the full router).
+                    then(last)
 
-        pending = Pending(then=done)
-        node.track(pending)
-        if target == node.id:
-            node.submit(group, request, pending)
-        else:
-            node.send_forward(target, group, request, pending)
+        start_route(node, group, request, attempts, node.clock, settled)
         return True
 
     # --- Routing ------------------------------------------------------------------------
@@ -340,12 +364,17 @@ class Router:
         self, group: str, replicas: tuple[int, ...], request: Request, bucket: str | None
     ) -> WireValue:
         node = self.node
-        chooser = _ReplicaChooser(self, group, replicas, bucket)
+        chooser = self._chooser(group, replicas, bucket)
         result = await route(
-            node, group, request, node.config.request_timeout, chooser, "no replica answered"
+            node, group, request, node.config.request_timeout, chooser, _NO_REPLICA
         )
-        if isinstance(result, Expired):
-            raise Unavailable(self._why(result.reason))
+        match result:
+            case Expired(reason):
+                raise Unavailable(self._why(reason))
+            case GaveUp(GiveUpKind.NOT_FOUND, reason):
+                raise NotFound(reason)
+            case GaveUp(_, reason):
+                raise Unavailable(reason)
         match result.verdict:
             case Refused(failed):
                 raise GroupFenced(group) if _is_fenced(failed) else CommandRejected(failed)
@@ -355,6 +384,28 @@ class Router:
                 self.leader_hints[group] = result.target
                 return reply
 
+    def _chooser(self, group: str, replicas: tuple[int, ...], bucket: str | None) -> ReplicaChooser:
+        """The choice of replica for one request to ``group`` (for ``bucket``, if it is
+        a bucket's): see ``routing.ReplicaChooser``."""
+        node = self.node
+        if group == META_GROUP:
+            bucket = None
+
+        def catalog_group() -> str | None:
+            info = node.catalog().get(bucket) if bucket is not None else None
+            return None if info is None else info.group
+
+        return ReplicaChooser(
+            node,
+            group,
+            replicas,
+            self._first_target(group, replicas),
+            why=self._why,
+            bucket=bucket,
+            was_listed=catalog_group() is not None,
+            catalog_group=catalog_group,
+        )
+
     def _first_target(self, group: str, replicas: tuple[int, ...]) -> int:
         """Where a request to ``group`` goes first: the last node that answered as its
         leader, else this node if it is a replica, else the first replica."""
@@ -362,12 +413,6 @@ class Router:
         if target in replicas:
             return target
         return self.node.id if self.node.id in replicas else replicas[0]
-
-    def _next_replica(self, replicas: tuple[int, ...], tried: list[int]) -> int:
-        for replica in replicas:
-            if replica not in tried:
-                return replica
-        return replicas[0]
 
 
 def _bytes(value: WireValue) -> bytes:
@@ -380,60 +425,3 @@ def _text(value: WireValue) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a str in the reply, got {type(value).__name__}")
     return value
-
-
-class _ReplicaChooser:
-    """The store's ``routing.Chooser``: a request goes to the bucket's (or the meta
-    group's) replicas, following leader hints; it gives up early when waiting cannot
-    help, and stops when the bucket it is for changed under it."""
-
-    def __init__(
-        self, router: Router, group: str, replicas: tuple[int, ...], bucket: str | None
-    ) -> None:
-        self.router = router
-        self.node = router.node
-        self.group = group
-        self.replicas = replicas
-        self.bucket = bucket if group != META_GROUP else None
-        self.listed = self.node.catalog().get(bucket) if bucket is not None else None
-        self.tried: list[int] = []
-
-    def first(self) -> int:
-        return self.router._first_target(self.group, self.replicas)
-
-    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
-        node, replicas, tried = self.node, self.replicas, self.tried
-        reason, leader = refused.reason, refused.leader
-        if leader and leader in replicas and leader != target:
-            return leader, False
-        tried.append(target)
-        following = self.router._next_replica(replicas, tried)
-        if leader:
-            # A hint outside the replicas (or at the node that refused): try the next.
-            return following, True
-        if replicas == (node.id,) and self.group in node.quarantined:
-            # Its only replica took it out of service: waiting helps nobody.
-            raise Unavailable(self.router._why(reason))
-        if len(tried) < len(replicas):
-            return following, False
-        if node.waiting_for_peers is not None:
-            # Every replica refused and this node cannot help yet: say so now rather
-            # than after the whole request timeout.
-            raise Unavailable(self.router._why(reason))
-        tried.clear()
-        return following, True
-
-    def after_attempt(self) -> None:
-        bucket = self.bucket
-        if bucket is None:
-            return
-        # The bucket may have been dropped and re-created meanwhile. Only a catalog
-        # entry for another group proves it: a missing entry may just mean this node's
-        # registry lags the linearizable lookup that found it.
-        info = self.node.catalog().get(bucket)
-        if info is not None and info.group != self.group:
-            raise NotFound(bucket)
-        if self.listed is not None and info is None:
-            # Dropped here since the request began: its group may be closed on every
-            # replica, so waiting out the deadline would serve nothing.
-            raise Unavailable(f"bucket {bucket} left this node's catalog")

@@ -70,6 +70,9 @@ class FakeNode:
     def track(self, pending: Any) -> None:
         pass
 
+    def clock(self) -> float:
+        return 0.0
+
     def _answer(self, group: str, request: Request) -> Outcome:
         if group in self.cut_off:
             return Rejected("no quorum")

@@ -1,5 +1,7 @@
-"""The routing loop shared by the store's router and the library: what ends it, what is
-retried, the backoff (in virtual time), and each side's choice of the next target."""
+"""The task driver of the routing decisions shared by the store's router and the
+library (what ends a request, what is retried, the backoff, in virtual time), and each
+side's choice of the next target. The decisions alone, with no trio, are
+``test_route_attempts.py``'s."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import trio
 import trio.testing
 
 from boutique.group.routing import RequestRouter, _MemberChooser
-from boutique.machine import CommandFailed
+from boutique.machine import CommandFailed, WireValue
+from boutique.registry import BucketInfo
+from boutique.runtime.group import Pending
 from boutique.runtime.outcomes import (
     Applied,
     Done,
@@ -22,8 +26,16 @@ from boutique.runtime.outcomes import (
     Unknown,
 )
 from boutique.runtime.requests import Propose, Read, Request
-from boutique.runtime.router import Router, Unavailable, _ReplicaChooser
-from boutique.runtime.routing import Answered, Expired, route
+from boutique.runtime.route_drivers import route
+from boutique.runtime.router import Router
+from boutique.runtime.routing import (
+    Answered,
+    Expired,
+    GaveUp,
+    GiveUpKind,
+    Next,
+    ReplicaChooser,
+)
 
 
 @pytest.fixture
@@ -61,12 +73,13 @@ class RoundRobin:
     def first(self) -> int:
         return 1
 
-    def next(self, target: int, refused: NotApplied) -> tuple[int, bool]:
+    def next(self, target: int, refused: NotApplied) -> Next:
         self.refusals.append(refused)
-        return target % 3 + 1, len(self.refusals) % 3 == 0
+        return Next(target % 3 + 1, len(self.refusals) % 3 == 0)
 
     def after_attempt(self) -> None:
         self.checks += 1
+        return None
 
 
 FAILED = CommandFailed("ValueError", "bad")
@@ -135,20 +148,20 @@ class Node:
         return {}
 
 
-def store_chooser(node: Node, replicas: tuple[int, ...] = (1, 2, 3)) -> _ReplicaChooser:
-    return _ReplicaChooser(Router(node), "g", replicas, None)  # type: ignore[arg-type]
+def store_chooser(node: Node, replicas: tuple[int, ...] = (1, 2, 3)) -> ReplicaChooser:
+    return Router(node)._chooser("g", replicas, None)  # type: ignore[arg-type]
 
 
 def test_the_store_follows_a_hint_among_the_replicas_and_backs_off_after_a_round() -> None:
     chooser = store_chooser(Node())
     assert chooser.first() == 1  # this node is a replica
     steps = [
-        (1, NotApplied("not the leader", 3), (3, False)),  # follow the hint
-        (3, NotApplied("not the leader", 3), (1, True)),  # a hint at itself: next, wait
-        (1, NotApplied("no leader"), (2, False)),
-        (2, NotApplied("not the leader", 9), (1, True)),  # 9 is no replica
-        (1, NotApplied("no leader"), (1, True)),  # all of 1, 2, 3 asked: wait, start over
-        (1, NotApplied("no leader"), (2, False)),
+        (1, NotApplied("not the leader", 3), Next(3)),  # follow the hint
+        (3, NotApplied("not the leader", 3), Next(1, True)),  # a hint at itself: next, wait
+        (1, NotApplied("no leader"), Next(2)),
+        (2, NotApplied("not the leader", 9), Next(1, True)),  # 9 is no replica
+        (1, NotApplied("no leader"), Next(1, True)),  # all of 1, 2, 3 asked: wait, start over
+        (1, NotApplied("no leader"), Next(2)),
     ]
     for target, refused, expected in steps:
         assert chooser.next(target, refused) == expected
@@ -156,12 +169,12 @@ def test_the_store_follows_a_hint_among_the_replicas_and_backs_off_after_a_round
 
 def test_the_store_gives_up_early_when_waiting_cannot_help() -> None:
     alone = store_chooser(Node(quarantined={"g": "broken"}), replicas=(1,))
-    with pytest.raises(Unavailable):
-        alone.next(1, NotApplied("quarantined"))
+    assert alone.next(1, NotApplied("quarantined")) == GaveUp(GiveUpKind.UNAVAILABLE, "quarantined")
     waiting = store_chooser(Node(waiting_for_peers="a majority of the founders"), (1, 2))
-    assert waiting.next(1, NotApplied("no leader")) == (2, False)
-    with pytest.raises(Unavailable, match="does not serve yet"):
-        waiting.next(2, NotApplied("no leader"))
+    assert waiting.next(1, NotApplied("no leader")) == Next(2)
+    gave_up = waiting.next(2, NotApplied("no leader"))
+    assert isinstance(gave_up, GaveUp) and gave_up.kind is GiveUpKind.UNAVAILABLE
+    assert "does not serve yet" in gave_up.reason
 
 
 @dataclass
@@ -183,16 +196,16 @@ def test_the_library_follows_hints_then_its_own_leader_then_every_member() -> No
     chooser = _MemberChooser(router)
     assert chooser.first() == 1  # no leader known, none answered yet: itself
     steps = [
-        (1, NotApplied("no leader"), (2, False)),
-        (2, NotApplied("not the leader", 3), (3, False)),
-        (3, NotApplied("not the leader", 2), (1, True)),  # 2 was asked: all were, wait
-        (1, NotApplied("no leader"), (2, False)),
+        (1, NotApplied("no leader"), Next(2)),
+        (2, NotApplied("not the leader", 3), Next(3)),
+        (3, NotApplied("not the leader", 2), Next(1, True)),  # 2 was asked: all were, wait
+        (1, NotApplied("no leader"), Next(2)),
     ]
     for target, refused, expected in steps:
         assert chooser.next(target, refused) == expected
     assert chooser.leader_seen
     host.groups["g"].leader = 3
-    assert chooser.next(2, NotApplied("no leader")) == (3, False)
+    assert chooser.next(2, NotApplied("no leader")) == Next(3)
 
 
 def test_the_library_saw_no_leader_when_none_was_ever_named() -> None:
@@ -201,3 +214,98 @@ def test_the_library_saw_no_leader_when_none_was_ever_named() -> None:
     chooser.next(1, NotApplied("no leader"))
     chooser.next(2, NotApplied("no leader"))
     assert not chooser.leader_seen  # the caller raises NoQuorum, not Unavailable
+
+
+# --- Without a task (``Router.start``, the line server's fast path) ----------------------
+
+
+@dataclass
+class Settings:
+    request_timeout: float = 2.0
+    unsafe_local_reads: bool = False
+
+
+@dataclass
+class CallbackNode(Node):
+    """Node 1 of bucket "b" (replicas 1, 2, 3): each attempt is recorded, and resolved at
+    once from ``answers`` (target -> outcome) if it has one, else left to the test."""
+
+    answers: dict[int, Outcome] = field(default_factory=dict)
+    attempts: list[int] = field(default_factory=list)
+    unresolved: list[Pending] = field(default_factory=list)
+    tracked: int = 0
+    config: Settings = field(default_factory=Settings)
+    now: float = 0.0
+
+    def catalog(self) -> dict[str, object]:  # type: ignore[override]
+        return {"b": BucketInfo("b", "g", "r1", (1, 2, 3), 1)}
+
+    def clock(self) -> float:
+        return self.now
+
+    def track(self, pending: Pending) -> None:
+        self.tracked += 1
+
+    def submit(self, group: str, request: Request, pending: Pending) -> None:
+        self._attempt(self.id, pending)
+
+    def send_forward(self, peer: int, group: str, request: Request, pending: Pending) -> None:
+        self._attempt(peer, pending)
+
+    def _attempt(self, target: int, pending: Pending) -> None:
+        self.attempts.append(target)
+        if target in self.answers:
+            pending.resolve(self.answers[target])
+        else:
+            self.unresolved.append(pending)
+
+
+def start(
+    node: CallbackNode, command: tuple[WireValue, ...], router: Router | None = None
+) -> tuple[Router, list[Outcome]]:
+    router = router or Router(node)  # type: ignore[arg-type]
+    outcomes: list[Outcome] = []
+    assert router.start("b", command, outcomes.append)
+    return router, outcomes
+
+
+async def test_the_fast_path_follows_a_leader_hint_without_a_task() -> None:
+    node = CallbackNode(answers={1: Rejected("not the leader", 3), 3: Applied(None)})
+    router, outcomes = start(node, ("put", b"k", b"v"))
+    assert (node.attempts, outcomes) == ([1, 3], [Applied(None)])
+    assert node.tracked == 2  # each attempt ends within the request timeout
+    assert router.leader_hints == {"g": 3}  # the next request goes there first
+    start(node, ("get", b"k"), router)
+    assert node.attempts == [1, 3, 3]
+
+
+async def test_the_fast_path_hands_over_when_a_backoff_is_due() -> None:
+    # Every replica refused: the wait and the retries are the full router's, in a task.
+    node = CallbackNode(answers={n: Rejected("no leader") for n in (1, 2, 3)})
+    _, outcomes = start(node, ("put", b"k", b"v"))
+    assert (node.attempts, outcomes) == ([1, 2, 3], [Rejected("no leader")])
+
+
+async def test_the_fast_path_goes_on_from_whatever_resolves_the_attempt() -> None:
+    node = CallbackNode()
+    _, outcomes = start(node, ("get", b"k"))
+    assert (node.attempts, outcomes) == ([1], [])
+    # A read of unknown fate had no effect: it is resent, from the resolving callback.
+    node.unresolved.pop().resolve(Unknown("timed out waiting for the group"))
+    assert (node.attempts, outcomes) == ([1, 2], [])
+    node.unresolved.pop().resolve(Applied(b"v"))
+    assert outcomes == [Applied(b"v")]
+
+
+async def test_the_fast_path_never_resends_a_write_of_unknown_fate() -> None:
+    node = CallbackNode(answers={1: Rejected("not the leader", 2), 2: Unknown("lost")})
+    _, outcomes = start(node, ("delete", b"k"))
+    assert (node.attempts, outcomes) == ([1, 2], [Unknown("lost")])
+
+
+async def test_the_fast_path_starts_no_attempt_past_the_deadline() -> None:
+    node = CallbackNode()
+    _, outcomes = start(node, ("get", b"k"))
+    node.now = 2.0  # the request timeout has passed: the answer comes too late
+    node.unresolved.pop().resolve(Rejected("not the leader", 2))
+    assert (node.attempts, outcomes) == ([1], [Rejected("not the leader")])

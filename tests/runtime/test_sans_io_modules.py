@@ -1,7 +1,9 @@
 """The typed request path's plain parts load without trio (issue 15: the node's logic
 becomes sans-I/O, so a simulator can drive it): the request kinds, the outcomes and
 their classifier, forwarding's codec and table of requests in flight, the groups and
-the host core (``test_host_core_sans_io`` also runs the core with trio unimportable)."""
+the host core (``test_host_core_sans_io`` also runs the core with trio unimportable),
+and the decisions of the routing, the mover, the admin commands, founding and the
+catalog's reconciliation."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ SANS_IO = (
     "boutique.runtime.group",
     "boutique.runtime.host_core",
     "boutique.testing.host_doubles",
+    "boutique.runtime.routing",
+    "boutique.runtime.mover_plan",
+    "boutique.runtime.admin_commands",
+    "boutique.runtime.founding_rule",
+    "boutique.runtime.catalog_reconcile",
 )
 
 
