@@ -73,6 +73,7 @@ from boutique.runtime.peertls import client_port_context
 from boutique.runtime.router import (
     Command,
     CommandRejected,
+    DeadlinePassed,
     NotFound,
     OutcomeUnknown,
     Router,
@@ -192,6 +193,8 @@ _LARGE_REPLIES = (cmd.Scan, cmd.Keys, cmd.Buckets, cmd.Status, cmd.Help)
 def _settled_reply(command: cmd.Command, outcome: Outcome) -> bytes | None:
     """The reply line(s) for one attempt's outcome, or None if the attempt settled
     nothing and the full router should take over (see ``LineServer.execute``)."""
+    if isinstance(outcome, DeadlinePassed):
+        return render(Error(ErrorCode.UNAVAILABLE, outcome.reason))
     match classify(outcome, may_apply=not isinstance(command, cmd.Get)):
         case Refused(failed):
             return render(Error(ErrorCode.SYNTAX, failed.message))

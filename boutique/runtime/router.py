@@ -24,6 +24,7 @@ bucket; if there is one (a re-CREATE), the request goes there instead.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
@@ -64,6 +65,13 @@ class GroupFenced(NotFound):
     def __init__(self, group: str) -> None:
         super().__init__(group)
         self.group = group
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlinePassed(Rejected):
+    """How ``Router.start`` ends a request whose deadline passed with every attempt
+    certainly not applied: the request is over (``ERR UNAVAILABLE``, as the full router
+    would say), not handed to the full router, whose own deadline would start then."""
 
 
 _BUCKET_DROPPED = BucketDropped.__name__
@@ -254,10 +262,11 @@ class Router:
         task: the same decisions as the async methods (``routing.RouteAttempts``),
         driven by the attempts' callbacks (``route_drivers.start_route``). ``then`` is
         called once with the outcome that settled it (``Applied``, or a write's
-        ``Unknown``), or with a ``Rejected`` when it was not settled before a backoff
-        was due (every replica asked), the deadline passed, or the bucket's group was
-        found fenced or changed: the async methods then take it over (retries with
-        backoff, NOT FOUND, a newer incarnation). False (and nothing started) when the
+        ``Unknown``), or ``DeadlinePassed`` (the request is over: every attempt until
+        the deadline was refused), or with a ``Rejected`` when it was not settled
+        before a backoff was due (every replica asked) or the bucket's group was found
+        fenced or changed: the async methods then take it over (retries with backoff,
+        NOT FOUND, a newer incarnation). False (and nothing started) when the
         bucket is not in the local catalog. Each attempt ends within
         ``request_timeout`` and none starts after that much time has passed.
 
@@ -294,7 +303,10 @@ class Router:
                     then(last)
                 case Answered(MaybeApplied()):
                     then(last)
-                case Expired(reason) | GaveUp(_, reason):
+                case Expired(reason):
+                    # Over: handing it to the full router would start a second deadline.
+                    then(DeadlinePassed(self._why(reason)))
+                case GaveUp(_, reason):
                     then(Rejected(reason))
                 case None:
                     # Every replica was asked: the backoff is a task's (the full router).

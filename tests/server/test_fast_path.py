@@ -152,3 +152,28 @@ async def test_a_request_nothing_resolves_ends_unknown_at_its_deadline(
         await resolved.wait()
     assert outcomes == [Unknown("timed out waiting for the group")]
     assert pending.abandoned
+
+
+async def test_a_request_whose_deadline_passed_is_over_without_a_second_deadline(
+    served: Served, command_tasks: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every attempt refused until the request timeout passed: ERR UNAVAILABLE at once,
+    # not a task with the full router, whose own deadline would only start then.
+    conn = await served.connect()
+    await conn.send(b"CREATE b\r\n")
+    await conn.expect(b"OK\r\n")
+    node = served.node
+    assert node is not None
+    real_clock = node.clock
+    late = 0.0
+    monkeypatch.setattr(node, "clock", lambda: real_clock() + late)
+
+    def submit(group_id: str, request: Propose | Read, pending: Pending) -> None:
+        nonlocal late
+        late = 2 * node.config.request_timeout  # the attempt outlived the deadline
+        pending.resolve(Rejected("not the leader"))
+
+    monkeypatch.setattr(node, "submit", submit)
+    await conn.send(b"PUT b k v\r\n")
+    await conn.expect(b"ERR UNAVAILABLE not the leader\r\n")
+    assert len(command_tasks) == 1  # CREATE only
