@@ -291,20 +291,29 @@ class BucketInfo:
     range_id: str
     replicas: tuple[int, ...]
     created_seq: int
+    moved: bool = False
+    """True once a move changed ``replicas`` (``set_bucket_replicas``): they are no
+    longer the group's founding members, so no replica may start the group from its
+    founding state (see ``runtime.dormant``)."""
 
     def to_wire(self) -> Wire:
-        return {
+        wire: Wire = {
             "name": self.name,
             "group": self.group,
             "range_id": self.range_id,
             "replicas": list(self.replicas),
             "created_seq": self.created_seq,
         }
+        if self.moved:
+            # Only when set: an unmoved bucket's entry is what it always was.
+            wire["moved"] = True
+        return wire
 
     @classmethod
     def from_wire(cls, value: object) -> BucketInfo:
         """Inverse of `to_wire` (lists or tuples); `ValueError` if malformed."""
-        fields = wire_fields(value, _INFO_KEYS, "bucket info")
+        moved = isinstance(value, dict) and value.get("moved") is True
+        fields = wire_fields(value, _MOVED_INFO_KEYS if moved else _INFO_KEYS, "bucket info")
         try:
             name = validate_bucket_name(fields["name"])
         except TypeError as exc:
@@ -324,10 +333,12 @@ class BucketInfo:
             as_str(fields["range_id"], "bucket info: range_id"),
             tuple(check_node_id(node, "bucket info: replica") for node in replicas),
             seq,
+            moved,
         )
 
 
 _INFO_KEYS = frozenset({"name", "group", "range_id", "replicas", "created_seq"})
+_MOVED_INFO_KEYS = _INFO_KEYS | {"moved"}
 
 
 class RegistryState:

@@ -21,6 +21,9 @@ Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host 
 thousands of idle groups does almost nothing. When the transport suspects a peer,
 groups led by it are woken to elect someone else.
 
+A group the owner hosts but has not opened (a dormant bucket, ``runtime.dormant``) is
+opened by ``materialize`` when a request or a peer's message for it first arrives.
+
 A group whose core fails (``GROUP_FAILURES``) is quarantined and the loop carries on
 with the others; a failure of the node's storage ends the loop (and the node). When a
 stream to or from a peer breaks, requests forwarded to it and follower reads waiting on
@@ -403,6 +406,20 @@ class RaftHost:
         group.campaign_when_ready = campaign
         return group
 
+    def materialize(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
+        """Open, on its first touch, a group that the owner hosts without having opened
+        it (a dormant bucket: ``runtime.dormant``); None if it is not such a group.
+        ``by_request``: a local or forwarded request touched it (a campaign then gets
+        it a leader), else a peer's Raft message did. Runs inside the loop."""
+        return None
+
+    def _hosted(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
+        """The open group, or the dormant one materialized now, or None."""
+        group = self.groups.get(group_id)
+        if group is None and group_id not in self.quarantined:
+            group = self.materialize(group_id, by_request=by_request)
+        return group
+
     def make_raw_node(self, config: RaftConfig, storage: GroupStore, rng: random.Random) -> RawNode:
         """The core of a group being opened. The Raft-core simulator overrides this to
         run its own configurations and deliberately broken cores through the host."""
@@ -670,7 +687,7 @@ class RaftHost:
             case _Step(peer, batch):
                 touched = set()
                 for group_id, messages in batch.items():
-                    group = self.groups.get(group_id)
+                    group = self._hosted(group_id, by_request=False)
                     if group is None:
                         continue  # not created here yet, or dropped: the sender retries
                     self.counters.messages_in += len(messages)
@@ -686,7 +703,7 @@ class RaftHost:
                     self.active.add(group_id)
                 return touched
             case _Propose(group_id, data, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()
@@ -702,7 +719,7 @@ class RaftHost:
                 self.active.add(group_id)
                 return {group_id}
             case _Read(group_id, query, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()
@@ -729,7 +746,7 @@ class RaftHost:
                         touched.add(group_id)
                 return touched
             case _Call(group_id, fn, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()

@@ -1,11 +1,13 @@
 """The bucket-store node: a ``RaftHost`` running the meta group and the bucket groups.
 
 The meta group replicates the registry (range map and bucket catalog). Whenever it
-applies a ``create`` or ``drop``, every node that replicates the bucket's range opens or
-closes the bucket's own Raft group; after a restart or a snapshot the whole catalog is
-reconciled with the groups on disk. A bucket leaves the registry only after its own group
-committed a tombstone (see ``Router.drop``); until then it stays open here. A new bucket's preferred leader (the first replica of
-its range) campaigns at once, so a bucket is writable one round trip after ``CREATE``.
+applies a ``create``, every founding replica of the bucket records it as dormant
+(``runtime.dormant``: its group is founded on its first touch, a request or a peer's
+message, and the toucher of a request campaigns); a ``drop`` or a move closes the
+bucket's group (or forgets the dormant record) where it no longer belongs. After a
+restart or a snapshot the whole catalog is reconciled with the groups on disk. A bucket
+leaves the registry only after its own group committed a tombstone (see
+``Router.drop``); until then it stays hosted here.
 
 A node removed from the cluster (``ADMIN REMOVE-NODE``) learns it from a peer's
 transport when it next dials (its removal is applied by the others, not by it), or from
@@ -33,6 +35,7 @@ from boutique.storage.errors import StorageOpenError
 from boutique.storage.sqlite import SqliteStorage
 
 from . import founding
+from .dormant import DormantBuckets, may_sleep
 from .group import GroupRuntime
 from .host import HostSettings
 from .mover import Mover
@@ -56,6 +59,8 @@ class Node(StoreNode):
         ``fenced_but_listed``)."""
         self.waiting_for_peers: str | None = None
         """Why this node does not serve yet (``founding.admit``), or None."""
+        self.dormant = DormantBuckets()
+        """Buckets whose group this node founds on first touch (see ``materialize``)."""
         self.removed = trio.Event()
         """Set once this node learns that the cluster removed it (see ``on_removed``)."""
         super().__init__(
@@ -175,19 +180,44 @@ class Node(StoreNode):
         # may well exist. Groups are only ever closed by an applied drop or move.
         self._reconcile_all(close=False)
 
-    def _open_bucket(self, info: BucketInfo, *, founding: bool) -> None:
-        """Host a bucket's group. Only its founding replicas, as the ``create`` entry
-        is applied, bootstrap it; any other host (a move's target, a replica whose
-        storage is gone) starts empty and is brought up by the leader."""
-        self.open_group(
+    def _open_bucket(
+        self, info: BucketInfo, *, founding: bool, campaign: bool = False
+    ) -> GroupRuntime:
+        """Host a bucket's group. Only its founding replicas, as they materialize a
+        dormant bucket, bootstrap it; any other host (a move's target, a replica of a
+        moved bucket whose storage lacks it) starts empty and is brought up by the
+        leader."""
+        self.dormant.discard(info.group)
+        return self.open_group(
             info.group,
             info.replicas,
             bootstrap_voters=founding,
-            campaign=founding and info.replicas[0] == self.id,
+            campaign=founding and campaign,
             # Bucket reads are served by the leader (forwarded there), so followers
             # need not hear of each commit at once; the next heartbeat tells them.
             announce_commit=False,
         )
+
+    def _host_bucket(self, info: BucketInfo) -> None:
+        """Host a bucket the registry places here whose group is not open: dormant if
+        the rule allows (``dormant.may_sleep``: a founding replica, the group has no
+        rows here since it is neither open nor quarantined), else opened empty."""
+        if info.group in self.groups or info.group in self.quarantined:
+            return
+        if may_sleep(self.id, info):
+            self.dormant.add(info)
+        else:
+            self._open_bucket(info, founding=False)
+
+    def materialize(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
+        """Found a dormant bucket's group on its first touch (see ``runtime.dormant``).
+        A request's toucher campaigns so the request's retry finds a leader; a peer's
+        message means that peer materialized it (and campaigns or leads) already."""
+        info = self.dormant.wake(group_id)
+        if info is None:
+            return None
+        log.debug("materializing dormant group %s", group_id)
+        return self._open_bucket(info, founding=True, campaign=by_request)
 
     # --- The registry -------------------------------------------------------------------
 
@@ -297,16 +327,18 @@ class Node(StoreNode):
             for info in state.buckets.values()
             if self.id in bucket_hosts(info, state)
         }
-        for group_id, info in wanted.items():
+        for info in wanted.values():
             # A quarantined group stays out until the node restarts: reopening it
             # would only hit the same broken state again.
-            if group_id not in self.groups and group_id not in self.quarantined:
-                self._open_bucket(info, founding=False)
+            if info.group not in self.dormant:
+                self._host_bucket(info)
         if close:
             for group_id in [*self.groups, *self.quarantined]:
                 if group_id != META_GROUP and group_id not in wanted:
                     log.info("group %s is not ours any more: closing it", group_id)
                     self.close_group(group_id)
+            for group_id in [g for g in self.dormant if g not in wanted]:
+                self.dormant.discard(group_id)
 
     def _close_if_not_ours(self, name: str) -> None:
         """After a drop or move of bucket ``name`` was applied: close its local groups
@@ -316,6 +348,9 @@ class Node(StoreNode):
             return
         info = state.buckets.get(name)
         prefix = f"b/{name}/"
+        for group_id in [g for g in self.dormant if g.startswith(prefix)]:
+            if info is None or info.group != group_id or self.id not in bucket_hosts(info, state):
+                self.dormant.discard(group_id)
         for group_id in [g for g in (*self.groups, *self.quarantined) if g.startswith(prefix)]:
             if info is not None and info.group == group_id and self.id in bucket_hosts(info, state):
                 continue
@@ -344,7 +379,7 @@ class Node(StoreNode):
                 case "create" if reply[0] == "created":
                     info = BucketInfo.from_wire(reply[1])
                     if self.id in info.replicas:
-                        self._open_bucket(info, founding=True)
+                        self._host_bucket(info)
                 case "create" | "node_started":
                     pass
                 case "drop" if reply:
@@ -372,7 +407,7 @@ class Node(StoreNode):
             "id": self.id,
             "peers": peers,
             "groups": self.group_status(group_limit),
-            "group_counts": self.group_counts(),
+            "group_counts": {**self.group_counts(), "dormant": len(self.dormant)},
             "quarantined": dict(sorted(self.quarantined.items())),
             "counters": dataclasses.asdict(self.counters),
         }

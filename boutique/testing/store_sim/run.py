@@ -525,7 +525,8 @@ class _Run:
             wanted = {
                 info.group for info in node.catalog().values() if node_id in node.bucket_hosts(info)
             }
-            hosted = {g for g in node.groups if g != META_GROUP}
+            # A dormant bucket is hosted too: its group is founded on first touch.
+            hosted = {g for g in (*node.groups, *node.dormant) if g != META_GROUP}
             if wanted != hosted:
                 agrees = False
                 if report:
