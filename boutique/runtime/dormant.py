@@ -60,22 +60,34 @@ class DormantBuckets:
     """The buckets this node founds on first touch: group id -> the entry (with the
     founding replicas) as it was when recorded."""
 
-    __slots__ = ("_infos",)
+    __slots__ = ("_by_name", "_infos")
 
     def __init__(self) -> None:
         self._infos: dict[str, BucketInfo] = {}
+        self._by_name: dict[str, str] = {}
+        """Bucket name -> its dormant group: a drop finds it without a scan."""
 
     def add(self, info: BucketInfo) -> None:
         # The first entry is kept: it holds the founding replicas, even if a move has
         # changed the registry's since.
-        self._infos.setdefault(info.group, info)
+        if info.group not in self._infos:
+            self.discard(self._by_name.get(info.name, ""))  # an older incarnation
+            self._infos[info.group] = info
+            self._by_name[info.name] = info.group
 
     def wake(self, group_id: str) -> BucketInfo | None:
         """Take the bucket out of the record to materialize it (None: not dormant)."""
-        return self._infos.pop(group_id, None)
+        info = self._infos.pop(group_id, None)
+        if info is not None:
+            del self._by_name[info.name]
+        return info
 
     def discard(self, group_id: str) -> None:
-        self._infos.pop(group_id, None)
+        self.wake(group_id)
+
+    def of(self, name: str) -> str | None:
+        """The dormant group of bucket ``name``, if any."""
+        return self._by_name.get(name)
 
     def __contains__(self, group_id: object) -> bool:
         return group_id in self._infos

@@ -61,6 +61,9 @@ class Node(StoreNode):
         """Why this node does not serve yet (``founding.admit``), or None."""
         self.dormant = DormantBuckets()
         """Buckets whose group this node founds on first touch (see ``materialize``)."""
+        self._by_name: dict[str, set[str]] = {}
+        """Bucket name -> its groups opened here (quarantined ones included), so a drop
+        or move closes them without looking at every group."""
         self.removed = trio.Event()
         """Set once this node learns that the cluster removed it (see ``on_removed``)."""
         super().__init__(
@@ -197,6 +200,39 @@ class Node(StoreNode):
             # need not hear of each commit at once; the next heartbeat tells them.
             announce_commit=False,
         )
+
+    def open_group(
+        self,
+        group_id: str,
+        voters: tuple[int, ...] = (),
+        *,
+        bootstrap_voters: bool = False,
+        campaign: bool = False,
+        quiesce: bool = True,
+        track_applied: bool = False,
+        announce_commit: bool = True,
+    ) -> GroupRuntime:
+        group = super().open_group(
+            group_id,
+            voters,
+            bootstrap_voters=bootstrap_voters,
+            campaign=campaign,
+            quiesce=quiesce,
+            track_applied=track_applied,
+            announce_commit=announce_commit,
+        )
+        if group_id != META_GROUP:
+            self._by_name.setdefault(_bucket_name(group_id), set()).add(group_id)
+        return group
+
+    def close_group(self, group_id: str) -> None:
+        super().close_group(group_id)
+        name = _bucket_name(group_id)
+        local = self._by_name.get(name)
+        if local is not None:
+            local.discard(group_id)
+            if not local:
+                del self._by_name[name]
 
     def _host_bucket(self, info: BucketInfo) -> None:
         """Host a bucket the registry places here whose group is not open: dormant if
@@ -347,12 +383,12 @@ class Node(StoreNode):
         if state is None:
             return
         info = state.buckets.get(name)
-        prefix = f"b/{name}/"
-        for group_id in [g for g in self.dormant if g.startswith(prefix)]:
-            if info is None or info.group != group_id or self.id not in bucket_hosts(info, state):
-                self.dormant.discard(group_id)
-        for group_id in [g for g in (*self.groups, *self.quarantined) if g.startswith(prefix)]:
-            if info is not None and info.group == group_id and self.id in bucket_hosts(info, state):
+        ours = info is not None and self.id in bucket_hosts(info, state)
+        sleeping = self.dormant.of(name)
+        if sleeping is not None and not (ours and info is not None and info.group == sleeping):
+            self.dormant.discard(sleeping)
+        for group_id in sorted(self._by_name.get(name, ())):
+            if ours and info is not None and info.group == group_id:
                 continue
             log.info("group %s was dropped or moved away: closing it", group_id)
             self.close_group(group_id)
@@ -411,6 +447,12 @@ class Node(StoreNode):
             "quarantined": dict(sorted(self.quarantined.items())),
             "counters": dataclasses.asdict(self.counters),
         }
+
+
+def _bucket_name(group_id: str) -> str:
+    """The bucket of a group id ``b/<name>/<seq>`` (a name holds no "/")."""
+    parts = group_id.split("/")
+    return parts[1] if len(parts) == 3 else group_id
 
 
 def _fenced(group: GroupRuntime) -> bool:
