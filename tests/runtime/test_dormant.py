@@ -162,3 +162,22 @@ def test_a_dropped_dormant_bucket_is_forgotten(tmp_path: Path) -> None:
     _apply(node, ("drop", "apples", group))
     assert group not in node.dormant and group not in node.groups
     assert node.materialize(group, by_request=True) is None
+
+
+def test_a_drop_closes_every_local_group_of_the_name(tmp_path: Path) -> None:
+    """Found through the node's name index, not a scan of every group: the dropped
+    incarnation, and a leftover of an older one, are both closed; other buckets stay."""
+    node = _node(tmp_path)
+    _apply(node, ("create", "apples"), ("create", "avocados"))
+    first = node.catalog()["apples"].group
+    other = node.catalog()["avocados"].group
+    assert node.materialize(other, by_request=False) is not None
+    _apply(node, ("drop", "apples", first))
+    _apply(node, ("create", "apples"))
+    second = node.catalog()["apples"].group
+    assert node.materialize(second, by_request=False) is not None
+    node.open_group(first, (1, 2, 3), bootstrap_voters=True)  # a leftover, reopened
+    _apply(node, ("drop", "apples", second))
+    assert first not in node.groups and second not in node.groups
+    assert other in node.groups
+    assert node.storage is not None and first not in node.storage.groups()
