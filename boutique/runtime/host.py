@@ -414,10 +414,17 @@ class RaftHost:
         return None
 
     def _hosted(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
-        """The open group, or the dormant one materialized now, or None."""
+        """The open group, or the one materialized now, or None."""
         group = self.groups.get(group_id)
         if group is None and group_id not in self.quarantined:
-            group = self.materialize(group_id, by_request=by_request)
+            try:
+                group = self.materialize(group_id, by_request=by_request)
+            except GROUP_FAILURES as exc:
+                # Its stored state cannot be loaded: out of service, like a group
+                # whose core failed; the other groups carry on.
+                self.quarantined[group_id] = f"{type(exc).__name__}: {exc}"
+                log.error("group %s quarantined on node %d: %s", group_id, self.id, exc)
+                return None
         return group
 
     def make_raw_node(self, config: RaftConfig, storage: GroupStore, rng: random.Random) -> RawNode:

@@ -91,7 +91,7 @@ async def test_status_lists_the_first_groups_and_counts_them_all(served: Served)
     assert len(listed) == 50
     assert listed[0].startswith("group b/bucket00/")  # the first, in id order
     assert "... and 11 more groups" in lines
-    assert "groups total 61 leader 61 quiet 60 dormant 1" in lines  # meta is never quiet
+    assert "groups total 61 leader 61 quiet 60 unloaded 0 dormant 1" in lines  # meta: never quiet
 
     # The groups past the limit are never even looked at.
     last = max(node.groups)

@@ -4,8 +4,8 @@ A CREATE only records the bucket on its founding replicas: no group, no storage 
 no election. The first request, or the first Raft message from a replica that
 materialized it, founds the group; a DROP of a never-used bucket still commits its
 tombstone in the bucket's own log; a restart (with or without a registry snapshot
-covering the creates) leaves unused buckets dormant and keeps materialized ones as
-stored. Each test runs a 3-node cluster on a virtual clock (``trio.testing.MockClock``).
+covering the creates) leaves unused buckets dormant and used ones on disk, opened
+from their storage on first touch. Each test runs a 3-node cluster on a virtual clock (``trio.testing.MockClock``).
 """
 
 from __future__ import annotations
@@ -169,14 +169,17 @@ def test_a_restart_keeps_unused_buckets_dormant_and_used_ones_stored(
         await world.start(1)
         restarted = node(world, 1)
         await until(lambda: all(g in restarted.dormant for g in unused))
-        # Materialized before: opened from its storage with its term and vote, never
-        # re-founded.
-        assert used in restarted.groups and used not in restarted.dormant
-        assert restarted.groups[used].node.raft.term >= term_before
+        # Materialized before: left on disk until touched (nothing per bucket at the
+        # restart), never dormant, never re-founded.
+        assert used in restarted.unloaded and used not in restarted.dormant
+        assert used not in restarted.groups
         assert all(is_dormant(world, 1, g) for g in unused)
         # And it serves: the used bucket keeps its data, an unused one wakes up.
         reply = await ask(world, 1, b"GET", b"used", b"k")
         assert reply.items == (b"v1",)
+        # Opened from its storage on that touch: its term and vote as they were.
+        assert used in restarted.groups and used not in restarted.unloaded
+        assert restarted.groups[used].node.raft.term >= term_before
         assert (await ask(world, 1, b"PUT", b"idle3", b"k", b"v")).end == b"OK"
         assert META_GROUP in restarted.groups
 
