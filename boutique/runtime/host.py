@@ -108,6 +108,12 @@ MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
 ticks are always handled)."""
 
+MAX_OPENS_PER_TURN = 64
+"""Groups one turn opens for peers' Raft messages at most (``materialize``: an unloaded
+group read from storage, a dormant one founded; about 0.5 ms each). Messages for more
+are dropped, as a lost message is (its sender sends again), so a restart whose peers
+wake thousands of groups at once never makes a turn that starves the transport."""
+
 Address = tuple[str, int]
 
 StatusField = int | str | bool | list[int]
@@ -274,6 +280,9 @@ class RaftHost:
         self._tracked: collections.deque[Pending] = collections.deque()
         """Requests without a waiting task, oldest first (see ``track``)."""
         self._in_turn = False
+        self._opens_turn = -1
+        self._opens = 0
+        """Groups opened for peers' messages in turn ``_opens_turn`` (``_hosted``)."""
         self.forwarder = Forwarder(self._mail_posted, max(1, round(1 / settings.tick_interval)))
         """Requests forwarded to peers and waiting for answers, and the requests and
         answers going out at the end of the turn (one frame per peer)."""
@@ -414,9 +423,15 @@ class RaftHost:
         return None
 
     def _hosted(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
-        """The open group, or the one materialized now, or None."""
+        """The open group, or the one materialized now, or None (a peer's message for
+        a group past this turn's ``MAX_OPENS_PER_TURN`` waits for its resending)."""
         group = self.groups.get(group_id)
         if group is None and group_id not in self.quarantined:
+            if not by_request:
+                if self._opens_turn != self.counters.turns:
+                    self._opens_turn, self._opens = self.counters.turns, 0
+                if self._opens >= MAX_OPENS_PER_TURN:
+                    return None
             try:
                 group = self.materialize(group_id, by_request=by_request)
             except GROUP_FAILURES as exc:
@@ -425,6 +440,7 @@ class RaftHost:
                 self.quarantined[group_id] = f"{type(exc).__name__}: {exc}"
                 log.error("group %s quarantined on node %d: %s", group_id, self.id, exc)
                 return None
+            self._opens += group is not None
         return group
 
     def make_raw_node(self, config: RaftConfig, storage: GroupStore, rng: random.Random) -> RawNode:

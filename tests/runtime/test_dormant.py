@@ -13,9 +13,11 @@ from typing import Any
 from boutique.config import parse_config
 from boutique.machine import encode_value
 from boutique.placement import NodeInfo
+from boutique.raft import Message
 from boutique.registry import RegistryMachine, plan_ranges
 from boutique.registry_state import BucketInfo
 from boutique.runtime.dormant import DormantBuckets, may_sleep
+from boutique.runtime.host import MAX_OPENS_PER_TURN, _Step
 from boutique.runtime.node import META_GROUP, Node
 from boutique.storage.memory import MemoryNodeStorage
 
@@ -223,3 +225,27 @@ def test_a_dropped_unloaded_group_is_deleted_without_being_opened(tmp_path: Path
     _apply(node, ("drop", "apples", group))
     assert group not in node.unloaded and group not in node.groups
     assert node.storage is not None and group not in node.storage.groups()
+
+
+def test_a_turn_opens_a_bounded_number_of_groups_for_peers_messages(tmp_path: Path) -> None:
+    """After a restart, peers may wake thousands of unloaded groups at once; one turn
+    opening them all (about 0.5 ms each) starved the transport until peers suspected
+    the node, woke more groups, and the cluster never settled (20,000 used buckets).
+    A turn opens ``MAX_OPENS_PER_TURN`` at most; messages for the rest are dropped,
+    as lost messages are, and their senders send them again."""
+    before = _node(tmp_path)
+    names = [f"b{i:03}" for i in range(MAX_OPENS_PER_TURN + 10)]
+    _apply(before, *[("create", name) for name in names])
+    groups = [before.catalog()[name].group for name in names]
+    for group in groups:
+        assert before.materialize(group, by_request=False) is not None
+    node = _restarted(tmp_path, before, *[("create", name) for name in names])
+    assert set(groups) <= node.unloaded
+    batch: dict[str, list[Message]] = {group: [] for group in groups}
+    node._handle(_Step(2, batch))
+    assert len(node.unloaded) == 10
+    node._handle(_Step(2, batch))  # the same turn: nothing more
+    assert len(node.unloaded) == 10
+    node.counters.turns += 1  # the next turn opens the rest
+    node._handle(_Step(2, batch))
+    assert not node.unloaded and set(groups) <= set(node.groups)
