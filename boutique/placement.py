@@ -182,7 +182,10 @@ def set_bucket_replicas(
     for node in nodes:
         _known_node(state, node)
 
-    state.buckets[name] = BucketInfo(info.name, info.group, info.range_id, nodes, info.created_seq)
+    moved = info.moved or nodes != info.replicas
+    state.buckets[name] = BucketInfo(
+        info.name, info.group, info.range_id, nodes, info.created_seq, moved
+    )
     return True
 
 
@@ -232,7 +235,7 @@ def split_range(state: RegistryState, range_id: object, at: object) -> list[str]
         if info.range_id == rng.id:
             new_id = lower_id if name < at else upper_id
             state.buckets[name] = BucketInfo(
-                info.name, info.group, new_id, info.replicas, info.created_seq
+                info.name, info.group, new_id, info.replicas, info.created_seq, info.moved
             )
     return [lower_id, upper_id]
 

@@ -66,6 +66,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from boutique import placement
+from boutique.catalog_codec import catalog_from_wire, catalog_to_wire
 from boutique.machine import decode_value, encode_value
 from boutique.registry_state import (
     MAX_NAME_BYTES,
@@ -134,7 +135,9 @@ RegistryAnswer: TypeAlias = (
     Wire | list[Wire] | list[str] | list[list[object]] | list[int] | int | None
 )
 
-_SNAPSHOT_FORMAT = 4
+_SNAPSHOT_FORMAT = 5
+"""5: the catalog in columns (``boutique.catalog_codec``); 4 wrote a map per bucket and
+is still read."""
 
 
 def plan_ranges(splits: Sequence[str], node_ids: Sequence[int], replication: int) -> RangeMap:
@@ -285,7 +288,7 @@ class RegistryMachine:
                 "ranges": None if state.ranges is None else state.ranges.to_wire(),
                 "ranges_version": state.ranges_version,
                 "next_seq": state.next_seq,
-                "buckets": [state.buckets[name].to_wire() for name in sorted(state.buckets)],
+                "buckets": catalog_to_wire(state.buckets),
                 "nodes": [state.nodes[n].to_wire() for n in sorted(state.nodes)],
                 "moves": [state.moves[r].to_wire() for r in sorted(state.moves)],
                 "started": sorted(state.started),
@@ -306,12 +309,11 @@ class RegistryMachine:
             # removed nodes; format 3 held one of the two (never both).
             value = {**value, "format": 3}
         if isinstance(value, dict) and value.get("format") == 3:
-            value = {
-                "started": [],
-                "removed": [],
-                **value,
-                "format": _SNAPSHOT_FORMAT,
-            }
+            value = {"started": [], "removed": [], **value, "format": 4}
+        per_bucket_maps = isinstance(value, dict) and value.get("format") == 4
+        if per_bucket_maps:
+            assert isinstance(value, dict)
+            value = {**value, "format": _SNAPSHOT_FORMAT}
         fields = wire_fields(value, _SNAPSHOT_KEYS, "registry snapshot")
         nodes = {}
         for wire in as_array(fields["nodes"], "registry snapshot: nodes"):
@@ -340,18 +342,26 @@ class RegistryMachine:
             raise ValueError("registry snapshot: next_seq must be a positive int")
         if (ranges is None) != (version == 0):
             raise ValueError("registry snapshot: ranges and ranges_version disagree")
-        wires = fields["buckets"]
-        if not isinstance(wires, list | tuple):
-            raise ValueError("registry snapshot: buckets must be an array")
-        buckets: dict[str, BucketInfo] = {}
-        for wire in wires:
-            info = BucketInfo.from_wire(wire)
-            if info.name in buckets:
-                raise ValueError(f"registry snapshot: bucket {info.name!r} appears twice")
-            if info.created_seq >= next_seq:
-                raise ValueError(f"registry snapshot: bucket {info.name!r} is from the future")
-            buckets[info.name] = info
+        if per_bucket_maps:
+            buckets = _maps_to_catalog(fields["buckets"], next_seq)
+        else:
+            buckets = catalog_from_wire(fields["buckets"], next_seq)
         return RegistryState(ranges, version, buckets, next_seq, nodes, moves, started, removed)
+
+
+def _maps_to_catalog(wires: object, next_seq: int) -> dict[str, BucketInfo]:
+    """The catalog of a format 4 snapshot: one ``BucketInfo.to_wire`` map per bucket."""
+    if not isinstance(wires, list | tuple):
+        raise ValueError("registry snapshot: buckets must be an array")
+    buckets: dict[str, BucketInfo] = {}
+    for wire in wires:
+        info = BucketInfo.from_wire(wire)
+        if info.name in buckets:
+            raise ValueError(f"registry snapshot: bucket {info.name!r} appears twice")
+        if info.created_seq >= next_seq:
+            raise ValueError(f"registry snapshot: bucket {info.name!r} is from the future")
+        buckets[info.name] = info
+    return buckets
 
 
 _SNAPSHOT_KEYS = frozenset(

@@ -40,6 +40,10 @@ Idle groups go quiet (``RaftConfig.quiesce``) and leave the tick set, so a host 
 thousands of idle groups does almost nothing. When the transport suspects a peer,
 groups led by it are woken to elect someone else.
 
+A group the owner hosts but has not opened (a dormant bucket, ``runtime.dormant``, or
+a stored group not loaded since the restart) is opened by ``materialize`` when a request
+or a peer's message for it first arrives.
+
 A group whose core fails (``GROUP_FAILURES``) is quarantined and the others carry on;
 a failure of the node's storage propagates out of ``turn`` (and ends the node). When a
 stream to or from a peer breaks, requests forwarded to it and follower reads waiting on
@@ -125,6 +129,12 @@ goodbye heard from an earlier one no longer holds."""
 MAX_GROUPS_PER_TURN = 256
 """Groups carried over from earlier turns handled in one turn at most (new input and
 ticks are always handled)."""
+
+MAX_OPENS_PER_TURN = 64
+"""Groups one turn opens for peers' Raft messages at most (``materialize``: an unloaded
+group read from storage, a dormant one founded; about 0.5 ms each). Messages for more
+are dropped, as a lost message is (its sender sends again), so a restart whose peers
+wake thousands of groups at once never makes a turn that starves the transport."""
 
 Address = tuple[str, int]
 
@@ -322,6 +332,9 @@ class HostCore:
         self._tracked: collections.deque[Pending] = collections.deque()
         """Requests without a waiting task, oldest first (see ``track``)."""
         self._in_turn = False
+        self._opens_turn = -1
+        self._opens = 0
+        """Groups opened for peers' messages in turn ``_opens_turn`` (``_hosted``)."""
         self.forwarder = Forwarder(self._mail_posted, max(1, round(1 / settings.tick_interval)))
         """Requests forwarded to peers and waiting for answers, and the requests and
         answers going out at the end of the turn (one frame per peer)."""
@@ -428,6 +441,34 @@ class HostCore:
         # The preferred leader campaigns at once: a new group is usable in one round
         # trip instead of after an election timeout.
         group.campaign_when_ready = campaign
+        return group
+
+    def materialize(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
+        """Open, on its first touch, a group that the owner hosts without having opened
+        it (a dormant bucket: ``runtime.dormant``); None if it is not such a group.
+        ``by_request``: a local or forwarded request touched it (a campaign then gets
+        it a leader), else a peer's Raft message did. Runs inside the turn."""
+        return None
+
+    def _hosted(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
+        """The open group, or the one materialized now, or None (a peer's message for
+        a group past this turn's ``MAX_OPENS_PER_TURN`` waits for its resending)."""
+        group = self.groups.get(group_id)
+        if group is None and group_id not in self.quarantined:
+            if not by_request:
+                if self._opens_turn != self.counters.turns:
+                    self._opens_turn, self._opens = self.counters.turns, 0
+                if self._opens >= MAX_OPENS_PER_TURN:
+                    return None
+            try:
+                group = self.materialize(group_id, by_request=by_request)
+            except GROUP_FAILURES as exc:
+                # Its stored state cannot be loaded: out of service, like a group
+                # whose core failed; the other groups carry on.
+                self.quarantined[group_id] = f"{type(exc).__name__}: {exc}"
+                log.error("group %s quarantined on node %d: %s", group_id, self.id, exc)
+                return None
+            self._opens += group is not None
         return group
 
     def make_raw_node(self, config: RaftConfig, storage: GroupStore, rng: random.Random) -> RawNode:
@@ -696,7 +737,7 @@ class HostCore:
             case _Step(peer, batch):
                 touched = set()
                 for group_id, messages in batch.items():
-                    group = self.groups.get(group_id)
+                    group = self._hosted(group_id, by_request=False)
                     if group is None:
                         continue  # not created here yet, or dropped: the sender retries
                     self.counters.messages_in += len(messages)
@@ -712,7 +753,7 @@ class HostCore:
                     self.active.add(group_id)
                 return touched
             case _Propose(group_id, data, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()
@@ -728,7 +769,7 @@ class HostCore:
                 self.active.add(group_id)
                 return {group_id}
             case _Read(group_id, query, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()
@@ -755,7 +796,7 @@ class HostCore:
                         touched.add(group_id)
                 return touched
             case _Call(group_id, fn, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()
@@ -768,7 +809,7 @@ class HostCore:
                 self.active.add(group_id)
                 return {group_id}
             case _Change(group_id, change, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()
@@ -781,7 +822,7 @@ class HostCore:
                 self.active.add(group_id)
                 return {group_id}
             case _Transfer(group_id, target, pending):
-                group = self.groups.get(group_id)
+                group = self._hosted(group_id, by_request=True)
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()

@@ -1,11 +1,13 @@
 """The bucket-store node: a ``RaftHost`` running the meta group and the bucket groups.
 
 The meta group replicates the registry (range map and bucket catalog). Whenever it
-applies a ``create`` or ``drop``, every node that replicates the bucket's range opens or
-closes the bucket's own Raft group; after a restart or a snapshot the whole catalog is
-reconciled with the groups on disk. A bucket leaves the registry only after its own group
-committed a tombstone (see ``Router.drop``); until then it stays open here. A new bucket's preferred leader (the first replica of
-its range) campaigns at once, so a bucket is writable one round trip after ``CREATE``.
+applies a ``create``, every founding replica of the bucket records it as dormant
+(``runtime.dormant``: its group is founded on its first touch, a request or a peer's
+message, and the toucher of a request campaigns); a ``drop`` or a move closes the
+bucket's group (or forgets the dormant record) where it no longer belongs. After a
+restart or a snapshot the whole catalog is reconciled with the groups on disk. A bucket
+leaves the registry only after its own group committed a tombstone (see
+``Router.drop``); until then it stays hosted here.
 
 A node removed from the cluster (``ADMIN REMOVE-NODE``) learns it from a peer's
 transport when it next dials (its removal is applied by the others, not by it), or from
@@ -34,6 +36,7 @@ from boutique.storage.sqlite import SqliteStorage
 
 from . import founding
 from .catalog_reconcile import drops_cut_short, not_ours, reconcile
+from .dormant import DormantBuckets, may_sleep
 from .group import GroupRuntime
 from .host import HostSettings
 from .mover import Mover
@@ -57,6 +60,15 @@ class Node(StoreNode):
         ``fenced_but_listed``)."""
         self.waiting_for_peers: str | None = None
         """Why this node does not serve yet (``founding.admit``), or None."""
+        self.dormant = DormantBuckets()
+        """Buckets whose group this node founds on first touch (see ``materialize``)."""
+        self.unloaded: set[str] = set()
+        """Bucket groups with rows in storage, not opened since this process started:
+        opened from their storage on first touch, like a dormant bucket is founded, so
+        a restart costs nothing per bucket that nobody uses (see ``materialize``)."""
+        self._by_name: dict[str, set[str]] = {}
+        """Bucket name -> its groups here (opened, quarantined or unloaded), so a drop
+        or move closes them without looking at every group."""
         self.removed = trio.Event()
         """Set once this node learns that the cluster removed it (see ``on_removed``)."""
         super().__init__(
@@ -168,27 +180,97 @@ class Node(StoreNode):
             quiesce=False,
             track_applied=True,
         )
+        # Bucket groups stay on disk until touched: opening each (and the election it
+        # then holds) cost about 0.5 ms a group, 50 s for 100,000 used buckets.
         for group_id in self.storage.groups():
-            if group_id != META_GROUP:
-                self.open_group(group_id, announce_commit=False)
+            if group_id != META_GROUP and group_id not in self.groups:
+                self.unloaded.add(group_id)
+                self._by_name.setdefault(_bucket_name(group_id), set()).add(group_id)
         # Open what the registry (as replayed so far) says we host, but close nothing:
         # the registry has not replayed its log yet, and a bucket missing from it now
         # may well exist. Groups are only ever closed by an applied drop or move.
         self._reconcile_all(close=False)
 
-    def _open_bucket(self, info: BucketInfo, *, founding: bool) -> None:
-        """Host a bucket's group. Only its founding replicas, as the ``create`` entry
-        is applied, bootstrap it; any other host (a move's target, a replica whose
-        storage is gone) starts empty and is brought up by the leader."""
-        self.open_group(
+    def _open_bucket(
+        self, info: BucketInfo, *, founding: bool, campaign: bool = False
+    ) -> GroupRuntime:
+        """Host a bucket's group. Only its founding replicas, as they materialize a
+        dormant bucket, bootstrap it; any other host (a move's target, a replica of a
+        moved bucket whose storage lacks it) starts empty and is brought up by the
+        leader."""
+        self.dormant.discard(info.group)
+        return self.open_group(
             info.group,
             info.replicas,
             bootstrap_voters=founding,
-            campaign=founding and info.replicas[0] == self.id,
+            campaign=founding and campaign,
             # Bucket reads are served by the leader (forwarded there), so followers
             # need not hear of each commit at once; the next heartbeat tells them.
             announce_commit=False,
         )
+
+    def open_group(
+        self,
+        group_id: str,
+        voters: tuple[int, ...] = (),
+        *,
+        bootstrap_voters: bool = False,
+        campaign: bool = False,
+        quiesce: bool = True,
+        track_applied: bool = False,
+        announce_commit: bool = True,
+    ) -> GroupRuntime:
+        group = super().open_group(
+            group_id,
+            voters,
+            bootstrap_voters=bootstrap_voters,
+            campaign=campaign,
+            quiesce=quiesce,
+            track_applied=track_applied,
+            announce_commit=announce_commit,
+        )
+        if group_id != META_GROUP:
+            self._by_name.setdefault(_bucket_name(group_id), set()).add(group_id)
+        return group
+
+    def close_group(self, group_id: str) -> None:
+        self.unloaded.discard(group_id)
+        super().close_group(group_id)
+        name = _bucket_name(group_id)
+        local = self._by_name.get(name)
+        if local is not None:
+            local.discard(group_id)
+            if not local:
+                del self._by_name[name]
+
+    def _host_bucket(self, info: BucketInfo) -> None:
+        """Host a bucket the registry places here whose group is not open: dormant if
+        the rule allows (``dormant.may_sleep``: a founding replica, the group has no
+        rows here since it is neither open nor quarantined), else opened empty."""
+        if info.group in self.groups or info.group in self.quarantined:
+            return
+        if info.group in self.unloaded:
+            return  # hosted: on disk, opened on first touch
+        if may_sleep(self.id, info):
+            self.dormant.add(info)
+        else:
+            self._open_bucket(info, founding=False)
+
+    def materialize(self, group_id: str, *, by_request: bool) -> GroupRuntime | None:
+        """Found a dormant bucket's group on its first touch (see ``runtime.dormant``),
+        or open an unloaded one from its storage. A request's toucher of a dormant
+        bucket campaigns so the request's retry finds a leader; a peer's message means
+        that peer campaigns or leads already. An unloaded group is opened as any group
+        is at a restart, without a campaign: it most likely has a leader elsewhere."""
+        if group_id in self.unloaded:
+            self.unloaded.discard(group_id)
+            log.debug("opening group %s from storage on first touch", group_id)
+            return self.open_group(group_id, announce_commit=False)
+        info = self.dormant.wake(group_id)
+        if info is None:
+            return None
+        log.debug("materializing dormant group %s", group_id)
+        return self._open_bucket(info, founding=True, campaign=by_request)
 
     # --- The registry -------------------------------------------------------------------
 
@@ -291,14 +373,16 @@ class Node(StoreNode):
         state = self.registry_state()
         if state is None:
             return
-        buckets = [g for g in self.groups if g != META_GROUP]
+        hosted = [*(g for g in self.groups if g != META_GROUP), *self.unloaded]
         quarantined = [g for g in self.quarantined if g != META_GROUP]
-        plan = reconcile(state, self.id, buckets, quarantined, close=close)
+        plan = reconcile(state, self.id, hosted, quarantined, close=close, dormant=[*self.dormant])
         for info in plan.open:
-            self._open_bucket(info, founding=False)
+            self._host_bucket(info)
         for group_id in plan.close:
             log.info("group %s is not ours any more: closing it", group_id)
             self.close_group(group_id)
+        for group_id in plan.forget:
+            self.dormant.discard(group_id)
 
     def _close_if_not_ours(self, name: str) -> None:
         """After a drop or move of bucket ``name`` was applied: close its local groups
@@ -306,7 +390,11 @@ class Node(StoreNode):
         state = self.registry_state()
         if state is None:
             return
-        for group_id in not_ours(state, self.id, name, [*self.groups, *self.quarantined]):
+        sleeping = self.dormant.of(name)
+        for group_id in not_ours(state, self.id, name, () if sleeping is None else (sleeping,)):
+            self.dormant.discard(group_id)
+        # Only this bucket's groups (the index by name), never a scan of every group.
+        for group_id in not_ours(state, self.id, name, sorted(self._by_name.get(name, ()))):
             log.info("group %s was dropped or moved away: closing it", group_id)
             self.close_group(group_id)
 
@@ -332,7 +420,7 @@ class Node(StoreNode):
                 case "create" if reply[0] == "created":
                     info = BucketInfo.from_wire(reply[1])
                     if self.id in info.replicas:
-                        self._open_bucket(info, founding=True)
+                        self._host_bucket(info)
                 case "create" | "node_started":
                     pass
                 case "drop" if reply:
@@ -360,10 +448,20 @@ class Node(StoreNode):
             "id": self.id,
             "peers": peers,
             "groups": self.group_status(group_limit),
-            "group_counts": self.group_counts(),
+            "group_counts": {
+                **self.group_counts(),
+                "unloaded": len(self.unloaded),
+                "dormant": len(self.dormant),
+            },
             "quarantined": dict(sorted(self.quarantined.items())),
             "counters": dataclasses.asdict(self.counters),
         }
+
+
+def _bucket_name(group_id: str) -> str:
+    """The bucket of a group id ``b/<name>/<seq>`` (a name holds no "/")."""
+    parts = group_id.split("/")
+    return parts[1] if len(parts) == 3 else group_id
 
 
 def _fenced(group: GroupRuntime) -> bool:

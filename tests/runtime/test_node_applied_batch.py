@@ -1,5 +1,5 @@
 """A batch of registry entries applied in one turn: a bucket created in it is founded
-(bootstrapped) here, whatever else the batch holds.
+(bootstrapped) here on its first touch, whatever else the batch holds.
 
 The registry state is already past the whole batch when the node looks at it; once,
 an entry before the create in the same batch (a `node_started` record, common at a
@@ -59,8 +59,11 @@ def test_a_bucket_created_in_a_batch_after_a_node_started_record_is_founded(
         meta.on_applied.append((index, data, meta.host.apply_entry(index, data)))
     node.on_applied(meta, False)
     group_id = node.catalog()["apples"].group
-    bucket = node.groups[group_id]
+    # Dormant (founded on first touch), not opened empty as a non-founder.
+    assert group_id in node.dormant and group_id not in node.groups
+    bucket = node.materialize(group_id, by_request=True)
+    assert bucket is not None and node.groups[group_id] is bucket
     # Founded: its log starts with the founding membership (a non-founder's is empty
     # until a leader fills it, and this group has no other way to get a leader).
     assert bucket.storage.last_index() > 0
-    assert bucket.campaign_when_ready  # n1 is its preferred leader
+    assert bucket.campaign_when_ready  # a request touched it: it campaigns

@@ -39,6 +39,8 @@ async def test_finding_drops_cut_short_looks_only_at_groups_that_changed(
     node, router = served.node, served.router
     assert node is not None
     infos = [await router.create(f"bucket{i}") for i in range(20)]
+    for info in infos:  # founds each dormant bucket's group (``runtime.dormant``)
+        await router.put(info.name, b"k", b"v")
     node.fenced_but_listed()  # takes what changed so far
 
     real = _no_walk(served)
@@ -73,6 +75,8 @@ async def test_status_lists_the_first_groups_and_counts_them_all(served: Served)
     assert node is not None
     for i in range(60):
         await router.create(f"bucket{i:02}")
+        await router.put(f"bucket{i:02}", b"k", b"v")  # founds its group
+    await router.create("zz-unused")  # dormant: counted, no group (``runtime.dormant``)
     with trio.fail_after(10):
         while any(
             g.node.raft.lead == 0 or (gid != "meta" and not g.node.raft.quiesced)
@@ -87,7 +91,7 @@ async def test_status_lists_the_first_groups_and_counts_them_all(served: Served)
     assert len(listed) == 50
     assert listed[0].startswith("group b/bucket00/")  # the first, in id order
     assert "... and 11 more groups" in lines
-    assert "groups total 61 leader 61 quiet 60" in lines  # meta is never quiet
+    assert "groups total 61 leader 61 quiet 60 unloaded 0 dormant 1" in lines  # meta: never quiet
 
     # The groups past the limit are never even looked at.
     last = max(node.groups)

@@ -525,7 +525,8 @@ class _Run:
             wanted = {
                 info.group for info in node.catalog().values() if node_id in node.bucket_hosts(info)
             }
-            hosted = {g for g in node.groups if g != META_GROUP}
+            # Dormant and unloaded buckets are hosted too: opened on first touch.
+            hosted = {g for g in (*node.groups, *node.dormant, *node.unloaded) if g != META_GROUP}
             if wanted != hosted:
                 agrees = False
                 if report:
