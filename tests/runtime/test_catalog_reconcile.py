@@ -42,6 +42,17 @@ def test_a_quarantined_group_is_not_reopened_but_is_closed_when_not_ours() -> No
     )
 
 
+def test_a_dormant_bucket_is_hosted_already_and_forgotten_only_when_told() -> None:
+    state = registry(APPLE, FIG)
+    # apple is dormant here (recorded, never founded): nothing to open for it; a dormant
+    # record of a bucket no longer placed here is forgotten, not closed (it has no rows).
+    dormant = ["b/apple/1", "b/gone/7"]
+    assert reconcile(state, 1, [], [], close=False, dormant=dormant) == Reconciliation((), ())
+    assert reconcile(state, 1, [], [], close=True, dormant=dormant) == Reconciliation(
+        (), (), ("b/gone/7",)
+    )
+
+
 def test_after_a_drop_or_move_only_that_buckets_other_groups_close() -> None:
     hosted = ["b/apple/1", "b/apple/0", "b/applesauce/5", "b/fig/2"]
     assert not_ours(registry(APPLE), 1, "apple", hosted) == ["b/apple/0"]
