@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import logging
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import trio
 
@@ -118,7 +118,7 @@ class Node(StoreNode):
             lock.close()
             self._data_lock = None
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Self] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await super().run(task_status=task_status)
         finally:
@@ -130,7 +130,7 @@ class Node(StoreNode):
         nursery.start_soon(self.mover.run)
         nursery.start_soon(self._found_then_record, Router(self))
 
-    async def _found_then_record(self, router: Any) -> None:
+    async def _found_then_record(self, router: Router) -> None:
         """A node whose data directory is empty hosts nothing until ``founding.admit``
         says it may (or raises, which stops the node); then the registry's record of
         started nodes is kept up to date, so a later wipe is recognised."""
