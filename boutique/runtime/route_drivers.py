@@ -100,12 +100,14 @@ def start_route(
     attempts: RouteAttempts,
     clock: Callable[[], float],
     settled: Settled,
+    last_outcome: Outcome | None = None,
 ) -> None:
     """Drive ``attempts`` for ``request`` with no task; ``settled`` is called exactly
     once (possibly before this returns). ``clock`` is the time ``attempts`` are
     decided by (the host's, the one its tracked requests expire by). Every attempt is
-    ``track``ed, so each ends within the host's request timeout."""
-    last: list[Outcome] = [Rejected("no attempt could be made in time")]
+    ``track``ed, so each ends within the host's request timeout. ``last_outcome``: the
+    outcome of an attempt the caller made itself and already fed to ``attempts``."""
+    last: list[Outcome] = [last_outcome or Rejected("no attempt could be made in time")]
 
     def step() -> None:
         match attempts.next_step(clock()):

@@ -30,18 +30,20 @@ from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
-from .group import Outcome, Rejected
+from .group import Applied, Outcome, Pending, Rejected, Unknown
 from .outcomes import Done, MaybeApplied, Refused
 from .requests import GroupRequest, Propose, Read, Request
 from .route_drivers import route, start_route
 from .routing import (
     Answered,
     Expired,
+    Forward,
     GaveUp,
     GiveUpKind,
     ReplicaChooser,
     Result,
     RouteAttempts,
+    Submit,
 )
 from .store_node import META_GROUP
 from .store_node import StoreNode as Node
@@ -285,13 +287,33 @@ class Router:
         else:
             request = Propose(MachineHost.encode_command(command))
         group = info.group
-        attempts = RouteAttempts(
-            node.id,
-            self._chooser(group, info.replicas, bucket),
-            node.clock() + node.config.request_timeout,
-            may_apply=request.may_apply,
-            no_answer=_NO_REPLICA,
-        )
+        target = self._first_target(group, info.replicas)
+        started = node.clock()
+
+        def first(outcome: Outcome) -> None:
+            # Nearly every request is settled by its first attempt: answered by the
+            # leader it was sent to (or a write of unknown fate, which is never resent).
+            # Only the others pay for the routing state, which then decides exactly as
+            # if it had made that attempt itself.
+            match outcome:
+                case Applied(reply) if not (isinstance(reply, CommandFailed) and _is_fenced(reply)):
+                    self.leader_hints[group] = target
+                    then(outcome)
+                    return
+                case Unknown() if request.may_apply:
+                    then(outcome)
+                    return
+            attempts = RouteAttempts(
+                node.id,
+                self._chooser(group, info.replicas, bucket, was_listed=True),
+                started + node.config.request_timeout,
+                may_apply=request.may_apply,
+                no_answer=_NO_REPLICA,
+            )
+            made = attempts.next_step(started)
+            assert isinstance(made, Submit if target == node.id else Forward), made
+            attempts.attempted(outcome, node.clock())
+            start_route(node, group, request, attempts, node.clock, settled, outcome)
 
         def settled(result: Result | None, last: Outcome) -> None:
             match result:
@@ -312,7 +334,12 @@ class Router:
                     # Every replica was asked: the backoff is a task's (the full router).
                     then(last)
 
-        start_route(node, group, request, attempts, node.clock, settled)
+        pending = Pending(then=first)
+        node.track(pending)
+        if target == node.id:
+            node.submit(group, request, pending)
+        else:
+            node.send_forward(target, group, request, pending)
         return True
 
     # --- Routing ------------------------------------------------------------------------
@@ -396,7 +423,14 @@ class Router:
                 self.leader_hints[group] = result.target
                 return reply
 
-    def _chooser(self, group: str, replicas: tuple[int, ...], bucket: str | None) -> ReplicaChooser:
+    def _chooser(
+        self,
+        group: str,
+        replicas: tuple[int, ...],
+        bucket: str | None,
+        *,
+        was_listed: bool | None = None,
+    ) -> ReplicaChooser:
         """The choice of replica for one request to ``group`` (for ``bucket``, if it is
         a bucket's): see ``routing.ReplicaChooser``."""
         node = self.node
@@ -414,7 +448,7 @@ class Router:
             self._first_target(group, replicas),
             why=self._why,
             bucket=bucket,
-            was_listed=catalog_group() is not None,
+            was_listed=catalog_group() is not None if was_listed is None else was_listed,
             catalog_group=catalog_group,
         )
 
