@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from boutique.bench.fastpath import main as fastpath_main
+
 pytestmark = pytest.mark.distributed
 
 LEDGER = re.compile(r"^processes started: (\d+) \(([\d ]*)\); (.*) \(total", re.MULTILINE)
@@ -197,3 +199,14 @@ def test_echo_runs_the_same_load_against_a_bare_server(tmp_path: Path) -> None:
     assert ok > 0
     assert _line(output, "errors:") == "errors:      none"
     assert re.search(r"node CPU:\s+127\.0\.0\.1:\d+ \d+%", output), output
+
+
+def test_fastpath_times_router_start_and_every_request_is_answered(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fastpath_main(["--calls", "200", "--rounds", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "Router.start, leader on this node",
+        "Router.start, leader on a peer",
+    ]
