@@ -93,6 +93,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SPLITS",
     "MAX_NAME_BYTES",
+    "META_GROUP",
     "BucketInfo",
     "Range",
     "RangeMap",
@@ -108,6 +109,9 @@ __all__ = [
     "range_ids",
     "validate_bucket_name",
 ]
+
+META_GROUP = "meta"
+"""The Raft group that replicates the registry (the nodes run this machine in it)."""
 
 DEFAULT_SPLITS: tuple[str, ...] = ("h", "o", "v")
 """Four ranges: "a-g" (everything below "h"), "h-n", "o-u", "v-z" (from "v" up)."""

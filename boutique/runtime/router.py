@@ -14,7 +14,15 @@ shell that drives them, through ``runtime.route_drivers``). The caller gets exac
 * ``NotFound`` — the bucket does not exist (decided by a linearizable registry read);
 * ``CommandRejected`` — the state machine refused the command (bad input).
 
-DROP is two steps (see ``Router.drop``): a tombstone committed in the bucket's own
+(These errors are declared in ``runtime.route_errors`` and re-exported here.)
+
+The composite operations — CREATE, DROP, the catalog lookup and a key command in a
+bucket, each several routed requests whose next step depends on how the last one
+ended — are decided without trio by ``runtime.router_flows``: a flow yields each
+request to route, and ``Router._drive`` routes it and resumes the flow with the reply
+or the error. This module keeps their async API and does the routing.
+
+DROP is two steps (see ``router_flows.drop``): a tombstone committed in the bucket's own
 group, after which that group answers every request with ``BucketDropped`` on every
 replica, then the registry entry goes. A request that meets a fenced group is answered
 ``NotFound`` only once a linearizable registry read shows no newer incarnation of the
@@ -25,15 +33,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
+from . import router_flows
 from .group import Applied, Outcome, Pending, Rejected, Unknown
 from .outcomes import Done, MaybeApplied, Refused
 from .requests import GroupRequest, Propose, Read, Request
 from .route_drivers import route, start_route
+from .route_errors import (
+    CommandRejected,
+    GroupFenced,
+    NotFound,
+    OutcomeUnknown,
+    RoutingError,
+    Unavailable,
+)
+from .router_flows import Command, Flow, RouteTo
 from .routing import (
     Answered,
     Expired,
@@ -48,25 +67,19 @@ from .routing import (
 from .store_node import META_GROUP
 from .store_node import StoreNode as Node
 
-Command = tuple[WireValue, ...]
-"""A command or query for a group's machine (``("put", key, value)``, ``("lookup", name)``)."""
+__all__ = [
+    "Command",
+    "CommandRejected",
+    "DeadlinePassed",
+    "GroupFenced",
+    "NotFound",
+    "OutcomeUnknown",
+    "Router",
+    "RoutingError",
+    "Unavailable",
+]
 
-
-class RoutingError(Exception):
-    """Base class of the errors a routed request ends with."""
-
-
-class NotFound(RoutingError):
-    """The bucket does not exist."""
-
-
-class GroupFenced(NotFound):
-    """The request reached a bucket group fenced by a DROP's tombstone. Internal to the
-    router: callers see ``NotFound`` (or the request goes to a newer incarnation)."""
-
-    def __init__(self, group: str) -> None:
-        super().__init__(group)
-        self.group = group
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,29 +91,10 @@ class DeadlinePassed(Rejected):
 
 _BUCKET_DROPPED = BucketDropped.__name__
 _NO_REPLICA = "no replica answered"
-_FENCE_RETRIES = 3
-"""How many times one request follows a bucket to a newer incarnation before giving up
-(each time the bucket was dropped and created again while the request ran)."""
 
 
 def _is_fenced(failed: CommandFailed) -> bool:
     return failed.error_type == _BUCKET_DROPPED
-
-
-class Unavailable(RoutingError):
-    """The request certainly had no effect; it may be retried."""
-
-
-class OutcomeUnknown(RoutingError):
-    """The request may or may not have been applied."""
-
-
-class CommandRejected(RoutingError):
-    """The state machine refused the command; nothing changed."""
-
-    def __init__(self, failed: CommandFailed) -> None:
-        super().__init__(failed.message)
-        self.failed = failed
 
 
 class Router:
@@ -113,121 +107,26 @@ class Router:
     # --- Buckets ------------------------------------------------------------------------
 
     async def create(self, name: str) -> BucketInfo:
-        for _ in range(_FENCE_RETRIES):
-            status, wire = wire_items(
-                await self._write(META_GROUP, self._meta_replicas(), ("create", name)), 2
-            )
-            info = BucketInfo.from_wire(wire)
-            if status == "created":
-                return info
-            # It exists; unless a DROP fenced it and was cut short before leaving the
-            # registry. Then finish that DROP and create a new incarnation.
-            try:
-                await self._read(info.group, self.node.bucket_hosts(info), ("count",))
-            except GroupFenced:
-                await self._write(META_GROUP, self._meta_replicas(), ("drop", name, info.group))
-                continue
-            return info
-        raise Unavailable(f"bucket {name} was dropped again and again while being created")
+        return await self._drive(router_flows.create(self.node, name))
 
     async def drop(self, name: str) -> bool:
-        """Fence the bucket's group with a tombstone, then take it out of the registry.
-
-        The tombstone's commit is the DROP's instant: from then on no replica of the
-        group answers anything but NOT FOUND, whichever nodes are cut off from the meta
-        group. If the registry step does not happen (this node dies, the meta group is
-        out of reach), the bucket answers NOT FOUND anyway and the next DROP or CREATE
-        of the name, or the group leader's mover, finishes it."""
-        info = await self.lookup(name)  # NOT FOUND for a bucket that does not exist
-        for _ in range(_FENCE_RETRIES):
-            try:
-                fenced_now = await self._write(
-                    info.group, self.node.bucket_hosts(info), ("tombstone",), bucket=name
-                )
-            except (NotFound, Unavailable):
-                # Certainly not fenced. This node's catalog may have been stale (the
-                # group is gone, or another incarnation is listed): ask the registry.
-                newer = await self._registry_lookup(name)
-                if newer is None:
-                    raise NotFound(name) from None
-                if newer.group == info.group:
-                    raise
-                info = newer
-                continue
-            try:
-                await self._write(META_GROUP, self._meta_replicas(), ("drop", name, info.group))
-            except (Unavailable, OutcomeUnknown):
-                if fenced_now:
-                    # The tombstone committed: that was the DROP's instant, so it took
-                    # effect whatever becomes of this clean-up (the mover, or the next
-                    # DROP or CREATE, finishes it). UNAVAILABLE would say "certainly
-                    # not applied" of a bucket that is gone.
-                    return True
-                raise
-            if fenced_now:
-                return True
-            # Another DROP fenced this incarnation first; the bucket may exist again.
-            newer = await self._registry_lookup(name)
-            if newer is None or newer.group == info.group:
-                raise NotFound(name)
-            info = newer
-        raise Unavailable(f"bucket {name} was dropped and created again while dropping it")
+        """Fence the bucket's group with a tombstone, then take it out of the registry
+        (``router_flows.drop``: the tombstone's commit is the DROP's instant)."""
+        return await self._drive(router_flows.drop(self.node, name))
 
     async def buckets(self) -> list[str]:
         names = await self._read(META_GROUP, self._meta_replicas(), ("list",))
         return [_text(name) for name in wire_items(names)]
 
     async def lookup(self, name: str) -> BucketInfo:
-        """The bucket's catalog entry. A local hit is trusted (a dropped bucket's group
-        is fenced, and a request that meets the fence confirms with the registry); a
-        miss is confirmed by a linearizable read of the registry before ``NotFound`` is
-        raised."""
-        info = self.node.catalog().get(name)
-        if info is not None:
-            return info
-        found = await self._registry_lookup(name)
-        if found is None:
-            raise NotFound(name)
-        return found
-
-    async def _registry_lookup(self, name: str) -> BucketInfo | None:
-        wire = await self._read(META_GROUP, self._meta_replicas(), ("lookup", name))
-        return None if wire is None else BucketInfo.from_wire(wire)
+        """The bucket's catalog entry: a local hit, else a linearizable registry read
+        (``router_flows.lookup``); ``NotFound`` only after that read."""
+        return await self._drive(router_flows.lookup(self.node, name))
 
     async def _in_bucket(self, bucket: str, body: Command, *, write: bool) -> WireValue:
-        """Run a key command (``write``) or query in the bucket's group. A
-        fenced group means NOT FOUND, unless the registry, read linearizably after the
-        fence was seen, lists a newer incarnation: then the request goes there."""
-        info = await self.lookup(bucket)
-        for _ in range(_FENCE_RETRIES):
-            try:
-                if write:
-                    return await self._write(info.group, info.replicas, body, bucket=bucket)
-                return await self._read(info.group, info.replicas, body, bucket=bucket)
-            except GroupFenced as fenced:
-                newer = await self._registry_lookup(bucket)
-                if newer is None or newer.group == fenced.group:
-                    raise NotFound(bucket) from None
-                info = newer
-            except NotFound:
-                # This node's catalog lists another incarnation now: it exists unless
-                # the registry says otherwise.
-                newer = await self._registry_lookup(bucket)
-                if newer is None:
-                    raise
-                info = newer
-            except Unavailable:
-                # No replica served it. If this node has meanwhile applied the bucket's
-                # drop, its replicas may have closed the group: ask the registry.
-                if self.node.catalog().get(bucket) is not None:
-                    raise
-                newer = await self._registry_lookup(bucket)
-                if newer is None:
-                    raise NotFound(bucket) from None
-                if newer.group == info.group:
-                    raise
-                info = newer
-        raise Unavailable(f"bucket {bucket} was dropped and created again while routing")
+        """Run a key command (``write``) or query in the bucket's group, following the
+        bucket to a newer incarnation (``router_flows.in_bucket``)."""
+        return await self._drive(router_flows.in_bucket(self.node, bucket, body, write=write))
 
     # --- Keys ---------------------------------------------------------------------------
 
@@ -376,7 +275,7 @@ class Router:
         self,
         group: str,
         replicas: tuple[int, ...],
-        query: Command,
+        query: WireValue,
         bucket: str | None = None,
     ) -> WireValue:
         local = self.node.groups.get(group)
@@ -389,6 +288,35 @@ class Router:
                 raise GroupFenced(group) from None
             return answer
         return await self._route(group, replicas, Read(query), bucket)
+
+    async def _drive(self, flow: Flow[T]) -> T:
+        """Run a composite operation (a ``router_flows`` flow) to its answer: route each
+        request it yields, resume it with the reply or throw in the routing error."""
+        try:
+            effect = next(flow)
+            while True:
+                try:
+                    reply = await self._perform(effect)
+                except RoutingError as error:
+                    thrown = error
+                else:
+                    effect = flow.send(reply)
+                    continue
+                # Thrown in outside the except clause, so that what the flow raises is
+                # not chained to this error as if it had happened while handling it.
+                effect = flow.throw(thrown)
+        except StopIteration as done:
+            answer: T = done.value
+            return answer
+        finally:
+            flow.close()
+
+    async def _perform(self, effect: RouteTo) -> WireValue:
+        match effect.request:
+            case Read(query):
+                return await self._read(effect.group, effect.replicas, query, effect.bucket)
+            case Propose() as propose:
+                return await self._route(effect.group, effect.replicas, propose, effect.bucket)
 
     def _why(self, reason: str) -> str:
         """``reason``, and why this node does not serve yet if it is still waiting."""

@@ -16,14 +16,12 @@ from abc import ABC, abstractmethod
 
 from boutique.config import ClusterConfig, NodeConfig
 from boutique.raft import ConfState
+from boutique.registry import META_GROUP
 from boutique.registry_state import BucketInfo, RegistryState
 
 from .host import RaftHost
 
 __all__ = ["META_GROUP", "StoreNode"]
-
-META_GROUP = "meta"
-"""The group that replicates the registry."""
 
 
 class StoreNode(RaftHost, ABC):

@@ -2,8 +2,9 @@
 becomes sans-I/O, so a simulator can drive it): the request kinds, the outcomes and
 their classifier, forwarding's codec and table of requests in flight, the groups and
 the host core (``test_host_core_sans_io`` also runs the core with trio unimportable),
-and the decisions of the routing, the mover, the admin commands, founding and the
-catalog's reconciliation."""
+and the decisions of the routing, the router's composite operations (with the errors
+they route), the mover, the admin commands, founding and the catalog's
+reconciliation."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ SANS_IO = (
     "boutique.runtime.host_core",
     "boutique.testing.host_doubles",
     "boutique.runtime.routing",
+    "boutique.runtime.route_errors",
+    "boutique.runtime.router_flows",
     "boutique.runtime.mover_plan",
     "boutique.runtime.admin_commands",
     "boutique.runtime.founding_rule",
