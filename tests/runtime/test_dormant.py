@@ -20,36 +20,13 @@ from boutique.runtime.dormant import DormantBuckets, may_sleep
 from boutique.runtime.host_core import MAX_OPENS_PER_TURN, _Step
 from boutique.runtime.node import META_GROUP, Node
 from boutique.storage.memory import MemoryNodeStorage
+from boutique.testing.config_text import node_tables
 
 CONFIG = """
 cluster_name = "t"
 secret = "a secret for this test"
 replication = 3
-[[node]]
-name = "n1"
-id = 1
-host = "127.0.0.1"
-client_port = 4041
-peer_port = 5041
-[[node]]
-name = "n2"
-id = 2
-host = "127.0.0.1"
-client_port = 4042
-peer_port = 5042
-[[node]]
-name = "n3"
-id = 3
-host = "127.0.0.1"
-client_port = 4043
-peer_port = 5043
-[[node]]
-name = "n4"
-id = 4
-host = "127.0.0.1"
-client_port = 4044
-peer_port = 5044
-"""
+""" + node_tables((1, 2, 3, 4))
 
 
 def _node(tmp_path: Path, node_id: int = 1) -> Node:

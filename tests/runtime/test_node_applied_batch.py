@@ -16,31 +16,14 @@ from boutique.config import parse_config
 from boutique.machine import encode_value
 from boutique.runtime.node import META_GROUP, Node
 from boutique.storage.memory import MemoryNodeStorage
+from boutique.testing.config_text import node_tables
 
 CONFIG = """
 cluster_name = "t"
 secret = "a secret for this test"
 replication = 3
 splits = ["h", "o", "v"]
-[[node]]
-name = "n1"
-id = 1
-host = "127.0.0.1"
-client_port = 4041
-peer_port = 5041
-[[node]]
-name = "n2"
-id = 2
-host = "127.0.0.1"
-client_port = 4042
-peer_port = 5042
-[[node]]
-name = "n3"
-id = 3
-host = "127.0.0.1"
-client_port = 4043
-peer_port = 5043
-"""
+""" + node_tables((1, 2, 3))
 
 
 def test_a_bucket_created_in_a_batch_after_a_node_started_record_is_founded(
