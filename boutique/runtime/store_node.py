@@ -1,59 +1,30 @@
-"""What the bucket store's services need of a node: a ``RaftHost`` plus the registry's
-view as the node has applied it.
+"""What the bucket store's services see of a node: ``StoreCore`` under ``RaftHost``.
 
 The router, the mover, founding and the admin commands run on a ``node.Node`` and the
 node starts them (``Node.start_background``). If they imported ``node`` for its type,
-the two would import each other; so they name this abstract class instead, which
-``Node`` implements, and ``node`` imports them. (``router.py`` imports it under the
-name ``Node``.)
+the two would import each other; so they name this class instead, and ``node``
+imports them. (``router.py`` imports it under the name ``Node``.) It is the store's
+logic (``store_core.StoreCore``: the groups hosted, the registry as applied here)
+driven by the trio adapter of the host (``host.RaftHost``: the loop and ticker tasks,
+awaiting ``propose``, ``read``, ``forward``...); ``node.Node`` adds the process's part
+(the data directory, peer TLS, the background tasks).
 
-This module only declares: it holds no state and does no I/O.
+The class order is ``StoreNode``, ``StoreCore``, ``RaftHost``, ``HostCore``: the store's
+hooks override the core's, and ``StoreCore.__init__`` hands ``RaftHost`` its
+arguments (``secret``, ``cluster_name``, ``listen``, ``open_storage``, ``peer_tls``).
+
+This module only combines the two: it holds no state of its own and does no I/O.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
-from boutique.config import ClusterConfig, NodeConfig
-from boutique.raft import ConfState
 from boutique.registry import META_GROUP
-from boutique.registry_state import BucketInfo, RegistryState
 
 from .host import RaftHost
+from .store_core import StoreCore
 
 __all__ = ["META_GROUP", "StoreNode"]
 
 
-class StoreNode(RaftHost, ABC):
-    """A node of a bucket-store cluster, as its services see it."""
-
-    config: ClusterConfig
-    me: NodeConfig
-    waiting_for_peers: str | None
-    """Why this node does not serve yet (``founding.admit``), or None."""
-
-    @abstractmethod
-    def registry_state(self) -> RegistryState | None:
-        """The registry as applied here (None: the meta group is not hosted)."""
-
-    @abstractmethod
-    def is_meta_leader(self) -> bool: ...
-
-    @abstractmethod
-    def meta_conf(self) -> ConfState | None: ...
-
-    @abstractmethod
-    def meta_members(self) -> tuple[int, ...]:
-        """Where to send registry requests."""
-
-    @abstractmethod
-    def bucket_hosts(self, info: BucketInfo) -> tuple[int, ...]:
-        """Every node that hosts the bucket now (its replicas, then any joining)."""
-
-    @abstractmethod
-    def catalog(self) -> dict[str, BucketInfo]:
-        """The bucket catalog as applied here (may lag the cluster)."""
-
-    @abstractmethod
-    def fenced_but_listed(self) -> list[BucketInfo]:
-        """Buckets led here whose DROP was cut short between its two steps."""
+class StoreNode(StoreCore, RaftHost):
+    """A node of a bucket-store cluster under trio, as its services see it."""

@@ -1,7 +1,8 @@
 """The typed request path's plain parts load without trio (issue 15: the node's logic
 becomes sans-I/O, so a simulator can drive it): the request kinds, the outcomes and
 their classifier, forwarding's codec and table of requests in flight, the groups and
-the host core (``test_host_core_sans_io`` also runs the core with trio unimportable),
+the host core and the store node's logic above it (``test_host_core_sans_io`` and
+``test_store_core_sans_io`` also run them with trio unimportable),
 and the decisions of the routing, the router's composite operations (with the errors
 they route), the mover, the admin commands, founding and the catalog's
 reconciliation."""
@@ -17,6 +18,7 @@ SANS_IO = (
     "boutique.runtime.forwarding",
     "boutique.runtime.group",
     "boutique.runtime.host_core",
+    "boutique.runtime.store_core",
     "boutique.testing.host_doubles",
     "boutique.runtime.routing",
     "boutique.runtime.route_errors",
