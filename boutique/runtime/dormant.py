@@ -37,7 +37,7 @@ node ``me`` only if (``may_sleep``):
   group that is neither open nor quarantined has none.
 
 This module only keeps the record and states the rule: it opens no group and does no
-I/O (``node.Node`` does, through ``RaftHost.materialize``). It must never record a
+I/O (``store_core.StoreCore`` does, through ``HostCore.materialize``). It must never record a
 bucket whose group this node has opened, or one that moved.
 """
 

@@ -1,6 +1,6 @@
 """``HostCore``: one process hosting many Raft groups, of any state machines, sans I/O.
 
-This is the multi-Raft engine under both the bucket store (``node.Node``) and the
+This is the multi-Raft engine under both the bucket store (``store_core.StoreCore``) and the
 consensus library, with no event loop: it is driven by events and produces effects.
 
 Events in (each a plain call; none blocks):
@@ -324,7 +324,7 @@ class HostCore:
         """Leader transfers started here, waiting to see their target lead."""
         self.changed: set[str] = set()
         """Groups opened, or that applied entries or a snapshot, since a subclass last
-        took this set (``Node`` does, to find fenced buckets): so it never has to look
+        took this set (``StoreCore`` does, to find fenced buckets): so it never has to look
         at every group to find the few whose state changed."""
         self._links_lost: dict[int, float] = {}
         """Peers a stream to or from broke, and when (latest break): their forwards sent
