@@ -5,8 +5,9 @@ A child interpreter makes ``import trio`` fail, then runs ``three_store_cores`` 
 this file: three ``StoreCore``s (a ``node.Node`` without its trio adapter) on memory
 storage, one ``ManualClock``, and an in-memory ``PeerLink`` that carries each frame
 through the real framing to the receiver's ``on_frame``. Requests go in as the router
-sends them (``submit``, with the registry's and the bucket's command encoding), and a
-refusal is retried where it points, as the router retries. The run goes through:
+sends them (``submit`` on the client's node, ``send_forward`` to the leader a refusal
+names, with the registry's and the bucket's command encoding), retried while certainly
+not applied, as the router retries. The run goes through:
 
 1. the meta group's election (the configured first founder campaigns);
 2. CREATE: the registry's ``create``, applied on all three: the bucket is dormant on
@@ -121,12 +122,16 @@ class Cluster:
             self.deliver()
 
     def ask(self, node: int, group: str, request: Propose | Read) -> Verdict:
-        """What a client is told: ``request`` sent to ``node``'s copy of ``group``,
-        retried while it is certainly not applied, at the leader the refusal names (or
-        the same node, once an election had time), as the router retries."""
+        """What a client of ``node`` is told: ``request`` run in ``node``'s copy of
+        ``group``, or forwarded to the leader a refusal names, and retried while it is
+        certainly not applied (an election may be under way), as the router does."""
+        target = node
         for _ in range(10):
             pending = Pending()
-            self.cores[node].submit(group, request, pending)
+            if target == node:
+                self.cores[node].submit(group, request, pending)
+            else:
+                self.cores[node].send_forward(target, group, request, pending)
             for _ in range(20):
                 if pending.outcome is not None:
                     break
@@ -135,7 +140,7 @@ class Cluster:
             verdict = classify(pending.outcome, may_apply=isinstance(request, Propose))
             if not isinstance(verdict, NotApplied):
                 return verdict
-            node = verdict.leader or node
+            target = verdict.leader or target
             self.run(2)
         raise AssertionError(f"{request} in {group} was refused every time: {verdict}")
 
@@ -181,7 +186,7 @@ def three_store_cores() -> None:
     assert isinstance(fenced, Refused) and fenced.failed.error_type == "BucketDropped"
     assert cores[3].fenced_but_listed() == [info]  # the leader's mover would finish it
     # DROP, step 2: the registry forgets it, and every node closes its group.
-    dropped = cluster.ask(1, META_GROUP, write(("drop", "apples", info.group)))
+    dropped = cluster.ask(3, META_GROUP, write(("drop", "apples", info.group)))
     assert dropped == Done(True), dropped
     cluster.run(3)
     assert cluster.hosted() == {n: {META_GROUP} for n in IDS}
