@@ -167,7 +167,7 @@ def batch_outcomes(count: int, result: Result | None) -> list[Outcome]:
             return [DeadlinePassed(reason)] * count
         case GaveUp(_, reason):
             return [Rejected(reason)] * count
-        case None:
+        case _:  # None: not settled before a backoff was due
             return [Rejected("every meta replica was asked: a backoff is due")] * count
 
 
