@@ -207,7 +207,9 @@ async def test_creates_take_no_task_and_leave_together_in_few_registry_entries(
     await conn.send(b"".join(b"CREATE " + name + b"\r\n" for name in names))
     await conn.expect(b"OK\r\n" * len(names))
     assert command_tasks == []
-    assert meta.host.applied_index - applied <= 4
+    # One entry each for the first two (nothing else was out), one for the rest; the
+    # bound leaves room for a read cut short and the node's own registry entries.
+    assert meta.host.applied_index - applied <= len(names) // 2
     # A write to a bucket waits for its CREATE (in a task); the GET for everything.
     await conn.send(b"CREATE late\r\nPUT late k v\r\nGET late k\r\n")
     await conn.expect(b"OK\r\nOK\r\nv\r\nOK\r\n")
