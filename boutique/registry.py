@@ -25,6 +25,13 @@ would go on accepting writes that vanish once it hears of the drop).
 
 Commands (reply in parentheses):
     ("create", name)                 ("created", info) or ("exists", info); idempotent
+    ("create_many", names)           a list with one reply per name, in order: what
+                                     ("create", name) would answer after the names
+                                     before it, or ("failed", error type, message)
+                                     where that would fail. One entry for many
+                                     CREATEs (``runtime.create_batch``): each
+                                     succeeds or fails on its own, and a name given
+                                     twice is "created" then "exists"
     ("drop", name)                   (whether it existed); replayed from old logs only
     ("drop", name, group)            (whether it existed as `group`): a DROP proposes
                                      this after `group` committed its tombstone (see
@@ -117,11 +124,11 @@ DEFAULT_SPLITS: tuple[str, ...] = ("h", "o", "v")
 """Four ranges: "a-g" (everything below "h"), "h-n", "o-u", "v-z" (from "v" up)."""
 
 RegistryCommand: TypeAlias = tuple[object, ...]
-"""("create", name), ("drop", name[, group]), ("set_ranges", ranges[, version]), and the online
-changes of `boutique.placement`: ("add_node", info), ("drain_node", id),
-("remove_node", id), ("start_move", range, frm, to), ("set_bucket_replicas", name,
-group, replicas), ("finish_move", range), ("split_range", range, at), ("node_started",
-id)."""
+"""("create", name), ("create_many", names), ("drop", name[, group]), ("set_ranges",
+ranges[, version]), and the online changes of `boutique.placement`: ("add_node", info),
+("drain_node", id), ("remove_node", id), ("start_move", range, frm, to),
+("set_bucket_replicas", name, group, replicas), ("finish_move", range), ("split_range",
+range, at), ("node_started", id)."""
 RegistryReply: TypeAlias = object
 RegistryQuery: TypeAlias = (
     tuple[Literal["lookup"], str]
@@ -207,6 +214,8 @@ class RegistryMachine:
                 state.buckets[name] = info
                 state.next_seq = seq + 1
                 return ("created", info.to_wire()), state
+            case ("create_many", raw_names):
+                return self._create_many(state, raw_names), state
             case ("drop", raw_name):
                 name = validate_bucket_name(raw_name)
                 return state.buckets.pop(name, None) is not None, state
@@ -256,6 +265,21 @@ class RegistryMachine:
                 return True, state
             case _:
                 raise ValueError(f"not a registry command: {short_repr(command)}")
+
+    def _create_many(self, state: RegistryState, raw_names: object) -> list[RegistryReply]:
+        """One ``create`` per name, each answered on its own: a name that cannot be
+        created fails alone (``create`` raises before it changes anything), with the
+        error type and message its own ``create`` entry would have given."""
+        if not isinstance(raw_names, tuple | list):
+            raise TypeError("create_many: the names must be an array")
+        replies: list[RegistryReply] = []
+        for raw_name in raw_names:
+            try:
+                reply, state = self.apply(state, ("create", raw_name))
+            except (TypeError, ValueError) as exc:
+                reply = ("failed", type(exc).__name__, str(exc))
+            replies.append(reply)
+        return replies
 
     def query(self, state: RegistryState, query: RegistryQuery) -> RegistryAnswer:
         match query:

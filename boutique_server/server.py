@@ -7,16 +7,21 @@ per request; one writer task sends the replies strictly in request order. A bad 
 or ``DELETE`` with nothing to wait for costs no task: its one attempt
 (``Router.start``) settles inside the host loop's turn, which only records the outcome
 and wakes the connection; the connection's writer turns every outcome recorded into
-its reply and writes them in one go (the loop never formats or writes a reply). Only
-what that attempt cannot settle goes to a task running the full router. Every other
-command runs in a task.
+its reply and writes them in one go (the loop never formats or writes a reply). A
+``CREATE`` with nothing to wait for costs no task either: it joins the node's next
+registry entry of CREATEs (``Router.start_create``, ``runtime.create_batch``). Only
+what that cannot settle goes to a task running the full router. Every other command
+runs in a task.
 
 Ordering within a connection is what a person expects from a terminal: a write (``PUT``,
-``DELETE``) waits for earlier writes to the same key and for the last other command
-before it; any other command waits for every earlier command. So ``PUT`` then ``GET``
-on one connection always reads the write, a ``GET`` is never overtaken by a later
-``PUT``, and a ``PUT`` after ``CREATE`` finds the bucket. Consecutive writes to
-different keys run concurrently, which is what makes pipelining fast.
+``DELETE``) waits for earlier writes to the same key, for the last ``CREATE`` of its
+bucket and for the last other command before it; a ``CREATE`` waits for earlier
+commands on its bucket and for the last other command (not for ``CREATE``s of other
+buckets, which go out together); any other command waits for every earlier command.
+So ``PUT`` then ``GET`` on one connection always reads the write, a ``GET`` is never
+overtaken by a later ``PUT``, and a ``PUT`` after ``CREATE`` finds the bucket.
+Consecutive writes to different keys, and ``CREATE``s of different buckets, run
+concurrently, which is what makes pipelining fast.
 
 Bounded everywhere: at most ``max_in_flight`` replies per connection wait in its queue,
 plus one batch of at most as many being written (the reader stops reading beyond that,
@@ -648,6 +653,8 @@ class _Connection:
         self._input_done = False
         """True once the reader task returned: no slot will be added any more."""
         self.last_by_key: dict[tuple[str, bytes], _Done] = {}
+        self.last_create: dict[str, _Done] = {}
+        """Bucket -> the last CREATE of it: later writes to the bucket wait for it."""
         self.earlier: deque[_Done] = deque()
         """Commands not known to be finished, oldest first (pruned from the front)."""
         self._barriers: list[_Done] = []
@@ -823,17 +830,22 @@ class _Connection:
                 nursery.start_soon(self._run_command, event, slot, deps)
 
     def _start_simple(self, command: cmd.Command, slot: _Slot) -> bool:
-        """PUT, GET or DELETE with nothing to wait for: one attempt through
-        ``Router.start``, without a task. Its outcome comes back inside the host loop's
-        turn, which only records it and wakes this connection's writer: formatting and
-        writing are the connection's work, not the loop's (``_answer_settled``)."""
+        """PUT, GET, DELETE or CREATE with nothing to wait for, without a task: a key
+        command's one attempt through ``Router.start``, a CREATE in the node's next
+        batch of CREATEs (``Router.start_create``). Its outcome comes back inside the
+        host loop's turn, which only records it and wakes this connection's writer:
+        formatting and writing are the connection's work, not the loop's
+        (``_answer_settled``)."""
+        request: Command | None
         match command:
             case cmd.Put(bucket, key, value):
-                request: Command = ("put", key, value)
+                request = ("put", key, value)
             case cmd.Delete(bucket, key):
                 request = ("delete", key)
             case cmd.Get(bucket, key):
                 request = ("get", key)
+            case cmd.Create(bucket):
+                request = None
             case _:
                 return False
 
@@ -845,7 +857,10 @@ class _Connection:
             self._settled.append(slot)
             self._writer_wanted.set()
 
-        started = self.server.router.start(bucket, request, settled)
+        if request is None:
+            started = self.server.router.start_create(bucket, settled)
+        else:
+            started = self.server.router.start(bucket, request, settled)
         if self._settled:
             # Settled at once (or others were, by the loop): this is the connection's
             # own task, so answer now, before the next command looks for what to wait for.
@@ -923,11 +938,28 @@ class _Connection:
             earlier.popleft()
         if isinstance(command, cmd.Put | cmd.Delete):
             key = (command.bucket, command.key)
-            deps = [e for e in (self.last_by_key.get(key), *self._barriers) if e is not None]
+            created = self.last_create.get(command.bucket)
+            deps = [
+                e for e in (self.last_by_key.get(key), created, *self._barriers) if e is not None
+            ]
             deps = [e for e in deps if not e.is_set()]  # nothing to wait for: no task
             self.last_by_key[key] = done
             if len(self.last_by_key) > 4 * self.server.max_in_flight:
                 self.last_by_key = {k: e for k, e in self.last_by_key.items() if not e.is_set()}
+        elif isinstance(command, cmd.Create):
+            # A barrier for its own bucket only: CREATEs of other buckets neither wait
+            # for it nor hold it up, so they go out together (in one registry entry).
+            # The last write to each key stands for every earlier one to that key.
+            bucket = command.bucket
+            on_bucket = [e for (b, _), e in self.last_by_key.items() if b == bucket]
+            deps = [
+                e
+                for e in (self.last_create.get(bucket), *self._barriers, *on_bucket)
+                if e is not None and not e.is_set()
+            ]
+            self.last_create[bucket] = done
+            if len(self.last_create) > 4 * self.server.max_in_flight:
+                self.last_create = {b: e for b, e in self.last_create.items() if not e.is_set()}
         else:
             deps = [e for e in earlier if not e.is_set()]
             self._barriers = [done]

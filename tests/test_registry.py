@@ -410,3 +410,50 @@ def test_a_format_2_snapshot_restores_without_tombstones() -> None:
 def test_restore_rejects_malformed(data: bytes) -> None:
     with pytest.raises(ValueError):
         RegistryMachine().restore(data)
+
+
+# Many CREATEs in one entry (``runtime.create_batch``)
+
+
+def test_create_many_answers_each_name_as_its_own_create_would() -> None:
+    batched, single = fresh(), fresh()
+    create(batched, "kept")
+    create(single, "kept")
+    names = ["apples", "bad/name", "kept", "pears", "apples", ""]
+    [replies] = apply(batched, ("create_many", names))
+    assert isinstance(replies, list)
+    expected = [
+        (r.error_type, r.message) if isinstance(r, CommandFailed) else r
+        for r in apply(single, *(("create", name) for name in names))
+    ]
+    got = [r[1:] if r[0] == "failed" else r for r in replies]
+    assert got == expected
+    assert [r[0] for r in replies] == [
+        "created",
+        "failed",
+        "exists",
+        "created",
+        "exists",  # the same name twice in one batch: created, then it exists
+        "failed",
+    ]
+    # Same catalog and sequence as one create entry per name: a name that failed
+    # changed nothing, and the snapshot format is the one it always was.
+    machine = RegistryMachine(FOUR)
+    assert machine.snapshot(batched.state) == machine.snapshot(single.state)
+
+
+def test_create_many_fails_each_name_alone_when_nothing_can_be_created() -> None:
+    host = fresh(None)  # no range map yet: every create fails, the entry does not
+    [replies] = apply(host, ("create_many", ["apples", "pears"]))
+    assert replies == [
+        ("failed", "ValueError", "the range map is not set yet"),
+        ("failed", "ValueError", "the range map is not set yet"),
+    ]
+    assert host.state.buckets == {}
+
+
+def test_create_many_refuses_names_that_are_not_an_array() -> None:
+    host = fresh()
+    [reply] = apply(host, ("create_many", "apples"))
+    assert reply == CommandFailed("TypeError", "create_many: the names must be an array")
+    assert host.state.buckets == {}

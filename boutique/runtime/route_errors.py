@@ -10,16 +10,29 @@ This module only declares: it never does I/O and never imports trio.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from boutique.machine import CommandFailed
+
+from .outcomes import Rejected
 
 __all__ = [
     "CommandRejected",
+    "DeadlinePassed",
     "GroupFenced",
     "NotFound",
     "OutcomeUnknown",
     "RoutingError",
     "Unavailable",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlinePassed(Rejected):
+    """How a request driven without a task (``Router.start``, ``Router.start_create``)
+    ends when its deadline passed with every attempt certainly not applied: the
+    request is over (``ERR UNAVAILABLE``, as the full router would say), not handed to
+    the full router, whose own deadline would start then."""
 
 
 class RoutingError(Exception):

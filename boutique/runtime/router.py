@@ -22,6 +22,10 @@ ended — are decided without trio by ``runtime.router_flows``: a flow yields ea
 request to route, and ``Router._drive`` routes it and resumes the flow with the reply
 or the error. This module keeps their async API and does the routing.
 
+Two paths cost no task: ``start`` (a key command's single attempt) and
+``start_create`` (a CREATE, in one registry entry with the CREATEs around it, see
+``runtime.create_batch``); what they cannot settle the caller hands to the async methods.
+
 DROP is two steps (see ``router_flows.drop``): a tombstone committed in the bucket's own
 group, after which that group answers every request with ``BucketDropped`` on every
 replica, then the registry entry goes. A request that meets a fenced group is answered
@@ -32,7 +36,6 @@ bucket; if there is one (a re-CREATE), the request goes there instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from boutique.buckets import BucketDropped
@@ -40,12 +43,14 @@ from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
 from boutique.registry import BucketInfo
 
 from . import router_flows
+from .create_batch import CreateBatcher
 from .group import Applied, Outcome, Pending, Rejected, Unknown
 from .outcomes import Done, MaybeApplied, Refused
 from .requests import GroupRequest, Propose, Read, Request
 from .route_drivers import route, start_route
 from .route_errors import (
     CommandRejected,
+    DeadlinePassed,
     GroupFenced,
     NotFound,
     OutcomeUnknown,
@@ -82,13 +87,6 @@ __all__ = [
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class DeadlinePassed(Rejected):
-    """How ``Router.start`` ends a request whose deadline passed with every attempt
-    certainly not applied: the request is over (``ERR UNAVAILABLE``, as the full router
-    would say), not handed to the full router, whose own deadline would start then."""
-
-
 _BUCKET_DROPPED = BucketDropped.__name__
 _NO_REPLICA = "no replica answered"
 
@@ -103,6 +101,8 @@ class Router:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.leader_hints: dict[str, int] = {}
+        self._creates: CreateBatcher | None = None
+        """The CREATEs of ``start_create`` (made on first use)."""
 
     # --- Buckets ------------------------------------------------------------------------
 
@@ -240,6 +240,32 @@ class Router:
         else:
             node.send_forward(target, group, request, pending)
         return True
+
+    def start_create(self, name: str, then: Callable[[Outcome], None]) -> bool:
+        """CREATE bucket ``name`` with no task, in one registry entry with the other
+        CREATEs around it (``runtime.create_batch``). ``then`` is called once: with
+        ``Applied(("created", info))``, ``Applied(CommandFailed)`` (the name was
+        refused), ``Unknown`` (a CREATE whose outcome is unknown), ``DeadlinePassed``
+        (certainly not created, and over), or a ``Rejected`` that the full router
+        (``create``) takes over: the bucket exists (it checks that no DROP fenced
+        it), or the batch was not settled before a backoff was due. Always True (it
+        started): a router without this path (a test double) answers False."""
+        batcher = self._creates
+        if batcher is None:
+            node = self.node
+            batcher = self._creates = CreateBatcher(
+                node,
+                node.clock,
+                node.config.request_timeout,
+                lambda: self._chooser(META_GROUP, self._meta_replicas(), None),
+                self._meta_answered,
+                self._why,
+            )
+        batcher.start(name, then)
+        return True
+
+    def _meta_answered(self, target: int) -> None:
+        self.leader_hints[META_GROUP] = target
 
     # --- Routing ------------------------------------------------------------------------
 

@@ -387,6 +387,14 @@ class StoreCore(HostCore):
                     info = BucketInfo.from_wire(reply[1])
                     if self.id in info.replicas:
                         self._host_bucket(info)
+                case "create_many":
+                    # A batch of creates (``runtime.create_batch``): each created
+                    # bucket exactly as above; never a reconcile of the whole catalog.
+                    for one in reply:
+                        if one[0] == "created":
+                            info = BucketInfo.from_wire(one[1])
+                            if self.id in info.replicas:
+                                self._host_bucket(info)
                 case "create" | "node_started":
                     pass
                 case "drop" if reply:

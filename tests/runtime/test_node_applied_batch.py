@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from boutique.config import parse_config
 from boutique.machine import encode_value
 from boutique.runtime.node import META_GROUP, Node
@@ -50,3 +52,31 @@ def test_a_bucket_created_in_a_batch_after_a_node_started_record_is_founded(
     # until a leader fills it, and this group has no other way to get a leader).
     assert bucket.storage.last_index() > 0
     assert bucket.campaign_when_ready  # a request touched it: it campaigns
+
+
+def test_buckets_created_by_one_create_many_entry_are_hosted_without_a_full_reconcile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = parse_config(CONFIG, base_dir=tmp_path)
+    node = Node(config, config.nodes[0])
+    node.storage = MemoryNodeStorage()
+    node.open_groups()
+    meta = node.groups[META_GROUP]
+
+    def full_reconcile(*, close: bool) -> None:
+        raise AssertionError("a batch of creates reconciled the whole catalog")
+
+    # A reconcile looks at every bucket: at 100,000 buckets, per batch, it would be
+    # the per-CREATE cost that grows with the bucket count.
+    monkeypatch.setattr(node, "_reconcile_all", full_reconcile)
+    meta.on_applied.clear()
+    index = meta.host.applied_index + 1
+    data = encode_value(("create_many", ["apples", "bad/name", "pears", "apples"]))
+    meta.on_applied.append((index, data, meta.host.apply_entry(index, data)))
+    node.on_applied(meta, False)
+    catalog = node.catalog()
+    assert sorted(catalog) == ["apples", "pears"]
+    for name in ("apples", "pears"):
+        group_id = catalog[name].group
+        # Every node replicates every range here: dormant, founded on first touch.
+        assert group_id in node.dormant and group_id not in node.groups

@@ -223,6 +223,9 @@ class MemoryRouter:
     def start(self, bucket: str, command: Any, then: Any) -> bool:
         return False  # no task-free path: the server uses the async methods
 
+    def start_create(self, name: str, then: Any) -> bool:
+        return False  # no task-free path: the server uses the async create
+
     def _bucket(self, name: str) -> dict[bytes, bytes]:
         try:
             return self.buckets_[name]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand t
 
 
 class LaterRouter:
-    """Takes every PUT and GET on the task-free path and keeps its callback, so the
+    """Takes every PUT, GET and CREATE on the task-free path and keeps its callback, so the
     test plays the host loop and decides when (and with what) each one settles."""
 
     def __init__(self, inner: MemoryRouter) -> None:
@@ -32,6 +32,10 @@ class LaterRouter:
 
     def start(self, bucket: str, command: tuple[Any, ...], then: Callable[[Outcome], None]) -> bool:
         self.waiting.append((command, then))
+        return True
+
+    def start_create(self, name: str, then: Callable[[Outcome], None]) -> bool:
+        self.waiting.append((("create", name), then))
         return True
 
     def __getattr__(self, name: str) -> Any:
@@ -116,3 +120,29 @@ async def test_an_outcome_for_a_connection_that_is_gone_is_dropped(
     [(_, then)] = router.waiting
     then(Applied(None))
     assert served.server.served == 0 and served.server.reply_bytes == 0
+
+
+async def test_a_create_holds_up_only_the_commands_on_its_own_bucket(
+    start_memory_server: StartMemoryServer, memory_router: MemoryRouter
+) -> None:
+    await memory_router.create("other")
+    router = LaterRouter(memory_router)
+    served = await start_memory_server(router)
+    conn = await served.connect()
+    await conn.send(b"CREATE x\nCREATE y\nPUT other k v\nPUT x k v\n")
+    await trio.testing.wait_all_tasks_blocked()
+    # CREATE y waits for no CREATE of another bucket, nor does a PUT to another bucket;
+    # the PUT to x waits (in a task) until CREATE x is answered.
+    assert [command for command, _ in router.waiting] == [
+        ("create", "x"),
+        ("create", "y"),
+        ("put", b"k", b"v"),
+    ]
+    for command, then in router.waiting:
+        if command[0] == "create":
+            await memory_router.create(command[1])
+            then(Applied(("created", {})))
+        else:
+            then(Applied(None))
+    await conn.expect(b"OK\r\n" * 4)
+    assert await memory_router.get("x", b"k") == b"v"
