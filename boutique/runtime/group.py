@@ -11,8 +11,10 @@ machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
 ``Unknown`` (may or may not have been applied); they are re-exported here.
 
 Writes are proposed in batches: ``queue`` collects the commands that arrive during a
-turn and ``propose_queued`` proposes them as ONE entry (``machine.encode_batch``, up to
-``MAX_BATCH_BYTES``), whose apply answers each command separately. One entry instead of
+turn (and, while every follower still has an append in flight, the turns after it:
+``gathering``) and ``propose_queued`` proposes them as ONE entry
+(``machine.encode_batch``, up to ``MAX_BATCH_BYTES``), whose apply answers each command
+separately. One entry instead of
 one per command saves its per-entry work on every replica (Raft bookkeeping, the
 storage row, encoding and decoding it on the peer path). Batching changes nothing a
 client can observe: the commands are applied in the order they arrived, one after
@@ -208,6 +210,25 @@ class GroupRuntime:
         """Propose ``data`` with the other commands queued in this turn (see the module
         docstring); ``propose_queued`` sends them."""
         self.queued.append((data, pending))
+
+    def gathering(self) -> bool:
+        """True while the queued writes should wait for more: this node leads, and
+        every other voter still has an append in flight (one at a time:
+        ``HostSettings.max_inflight_appends``). Entries proposed now would wait for
+        that answer before leaving anyway; gathered, they leave with it as ONE entry,
+        proposed in the turn whose inbox brings the answer. A single-voter group, a
+        follower (whose writes are refused at once) and a group with a free pipeline
+        never wait."""
+        if not self.batching:
+            return False
+        raft = self.node.raft
+        if raft.role is not Role.LEADER:
+            return False
+        others = [member for member in raft.conf.voters if member != raft.id]
+        progress = raft.progress
+        return bool(others) and all(
+            member in progress and progress[member].is_paused() for member in others
+        )
 
     def propose_queued(self) -> None:
         """Propose the queued commands, in order: as batch entries of up to

@@ -9,6 +9,7 @@ overwritten batch entry reports none of its writes applied, a watched group
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -140,3 +141,47 @@ def test_the_batch_entry_of_its_own_term_answers_each_write() -> None:
     group, node, pendings = batch_group()
     group.apply_and_advance(Ready(committed_entries=[node.proposed[0]]))
     assert [p.outcome for p in pendings] == [Applied(None), Applied(True)]
+
+
+def test_writes_gather_while_every_follower_has_an_append_in_flight() -> None:
+    """Proposed now, they would wait for the answer to the append in flight anyway:
+    they wait in the queue instead and leave with that answer as one entry."""
+    node = _Node()
+    host: Any = MachineHost(BucketMachine())
+    group = GroupRuntime("b", node, MemoryStorage(), host, 10_000)  # type: ignore[arg-type]
+    paused = {2: True, 3: True}
+    raft = SimpleNamespace(
+        role=Role.LEADER,
+        id=1,
+        conf=SimpleNamespace(voters={1, 2, 3}),
+        progress={m: SimpleNamespace(is_paused=lambda m=m: paused[m]) for m in (2, 3)},
+    )
+    node.raft = raft  # type: ignore[attr-defined]
+    group.queue(command("put", b"k", b"1"), Pending())
+    assert group.gathering()
+    paused[3] = False  # one follower answered: its pipeline is free
+    assert not group.gathering()
+    paused[3] = True
+    group.batching = False  # a watched group never waits
+    assert not group.gathering()
+    group.batching = True
+    raft.role = Role.FOLLOWER
+    assert not group.gathering()  # refused at once instead
+    raft.role = Role.LEADER
+    raft.conf.voters = {1}
+    assert not group.gathering()  # alone: nothing to wait for
+
+
+def test_the_host_keeps_gathered_writes_until_the_pipeline_frees() -> None:
+    host, group = leading_host()
+    gathering = [True]
+    group.gathering = lambda: gathering[0]  # type: ignore[method-assign]
+    before = group.node.raft.log.last_index()
+    first = submit_all(host, [command("put", b"a", b"1")])
+    second = submit_all(host, [command("put", b"b", b"2")])
+    assert group.node.raft.log.last_index() == before  # nothing proposed yet
+    assert all(p.outcome is None for p in first + second) and host.busy()
+    gathering[0] = False
+    host.turn()  # the turn whose inbox frees the pipeline (here: any turn)
+    assert group.node.raft.log.last_index() == before + 1
+    assert [p.outcome for p in first + second] == [Applied(None), Applied(None)]
