@@ -36,12 +36,19 @@ The contract a machine must keep (replicas diverge silently if it is broken):
 Commands, replies, queries and answers are plain msgpack values (`WireValue`). Decoded
 commands have every array as a tuple, so machines match on tuples.
 
+An entry holds one encoded command, or a batch of them (`encode_batch`: a leader
+proposes the commands that arrive for a group in one turn as one entry, so the per-entry
+costs of Raft, storage and replication are paid once). `apply_batch` applies a batch's
+commands one after another, exactly as if each had its own entry, and gives each its
+own reply. A batch starts with `BATCH_MARK`, a byte msgpack never uses, so an entry
+written before batching existed (one command) can never be read as a batch.
+
 This module never touches trio, sockets, files or the clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, Protocol, TypeAlias, TypeVar, runtime_checkable
 
@@ -50,6 +57,7 @@ import msgpack  # type: ignore[import-untyped]
 from boutique.raft.messages import SnapshotData, pieces_of
 
 __all__ = [
+    "BATCH_MARK",
     "AnyMachine",
     "AnyMachineHost",
     "ChunkedSnapshots",
@@ -59,8 +67,11 @@ __all__ = [
     "StateMachine",
     "StateRestorer",
     "WireValue",
+    "batch_commands",
     "decode_value",
+    "encode_batch",
     "encode_value",
+    "is_batch",
     "wire_items",
 ]
 
@@ -190,6 +201,40 @@ def encode_value(value: object) -> bytes:
     return packed
 
 
+BATCH_MARK = b"\xc1"
+"""The first byte of an entry holding a batch of commands. 0xc1 is the one byte msgpack
+never uses (its "never used" code), so no encoded command starts with it: entries
+written before batches existed still replay as the single commands they are."""
+
+
+def encode_batch(commands: Sequence[bytes]) -> bytes:
+    """The entry data for several encoded commands (``encode_command``), applied in this
+    order (``MachineHost.apply_batch``)."""
+    packed: bytes = msgpack.packb(list(commands), use_bin_type=True)
+    return BATCH_MARK + packed
+
+
+def is_batch(data: bytes) -> bool:
+    """True if the entry ``data`` is a batch (``encode_batch``), not one command."""
+    return data[:1] == BATCH_MARK
+
+
+def batch_commands(data: bytes) -> list[bytes]:
+    """The encoded commands of a batch entry, in order; `ValueError` if ``data`` is not
+    a well-formed batch."""
+    if not is_batch(data):
+        raise ValueError("not a batch of commands")
+    try:
+        commands = msgpack.unpackb(data[1:], raw=False, use_list=True, ext_hook=_reject_ext)
+    except _HOST_FAULTS:
+        raise
+    except Exception as exc:
+        raise ValueError("not a batch of commands") from exc
+    if type(commands) is not list or not all(type(command) is bytes for command in commands):
+        raise ValueError("not a batch of commands")
+    return commands
+
+
 def _reject_ext(code: int, data: bytes) -> NoReturn:
     raise ValueError(f"msgpack extension type {code} is not a plain value")
 
@@ -284,12 +329,35 @@ class MachineHost(Generic[S, C, R, Q, A]):
         `MemoryError` and `RecursionError` propagate with the index not consumed.
         """
         self._check_next(index)
+        reply = self._apply_command(data)
+        self._applied_index = index
+        return reply
+
+    def apply_batch(self, index: int, data: bytes) -> list[R | CommandFailed]:
+        """Apply the committed entry at `index` holding a batch of commands
+        (`encode_batch`): each command in order, with its own reply, exactly as
+        `apply_entry` would if each had its own entry (a command the machine rejects
+        gives its `CommandFailed` and the next one still runs). A batch that cannot be
+        decoded gives one `CommandFailed` and consumes the index. `MemoryError` and
+        `RecursionError` propagate (the replica must stop: some commands may be
+        applied, and the index is not consumed)."""
+        self._check_next(index)
+        try:
+            commands = batch_commands(data)
+        except ValueError:
+            self._applied_index = index
+            return [CommandFailed("DecodeError", f"not a batch of commands ({len(data)} bytes)")]
+        replies = [self._apply_command(command) for command in commands]
+        self._applied_index = index
+        return replies
+
+    def _apply_command(self, data: bytes) -> R | CommandFailed:
+        """Decode and apply one command; the machine's refusal as `CommandFailed`."""
         try:
             command = decode_value(data)
         except _HOST_FAULTS:
             raise
         except Exception:
-            self._applied_index = index
             # A fixed message: msgpack's own wording could differ between replicas.
             return CommandFailed(
                 "DecodeError", f"command is not one msgpack value ({len(data)} bytes)"
@@ -299,10 +367,8 @@ class MachineHost(Generic[S, C, R, Q, A]):
         except _HOST_FAULTS:
             raise
         except Exception as exc:
-            self._applied_index = index
             return CommandFailed.from_exception(exc)
         reply, self._state = result
-        self._applied_index = index
         return reply
 
     def skip(self, index: int) -> None:

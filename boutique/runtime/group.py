@@ -10,6 +10,17 @@ Requests end with an ``Outcome`` (``runtime.outcomes``): ``Applied`` (with the
 machine's reply), ``Rejected`` (certainly not applied, e.g. not the leader) or
 ``Unknown`` (may or may not have been applied); they are re-exported here.
 
+Writes are proposed in batches: ``queue`` collects the commands that arrive during a
+turn (and, while every follower still has an append in flight, the turns after it:
+``gathering``) and ``propose_queued`` proposes them as ONE entry
+(``machine.encode_batch``, up to ``MAX_BATCH_BYTES``), whose apply answers each command
+separately. One entry instead of
+one per command saves its per-entry work on every replica (Raft bookkeeping, the
+storage row, encoding and decoding it on the peer path). Batching changes nothing a
+client can observe: the commands are applied in the order they arrived, one after
+another, as if each had its own entry, and if the entry is overwritten (another leader's
+entry at its index) every command in it is reported not applied.
+
 Snapshots are built a slice per turn (``SnapshotBuild``): the machine freezes its state
 at the applied index when the build starts, the loop pulls one piece per turn
 (``continue_snapshot``) and writes it ahead into storage, and later entries are applied
@@ -31,7 +42,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from boutique.machine import AnyMachineHost, CommandFailed, HostRestorer, SnapshotStream, WireValue
+from boutique.machine import (
+    AnyMachineHost,
+    CommandFailed,
+    HostRestorer,
+    SnapshotStream,
+    WireValue,
+    batch_commands,
+    encode_batch,
+    is_batch,
+)
 from boutique.raft import (
     Chunks,
     ConfChange,
@@ -123,10 +143,18 @@ class _Receiving:
     last: bytes | None = None
 
 
+MAX_BATCH_BYTES = 256 * 1024
+"""Command bytes one batch entry carries at most (a larger command goes alone): an
+entry stays well inside one append message (``RaftConfig.max_size_per_msg``)."""
+
+
 @dataclass(slots=True)
 class _Write:
+    """The entry proposed at some index in ``term``, and who waits for each of its
+    commands (one, or a batch's in order)."""
+
     term: int
-    pending: Pending
+    pendings: list[Pending]
 
 
 @dataclass(slots=True)
@@ -167,19 +195,76 @@ class GroupRuntime:
         self.build: SnapshotBuild | None = None
         """The snapshot being built, one piece per turn (see ``continue_snapshot``)."""
         self._receiving: _Receiving | None = None
+        self.batching = True
+        """Propose queued commands as batch entries (the host turns this off for groups
+        whose applied commands it watches one by one: ``track_applied``)."""
+        self.queued: list[tuple[bytes, Pending]] = []
+        """Commands waiting for ``propose_queued`` (the end of the host's inbox)."""
 
     # --- Requests -----------------------------------------------------------------------
 
     def propose(self, data: bytes, pending: Pending) -> None:
+        self._propose(data, [pending])
+
+    def queue(self, data: bytes, pending: Pending) -> None:
+        """Propose ``data`` with the other commands queued in this turn (see the module
+        docstring); ``propose_queued`` sends them."""
+        self.queued.append((data, pending))
+
+    def gathering(self) -> bool:
+        """True while the queued writes should wait for more: this node leads, and
+        every other voter still has an append in flight (one at a time:
+        ``HostSettings.max_inflight_appends``). Entries proposed now would wait for
+        that answer before leaving anyway; gathered, they leave with it as ONE entry,
+        proposed in the turn whose inbox brings the answer. A single-voter group, a
+        follower (whose writes are refused at once) and a group with a free pipeline
+        never wait."""
+        if not self.batching:
+            return False
+        raft = self.node.raft
+        if raft.role is not Role.LEADER:
+            return False
+        others = [member for member in raft.conf.voters if member != raft.id]
+        progress = raft.progress
+        return bool(others) and all(
+            member in progress and progress[member].is_paused() for member in others
+        )
+
+    def propose_queued(self) -> None:
+        """Propose the queued commands, in order: as batch entries of up to
+        ``MAX_BATCH_BYTES``, or one entry each without ``batching``. If the core fails
+        (the host then quarantines the group), what was not proposed stays queued, and
+        ``close`` answers it as certainly not applied."""
+        queued = self.queued
+        limit = MAX_BATCH_BYTES if self.batching else 0
+        start = 0
+        try:
+            while start < len(queued):
+                end, size = start + 1, len(queued[start][0])
+                while end < len(queued) and size + len(queued[end][0]) <= limit:
+                    size += len(queued[end][0])
+                    end += 1
+                if end - start == 1:
+                    self._propose(queued[start][0], [queued[start][1]])
+                else:
+                    chunk = queued[start:end]
+                    self._propose(encode_batch([data for data, _ in chunk]), [p for _, p in chunk])
+                start = end
+        finally:
+            self.queued = queued[start:]
+
+    def _propose(self, data: bytes, pendings: list[Pending]) -> None:
         try:
             entry = self.node.propose(data)
         except NotLeaderError as exc:
-            pending.resolve(Rejected("not the leader", exc.leader))
+            for pending in pendings:
+                pending.resolve(Rejected("not the leader", exc.leader))
             return
         except ProposalDroppedError as exc:
-            pending.resolve(Rejected(str(exc), self.node.raft.lead))
+            for pending in pendings:
+                pending.resolve(Rejected(str(exc), self.node.raft.lead))
             return
-        self.writes[entry.index] = _Write(entry.term, pending)
+        self.writes[entry.index] = _Write(entry.term, pendings)
 
     def change_membership(self, change: ConfChange, pending: Pending) -> None:
         """Propose a one-member change; resolved Applied(None) once it is applied."""
@@ -191,7 +276,7 @@ class GroupRuntime:
         except (ProposalDroppedError, InvalidConfChangeError) as exc:
             pending.resolve(Rejected(str(exc), self.node.raft.lead))
             return
-        self.writes[entry.index] = _Write(entry.term, pending)
+        self.writes[entry.index] = _Write(entry.term, [pending])
 
     def read(self, query: WireValue, pending: Pending) -> None:
         context = next(self._contexts).to_bytes(8, "big")
@@ -279,28 +364,38 @@ class GroupRuntime:
                 host.restore(ready.snapshot.data)
             covered = ready.snapshot.meta.index
             for index in [i for i in self.writes if i <= covered]:
-                self.writes.pop(index).pending.resolve(
-                    Unknown("replaced by a snapshot before it could be observed")
-                )
+                for pending in self.writes.pop(index).pendings:
+                    pending.resolve(Unknown("replaced by a snapshot before it could be observed"))
         for entry in ready.committed_entries:
             if entry.index <= host.applied_index:
                 continue
-            if entry.type is EntryType.NORMAL:
-                reply = host.apply_entry(entry.index, entry.data)
-                if self.track_applied:
-                    self.on_applied.append((entry.index, entry.data, reply))
-            else:
+            if entry.type is not EntryType.NORMAL:
                 host.skip(entry.index)
-                reply = None
+                replies: list[Any] = [None]
+            elif is_batch(entry.data):
+                replies = host.apply_batch(entry.index, entry.data)
+                if self.track_applied:
+                    self._watch_batch(entry.index, entry.data, replies)
+            else:
+                replies = [host.apply_entry(entry.index, entry.data)]
+                if self.track_applied:
+                    self.on_applied.append((entry.index, entry.data, replies[0]))
             write = self.writes.pop(entry.index, None)
             if write is None:
                 continue
             if write.term != entry.term:
-                write.pending.resolve(Rejected("lost leadership before it committed"))
+                # Another leader's entry took this index: none of ours was applied.
+                for pending in write.pendings:
+                    pending.resolve(Rejected("lost leadership before it committed"))
+            elif len(replies) != len(write.pendings):
+                # Our own entry at our term always carries one reply per command.
+                for pending in write.pendings:
+                    pending.resolve(Unknown("the entry's replies do not match its commands"))
             else:
                 # A CommandFailed reply is applied too: the machine refused the command
                 # the same way on every replica, and the caller gets the error.
-                write.pending.resolve(Applied(reply))
+                for pending, reply in zip(write.pendings, replies, strict=True):
+                    pending.resolve(Applied(reply))
         for state in ready.read_states:
             read = self.reads.get(state.context)
             if read is not None:
@@ -313,6 +408,16 @@ class GroupRuntime:
             self._fail_reads_of_old_leadership()
         self._serve_reads()
         self._maybe_snapshot()
+
+    def _watch_batch(self, index: int, data: bytes, replies: list[Any]) -> None:
+        """``on_applied`` for a batch entry: each command with its own reply (nothing
+        for a batch that could not be decoded: no command of it was applied)."""
+        try:
+            commands = batch_commands(data)
+        except ValueError:
+            return
+        for command, reply in zip(commands, replies, strict=True):
+            self.on_applied.append((index, command, reply))
 
     def _serve_reads(self) -> None:
         if not self.reads:
@@ -396,7 +501,7 @@ class GroupRuntime:
 
     def sweep(self) -> None:
         """Forget requests whose callers gave up (called now and then)."""
-        for index in [i for i, w in self.writes.items() if w.pending.abandoned]:
+        for index in [i for i, w in self.writes.items() if all(p.abandoned for p in w.pendings)]:
             del self.writes[index]
         for context in [c for c, r in self.reads.items() if r.pending.abandoned]:
             del self.reads[context]
@@ -404,8 +509,13 @@ class GroupRuntime:
     def close(self, reason: str) -> None:
         self.abandon_snapshot()
         for write in self.writes.values():
-            write.pending.resolve(Unknown(reason))
+            for pending in write.pendings:
+                pending.resolve(Unknown(reason))
+        # Queued commands were never proposed: certainly not applied.
+        for _, pending in self.queued:
+            pending.resolve(Rejected(reason))
         for read in self.reads.values():
             read.pending.resolve(Rejected(reason))
         self.writes.clear()
+        self.queued.clear()
         self.reads.clear()

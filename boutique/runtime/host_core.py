@@ -316,6 +316,8 @@ class HostCore:
         out until the node restarts (or the group is closed here); see ``_quarantine``."""
         self.transport: PeerLink | None = None
         self._inbox: list[_InboxItem] = []
+        self._proposing: dict[str, GroupRuntime] = {}
+        """Groups with writes queued and not yet proposed (``_propose_queued``)."""
         self._tick_due = False
         self._carry: set[str] = set()
         self._building: set[str] = set()
@@ -433,6 +435,8 @@ class HostCore:
         node = self.make_raw_node(raft_config, storage, random.Random(self.rng.getrandbits(64)))
         group = GroupRuntime(group_id, node, storage, host, self.settings.snapshot_entries)
         group.track_applied = track_applied
+        # A watched group's owner reacts to each applied command: keep them one per entry.
+        group.batching = not track_applied
         self.groups[group_id] = group
         self.active.add(group_id)
         self._carry.add(group_id)
@@ -621,6 +625,8 @@ class HostCore:
         inbox, self._inbox = self._inbox, []
         for item in inbox:
             dirty.update(self._handle(item))
+        if self._proposing:
+            dirty |= self._propose_queued()
         if len(dirty) > 4 * MAX_GROUPS_PER_TURN:
             self._carry |= dirty
             dirty = {self._carry.pop() for _ in range(4 * MAX_GROUPS_PER_TURN)}
@@ -757,14 +763,10 @@ class HostCore:
                 if group is None:
                     pending.resolve(self._not_here(group_id))
                     return set()
-                try:
-                    group.propose(data, pending)
-                except GROUP_FAILURES as exc:
-                    # Nothing of this entry left the node, and the group never sends
-                    # again: certainly not applied.
-                    self._quarantine(group_id, exc)
-                    pending.resolve(self._not_here(group_id))
-                    return set()
+                # Proposed with the group's other writes of this turn, as one entry,
+                # once the whole inbox is read (``_propose_queued``).
+                group.queue(data, pending)
+                self._proposing[group_id] = group
                 self.counters.proposals += 1
                 self.active.add(group_id)
                 return {group_id}
@@ -838,6 +840,31 @@ class HostCore:
                 self.active.add(group_id)
                 return {group_id}
         return set()
+
+    def _propose_queued(self) -> set[str]:
+        """Propose the writes queued by this turn's inbox and earlier ones, each group's
+        as few entries as its batches allow (``GroupRuntime.propose_queued``), except
+        where they still gather (``GroupRuntime.gathering``). Returns the groups that
+        proposed."""
+        proposed = set()
+        proposing, self._proposing = self._proposing, {}
+        for group_id, group in proposing.items():
+            if not group.queued or self.groups.get(group_id) is not group:
+                continue  # proposed already, or closed meanwhile (which answered them)
+            if group.gathering():
+                # Checked again after every later inbox: the answer that frees the
+                # pipeline arrives in one.
+                self._proposing[group_id] = group
+                continue
+            try:
+                group.propose_queued()
+            except GROUP_FAILURES as exc:
+                # Nothing of these entries left the node, and the group never sends
+                # again: certainly not applied (``close`` answers what is still queued).
+                self._quarantine(group_id, exc)
+                continue
+            proposed.add(group_id)
+        return proposed
 
     def _watch_transfers(self) -> None:
         """Resolve the leader transfers whose target now leads (as this node sees it);
@@ -933,7 +960,7 @@ class HostCore:
             return True
         if self.forwarder.busy():
             return True
-        return any(group.writes or group.reads for group in self.groups.values())
+        return any(group.writes or group.reads or group.queued for group in self.groups.values())
 
     def greet(self) -> None:
         """Tell every peer this is a new process (queued until connected)."""

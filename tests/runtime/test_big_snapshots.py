@@ -63,6 +63,8 @@ async def test_writes_are_applied_while_a_big_snapshot_is_built(
     async with trio.open_nursery() as nursery:
         await nursery.start(host.run)
         group = host.open_group("b", (1,), bootstrap_voters=True, campaign=True)
+        # One entry per write: the log must reach the snapshot threshold of entries.
+        group.batching = False
         await until(lambda: group.leader == 1)
         async with trio.open_nursery() as writers:
             for i in range(148):

@@ -79,8 +79,10 @@ async def test_a_core_failure_in_step_quarantines_that_group_only(
         host.on_frame(2, {"r": encode_batch({"g1": [heartbeat]})})
         await trio.testing.wait_all_tasks_blocked()
         reason = f"group g1 is quarantined: RuntimeError: {CONFLICT}"
-        # The write may have been proposed: unknown. The read had no effect: rejected.
-        assert write.outcome == Unknown(reason)
+        # The write waited for the end of the inbox to be proposed with the group's
+        # other writes (one entry per batch), so it never was: certainly not applied.
+        # The read had no effect: rejected.
+        assert write.outcome == Rejected(reason)
         assert read.outcome == Rejected(reason)
         assert host.quarantined == {"g1": f"RuntimeError: {CONFLICT}"}
         assert "g1" not in host.groups and "g1" not in host.active
