@@ -58,6 +58,10 @@ def child_command(
     ``host`` the client listen address given to ``--all``."""
     cmd = [
         sys.executable,
+        # -P: never import from the working directory. ``-m`` puts it first on the
+        # path, so a checkout (or any directory holding a ``boutique`` folder) would
+        # run its code in the children instead of the installed package's.
+        "-P",
         "-m",
         "boutique_server",
         "--config",
