@@ -31,13 +31,12 @@ from boutique.machine import MachineHost, wire_items
 from boutique.registry import META_GROUP, BucketInfo
 from boutique.runtime.framing import FrameDecoder, encode_frame
 from boutique.runtime.group import Pending
-from boutique.runtime.host_core import Address
 from boutique.runtime.outcomes import Done, NotApplied, Refused, Verdict, classify
 from boutique.runtime.requests import Propose, Read
 from boutique.runtime.store_core import StoreCore
 from boutique.storage import MemoryNodeStorage
 from boutique.testing.config_text import node_tables
-from boutique.testing.host_doubles import ManualClock
+from boutique.testing.host_doubles import ManualClock, RecordingTransport
 
 IDS = (1, 2, 3)
 CONFIG = """
@@ -57,29 +56,18 @@ print("ok")
 """
 
 
-class Link:
+class Link(RecordingTransport):
     """A ``PeerLink`` that queues each frame, as the transport frames it, for
-    ``Cluster.deliver``."""
+    ``Cluster.deliver`` (the rest of the link is ``RecordingTransport``'s)."""
 
     def __init__(self, me: int, in_flight: list[tuple[int, int, bytes]]) -> None:
+        super().__init__()
         self.me = me
         self.in_flight = in_flight
 
     def send(self, peer: int, payload: object, *, now: bool = False) -> bool:
         self.in_flight.append((self.me, peer, encode_frame(payload)))
         return True
-
-    def connected(self, peer: int) -> bool:
-        return True
-
-    def reachable(self, peer: int) -> bool:
-        return True
-
-    def set_peers(self, peers: dict[int, Address]) -> None:
-        pass
-
-    def set_removed(self, removed: frozenset[int]) -> None:
-        pass
 
 
 class Cluster:
