@@ -32,6 +32,7 @@ from boutique.command_line import add_version, plain
 from .broken import VARIANTS, Variant
 from .simulation import SCENARIOS as CORE_SCENARIOS
 from .simulation import run_simulation
+from .store_sim.batches import BatchCount
 from .store_sim.plants import PLANTS
 from .store_sim.run import SCENARIOS
 from .store_sim.sweep import default_jobs, sweep
@@ -96,11 +97,13 @@ def _whole(args: argparse.Namespace) -> int:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
     started = time.perf_counter()
     runs = failures = 0
+    batches = BatchCount()
     stop = plant is not None and not args.keep_going
     for result in sweep(
         seeds, scenarios=scenarios, plant=args.plant, jobs=args.jobs, stop_at_first=stop
     ):
         runs += 1
+        batches.merge(result.batches)
         if not result.passed:
             failures += 1
             print(result.summary())
@@ -111,6 +114,10 @@ def _whole(args: argparse.Namespace) -> int:
             print(result.summary())
     elapsed = time.perf_counter() - started
     print(f"{runs - failures} passed, {failures} failed ({runs} runs in {elapsed:.1f}s)")
+    print(
+        f"batch entries applied (on every replica): {batches.entries}, with "
+        f"{batches.commands} commands (largest {batches.largest})"
+    )
     if plant is not None:
         found = "found" if failures else "NOT found"
         print(f"plant {plant.name} ({plant.rule}): {found} in {runs} seeds")

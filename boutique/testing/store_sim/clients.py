@@ -6,7 +6,9 @@ in a task of the node's process, so a crash of the node breaks it. The client wr
 request lines and frames replies with the production ``ReplyParser``.
 
 ``record`` runs one operation and writes it into the ``History`` with what a client
-can know: ``OK``, ``NOT FOUND``, certainly-not-applied (``UNAVAILABLE``, ``BUSY``),
+can know (``record_pipeline`` several at once on one connection, as a client that
+pipelines does: written together, answered in request order, concurrent in the
+history): ``OK``, ``NOT FOUND``, certainly-not-applied (``UNAVAILABLE``, ``BUSY``),
 unknown (``TIMEOUT``, a broken connection, the client's own timeout). Any other answer
 to a well-formed command (``ERR INTERNAL``, ``ERR SYNTAX``) is a bug of the store and is
 kept in ``problems``.
@@ -17,8 +19,10 @@ outcome known when the client could not know it.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import trio
 import trio.testing
@@ -53,29 +57,61 @@ class SimConnection:
 
     async def request(self, line: bytes) -> RawReply:
         """Send one request line, wait for its reply (``ProcessGone`` if the node dies)."""
+        await self.send(line)
+        return await self.receive()
+
+    async def send(self, lines: bytes) -> None:
+        """Write request lines (several at once: a pipeline) without waiting for any
+        reply (``ProcessGone`` if the node dies)."""
         if self.closed:
             raise ProcessGone("connection closed")
         # A paused node reads nothing: the request waits in the stream.
         while self.node_id in self.world.network.paused:
             await trio.sleep(0.05)
-        try:
-            await self._stream.send_all(line)
+        with self._breaking():
+            await self._stream.send_all(lines)
+
+    async def receive(self) -> RawReply:
+        """The next reply: replies come in request order (``ProcessGone`` if the node
+        dies)."""
+        if self.closed:
+            raise ProcessGone("connection closed")
+        with self._breaking():
             while (reply := self._parser.next_reply()) is None:
                 data = await self._stream.receive_some(65536)
                 if not data:
                     raise ProcessGone(f"n{self.node_id} closed the connection")
                 self._parser.feed(data)
+        return reply
+
+    @contextlib.contextmanager
+    def _breaking(self) -> Iterator[None]:
+        """Anything that interrupts a send or a receive leaves the connection unusable
+        (a reply half read, or a request half written)."""
+        try:
+            yield
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.closed = True
             raise ProcessGone(f"connection to n{self.node_id} broke") from exc
         except BaseException:
             self.closed = True
             raise
-        return reply
 
     async def aclose(self) -> None:
         self.closed = True
         await trio.aclose_forcefully(self._stream)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One operation of a pipeline: its logical client in the history, the operation
+    ``kind(key[, value])`` and its request line."""
+
+    client: int
+    kind: str
+    key: str
+    value: str | None
+    line: bytes
 
 
 class Recorder:
@@ -107,6 +143,37 @@ class Recorder:
         outcome, result = self._classify(kind, line, reply)
         self.history.complete(op, self.clock(), outcome, result)
         return op, True
+
+    async def record_pipeline(
+        self, conn: SimConnection, requests: Sequence[Request]
+    ) -> tuple[list[Operation], bool]:
+        """Run ``requests`` pipelined on ``conn``: every line written at once, then the
+        replies read in request order (the server answers a connection in request
+        order). The operations are invoked together, so the history holds them as
+        concurrent (each under its own logical client), and each completes when its
+        own reply is read, classified as ``record`` classifies one. As there, each has
+        ``op_timeout`` from its invocation; the first one left unanswered (client
+        timeout, connection lost) and every one after it are unknown, and the
+        connection is not used again. The operations and whether it may be."""
+        invoked = self.clock()
+        ops = [self.history.invoke(r.client, r.kind, r.key, r.value, invoked) for r in requests]
+        answered = 0
+        with trio.move_on_after(self.op_timeout) as deadline:
+            try:
+                await conn.send(b"".join(r.line for r in requests))
+                for op, request in zip(ops, requests, strict=True):
+                    reply = await conn.receive()
+                    outcome, result = self._classify(request.kind, request.line, reply)
+                    self.history.complete(op, self.clock(), outcome, result)
+                    answered += 1
+            except ProcessGone:
+                self.answers["connection lost"] += len(ops) - answered
+        if deadline.cancelled_caught:
+            await conn.aclose()
+            self.answers["client timeout"] += len(ops) - answered
+        for op in ops[answered:]:
+            self.history.complete(op, self.clock(), Outcome.UNKNOWN)
+        return ops, answered == len(ops)
 
     async def scan(self, conn: SimConnection, client: int, keys: list[str], line: bytes) -> bool:
         """A SCAN over ``keys`` (history keys, in the bucket's order): recorded as a

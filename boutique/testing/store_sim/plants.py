@@ -22,6 +22,8 @@ plant                                     rule it breaks
 ``no_conf_change_fence``                  a new leader accepts a membership change
                                           before an entry of its own term committed
 ``read_index_survives_term_change``       ReadIndex rounds survive a change of term
+``batch_applies_first_only``              a batch entry applies only its first command,
+                                          yet every command of it is answered applied
 ========================================  ==============================================
 
 What it must never do: stay installed after its run, or be importable as a way to
@@ -36,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from boutique import machine
 from boutique.raft import RaftConfig, RawNode
 from boutique.raft.core import Raft
 from boutique.runtime import founding, group, host_core, router
@@ -130,6 +133,22 @@ def _empty_member_votes() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _batch_applies_first_only() -> Iterator[None]:
+    """A batch entry applies its first command and answers every command of it with
+    that command's reply: the others are acknowledged and never applied (the same way
+    on every replica, so only the clients can tell)."""
+
+    def first_only(
+        self: machine.MachineHost[Any, Any, Any, Any, Any], index: int, data: bytes
+    ) -> Any:
+        commands = machine.batch_commands(data)
+        return [self.apply_entry(index, commands[0])] * len(commands)
+
+    with _patched(machine.MachineHost, "apply_batch", first_only):
+        yield
+
+
 def _core(variant: type[Raft]) -> Callable[[], contextlib.AbstractContextManager[None]]:
     @contextlib.contextmanager
     def install() -> Iterator[None]:
@@ -191,6 +210,12 @@ PLANTS: dict[str, Plant] = {
             ("partitions", "core:partitions"),
             _core(broken.ReadIndexSurvivesTermChange),
             "read_index_survives_term_change",
+        ),
+        Plant(
+            "batch_applies_first_only",
+            "a batch entry applies only its first command, yet answers every one applied",
+            ("calm",),
+            _batch_applies_first_only,
         ),
     )
 }

@@ -28,6 +28,7 @@ whose history was not checked.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import traceback
 import zlib
@@ -48,7 +49,8 @@ from boutique.testing.linearizability import check_kv_history
 from boutique.wire import request_line
 
 from . import nemesis
-from .clients import Recorder, SimConnection
+from .batches import BatchCount, counting_batches
+from .clients import Recorder, Request, SimConnection
 from .nemesis import Nemesis
 from .world import (
     Knobs,
@@ -66,6 +68,14 @@ BUCKETS = ("apple", "mango")
 CHURN_BUCKET = "pears"
 """Dropped and created again by the churn client (range o-u)."""
 OP_TIMEOUT = 3.0
+PIPELINE_DEPTH = 6
+"""A pipelining client keeps 2 to this many requests in flight on its connection."""
+PIPELINE_SHARE = 0.5
+"""Share of a pipelining client's rounds that are pipelines (the rest: one request)."""
+PIPELINE_CLIENT = 100
+"""Slot ``s`` > 0 of client ``c``'s pipelines is logical client ``PIPELINE_CLIENT *
+(c + 1) + s`` of the history (slot 0 is ``c`` itself): each slot's operations follow
+one another, as one client's do."""
 AGREEMENT_EVERY = 0.05
 LIVENESS_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 20.0
@@ -146,6 +156,8 @@ class RunResult:
     virtual_seconds: float = 0.0
     replay: str | None = None
     """The replay command when it is not the whole-cluster one (a core run)."""
+    batches: BatchCount = field(default_factory=BatchCount)
+    """Batch entries applied (on every replica), and the commands in them."""
 
     @property
     def passed(self) -> bool:
@@ -164,7 +176,8 @@ class RunResult:
         verdict = "PASS" if self.passed else "FAIL"
         head = (
             f"seed {self.seed} {self.scenario}: {verdict} ({self.operations} operations, "
-            f"{self.virtual_seconds:.1f} virtual s, digest {self.digest[:12]})"
+            f"{self.batches.entries} batch entries applied with {self.batches.commands} "
+            f"commands, {self.virtual_seconds:.1f} virtual s, digest {self.digest[:12]})"
         )
         return "\n".join([head, *(f"  {v}" for v in self.violations[:5])])
 
@@ -191,7 +204,8 @@ def run_seed(seed: int, scenario: str, *, plant: str | None = None) -> RunResult
 
     result = RunResult(seed, scenario, plant)
     reset_process_globals()
-    with deterministic_trio(seed), quiet_logs(), planted(plant):
+    with deterministic_trio(seed), quiet_logs(), planted(plant), counting_batches() as batches:
+        result.batches = batches
         try:
             trio.run(
                 _Run(seed, SCENARIOS[scenario], result).main,
@@ -260,9 +274,11 @@ class _Run:
                 self.violation(f"setup: CREATE {bucket} never succeeded on a calm cluster")
                 return
         until = trio.current_time() + self.scenario.duration
+        pipelined = self._pipelined_clients()
+        world.note(f"pipelining clients: {sorted(pipelined)}")
         async with trio.open_nursery() as work:
             for client in range(self.scenario.clients):
-                work.start_soon(self._client, client, until)
+                work.start_soon(self._client, client, until, client in pipelined)
             if self.scenario.churn:
                 work.start_soon(self._churn, until)
             if self.scenario.faults:
@@ -303,10 +319,22 @@ class _Run:
         except ProcessGone:
             return None
 
-    async def _client(self, client: int, until: float) -> None:
+    def _pipelined_clients(self) -> set[int]:
+        """Which clients pipeline in this run: at least one, and never all (so every
+        run has clients of both kinds). Drawn from a generator of their own, so the
+        rest of the run draws what it drew before pipelining existed."""
+        clients = self.scenario.clients
+        if clients < 2:
+            return set()
+        rng = random.Random(f"pipelined/{self.seed}/{self.scenario.name}")
+        return set(rng.sample(range(clients), rng.randint(1, clients - 1)))
+
+    async def _client(self, client: int, until: float, pipelines: bool = False) -> None:
+        """One client: one request at a time, or with ``pipelines``, a pipeline of
+        requests in ``PIPELINE_SHARE`` of its rounds."""
         rng = random.Random(self.rng.getrandbits(64))
         conn: SimConnection | None = None
-        writes = 0
+        writes = itertools.count(1)
         while trio.current_time() < until:
             if conn is None or conn.closed or rng.random() < 0.1:
                 if conn is not None:
@@ -315,57 +343,70 @@ class _Run:
                 if conn is None:
                     await trio.sleep(0.1)
                     continue
-            bucket = rng.choice((*BUCKETS, CHURN_BUCKET) if self.scenario.churn else BUCKETS)
-            key = rng.choice(KEYS)
-            hkey = history_key(bucket, key)
-            roll = rng.random()
-            if roll < 0.35:
-                keep = (
-                    await self.recorder.record(
-                        conn,
-                        client,
-                        GET,
-                        hkey,
-                        None,
-                        request_line(b"GET", bucket.encode(), key.encode()),
-                    )
-                )[1]
-            elif roll < 0.42:
-                keep = await self.recorder.scan(
-                    conn,
-                    client,
-                    [history_key(bucket, k) for k in KEYS],
-                    request_line(b"SCAN", bucket.encode(), b"", b""),
-                )
-            elif roll < 0.5:
-                keep = (
-                    await self.recorder.record(
-                        conn,
-                        client,
-                        DELETE,
-                        hkey,
-                        None,
-                        request_line(b"DELETE", bucket.encode(), key.encode()),
-                    )
-                )[1]
+            if pipelines and rng.random() < PIPELINE_SHARE:
+                requests = self._pipeline(client, rng, writes)
+                keep = (await self.recorder.record_pipeline(conn, requests))[1]
             else:
-                writes += 1
-                value = f"{client}.{writes}"
-                keep = (
-                    await self.recorder.record(
-                        conn,
-                        client,
-                        PUT,
-                        hkey,
-                        value,
-                        request_line(b"PUT", bucket.encode(), key.encode(), value.encode()),
-                    )
-                )[1]
+                keep = await self._request(conn, client, rng, writes)
             if not keep:
                 conn = None
             await trio.sleep(rng.uniform(0, 0.05))
         if conn is not None:
             await conn.aclose()
+
+    async def _request(
+        self, conn: SimConnection, client: int, rng: random.Random, writes: Iterator[int]
+    ) -> bool:
+        """One request of a client, alone on its connection; whether the connection
+        may be used again."""
+        bucket = rng.choice(self._buckets())
+        key = rng.choice(KEYS)
+        hkey = history_key(bucket, key)
+        roll = rng.random()
+        if 0.35 <= roll < 0.42:
+            return await self.recorder.scan(
+                conn,
+                client,
+                [history_key(bucket, k) for k in KEYS],
+                request_line(b"SCAN", bucket.encode(), b"", b""),
+            )
+        value = None
+        if roll < 0.35:
+            kind, line = GET, request_line(b"GET", bucket.encode(), key.encode())
+        elif roll < 0.5:
+            kind, line = DELETE, request_line(b"DELETE", bucket.encode(), key.encode())
+        else:
+            value = f"{client}.{next(writes)}"
+            kind = PUT
+            line = request_line(b"PUT", bucket.encode(), key.encode(), value.encode())
+        return (await self.recorder.record(conn, client, kind, hkey, value, line))[1]
+
+    def _buckets(self) -> tuple[str, ...]:
+        return (*BUCKETS, CHURN_BUCKET) if self.scenario.churn else BUCKETS
+
+    def _pipeline(self, client: int, rng: random.Random, writes: Iterator[int]) -> list[Request]:
+        """2 to ``PIPELINE_DEPTH`` requests, mostly writes to one bucket, so its leader
+        gets several writes in one turn (one batch entry). A read goes last or in the
+        middle: the server makes it wait for the writes before it on the connection."""
+        bucket = rng.choice(self._buckets())
+        requests = []
+        for slot in range(rng.randint(2, PIPELINE_DEPTH)):
+            logical = client if slot == 0 else PIPELINE_CLIENT * (client + 1) + slot
+            target = bucket if rng.random() < 0.9 else rng.choice(self._buckets())
+            key = rng.choice(KEYS)
+            hkey = history_key(target, key)
+            roll = rng.random()
+            if roll < 0.15:
+                line = request_line(b"GET", target.encode(), key.encode())
+                requests.append(Request(logical, GET, hkey, None, line))
+            elif roll < 0.25:
+                line = request_line(b"DELETE", target.encode(), key.encode())
+                requests.append(Request(logical, DELETE, hkey, None, line))
+            else:
+                value = f"{client}.{next(writes)}"
+                line = request_line(b"PUT", target.encode(), key.encode(), value.encode())
+                requests.append(Request(logical, PUT, hkey, value, line))
+        return requests
 
     async def _churn(self, until: float) -> None:
         rng = random.Random(self.rng.getrandbits(64))
