@@ -1,7 +1,7 @@
-"""Replies to task-free commands are made and written by the connection, not by the
+"""Replies to task-free commands are made and written by the line server, not by the
 host loop: the outcome callback (run inside ``RaftHost``'s turn) only records the
-outcome and wakes the connection's writer, which formats and writes every reply that
-is ready in one go."""
+outcome and queues the connection; after the turn, the server's answering task formats
+every connection's ready replies and writes each connection's in one go."""
 
 from __future__ import annotations
 
