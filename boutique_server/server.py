@@ -6,8 +6,9 @@ per request; one writer task sends the replies strictly in request order. A bad 
 (``ProtocolError``) takes its place in that order like any command. A ``PUT``, ``GET``
 or ``DELETE`` with nothing to wait for costs no task: its one attempt
 (``Router.start``) settles inside the host loop's turn, which only records the outcome
-and wakes the connection; the connection's writer turns every outcome recorded into
-its reply and writes them in one go (the loop never formats or writes a reply). A
+and queues the connection; after the turn, one server task (``answer_settled``) turns
+every outcome recorded, on every connection, into its reply, and each connection's
+replies are written in one go (the loop never formats or writes a reply). A
 ``CREATE`` with nothing to wait for costs no task either: it joins the node's next
 registry entry of CREATEs (``Router.start_create``, ``runtime.create_batch``). Only
 what that cannot settle goes to a task running the full router. Every other command
@@ -293,6 +294,9 @@ class LineServer:
         so, so a client knows to use another node rather than wait for this one."""
 
         self.closed = False
+        self._to_answer: list[_Connection] = []
+        """Connections with outcomes the host loop recorded, for ``answer_settled``."""
+        self._answer_wanted = trio.Event()
 
     def account(self, change: int) -> None:
         """Reply bytes became ready (positive) or were written or dropped (negative)."""
@@ -374,8 +378,30 @@ class LineServer:
             log.info("clients connect with TLS on port %d", actual)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_connections)
+            nursery.start_soon(self.answer_settled)
             await nursery.start(trio.serve_listeners, self._handle, served)
             task_status.started(actual)
+
+    def settled_on(self, connection: _Connection) -> None:
+        """``connection`` has an outcome to answer (called inside the host loop's turn):
+        ``answer_settled`` will turn it into a reply after the turn."""
+        self._to_answer.append(connection)
+        self._answer_wanted.set()
+
+    async def answer_settled(self) -> None:
+        """Turn the outcomes the host loop recorded into replies, for every connection
+        that has some, once per turn of the loop: one task wakes per turn instead of
+        one writer per connection (waking a task costs about what formatting and
+        writing its reply does). Writing stays the connection's business: a reply the
+        socket does not take at once goes to that connection's writer. Runs for the
+        server's life: ``serve`` starts it, and so must whoever else hands this server
+        connections (``_handle``)."""
+        while True:
+            await self._answer_wanted.wait()
+            self._answer_wanted = trio.Event()
+            ready, self._to_answer = self._to_answer, []
+            for connection in ready:
+                connection.answer_recorded()
 
     async def _watch_connections(self) -> None:
         """Close idle connections and connections whose client does not read. One task
@@ -649,6 +675,8 @@ class _Connection:
         """Wakes the writer task: replies to write, outcomes to answer, or the end."""
         self._settled: list[_Slot] = []
         """Slots whose outcome the host loop recorded, in the order it did."""
+        self._queued_to_answer = False
+        """True while this connection waits in the server's ``answer_settled`` queue."""
         self._nursery: trio.Nursery | None = None
         self._input_done = False
         """True once the reader task returned: no slot will be added any more."""
@@ -833,9 +861,9 @@ class _Connection:
         """PUT, GET, DELETE or CREATE with nothing to wait for, without a task: a key
         command's one attempt through ``Router.start``, a CREATE in the node's next
         batch of CREATEs (``Router.start_create``). Its outcome comes back inside the
-        host loop's turn, which only records it and wakes this connection's writer:
-        formatting and writing are the connection's work, not the loop's
-        (``_answer_settled``)."""
+        host loop's turn, which only records it and queues this connection for the
+        server's ``answer_settled``: formatting and writing are the server's work
+        after the turn, not the loop's (``_answer_settled``)."""
         request: Command | None
         match command:
             case cmd.Put(bucket, key, value):
@@ -855,7 +883,9 @@ class _Connection:
             slot.outcome = outcome
             slot.state = answer_after(slot.state, AnswerEvent.OUTCOME)
             self._settled.append(slot)
-            self._writer_wanted.set()
+            if not self._queued_to_answer:
+                self._queued_to_answer = True
+                self.server.settled_on(self)
 
         if request is None:
             started = self.server.router.start_create(bucket, settled)
@@ -866,6 +896,19 @@ class _Connection:
             # own task, so answer now, before the next command looks for what to wait for.
             self._answer_settled()
         return started
+
+    def answer_recorded(self) -> None:
+        """The server's ``answer_settled`` reached this connection: answer what the
+        host loop recorded since (nothing, if the connection's own task was first)."""
+        self._queued_to_answer = False
+        if self._settled and not self.state.over:
+            try:
+                self._answer_settled()
+            except Exception:
+                # A bug here must end this connection only, not the server's task
+                # that answers every connection.
+                log.exception("answering a client from %s failed; closing it", self.source)
+                self._abandon(LifeEvent.FAILED)
 
     def _answer_settled(self) -> None:
         """Turn the outcomes the host loop recorded into replies (one write for all of

@@ -1,9 +1,11 @@
 """Request routing: any node takes any bucket command and finds where it must run.
 
-The ``Router`` looks the bucket up in the registry, then proposes (or reads) in the
-bucket's group: locally when this node leads it, otherwise at the node it believes
-leads, following leader hints and trying the other replicas until the request's
-deadline (the decisions are ``runtime.routing``'s ``RouteAttempts``, shared with the
+The ``Router`` looks the bucket up in the registry, then proposes in the bucket's
+group: locally when this node leads it, otherwise at the node it believes leads,
+following leader hints and trying the other replicas until the request's deadline. A
+read is served by this node itself when it is a replica that knows the group's leader
+(a follower read: ReadIndex from the leader, the value from its own state), else routed
+like a write (the decisions are ``runtime.routing``'s ``RouteAttempts``, shared with the
 library, with the choice of replica by its ``ReplicaChooser``; this module is the
 shell that drives them, through ``runtime.route_drivers``). The caller gets exactly one answer, classed (by
 ``runtime.outcomes.classify``) as the wire contract wants:
@@ -40,6 +42,7 @@ from typing import TypeVar
 
 from boutique.buckets import BucketDropped
 from boutique.machine import CommandFailed, MachineHost, WireValue, wire_items
+from boutique.raft.messages import NONE
 from boutique.registry import BucketInfo
 
 from . import router_flows
@@ -186,7 +189,8 @@ class Router:
         else:
             request = Propose(MachineHost.encode_command(command))
         group = info.group
-        target = self._first_target(group, info.replicas)
+        reading = isinstance(request, Read)
+        target = self._first_target(group, info.replicas, read=reading)
         started = node.clock()
 
         def first(outcome: Outcome) -> None:
@@ -196,7 +200,7 @@ class Router:
             # if it had made that attempt itself.
             match outcome:
                 case Applied(reply) if not (isinstance(reply, CommandFailed) and _is_fenced(reply)):
-                    self.leader_hints[group] = target
+                    self._answered_by(group, target, read=reading)
                     then(outcome)
                     return
                 case Unknown() if request.may_apply:
@@ -204,7 +208,7 @@ class Router:
                     return
             attempts = RouteAttempts(
                 node.id,
-                self._chooser(group, info.replicas, bucket, was_listed=True),
+                self._chooser(group, info.replicas, bucket, was_listed=True, first=target),
                 started + node.config.request_timeout,
                 may_apply=request.may_apply,
                 no_answer=_NO_REPLICA,
@@ -220,7 +224,7 @@ class Router:
                     # Not settled here: the full router checks for a newer incarnation.
                     then(Rejected("the bucket's group was dropped"))
                 case Answered(Done() | Refused(), target):
-                    self.leader_hints[group] = target
+                    self._answered_by(group, target, read=reading)
                     then(last)
                 case Answered(MaybeApplied()):
                     then(last)
@@ -257,7 +261,12 @@ class Router:
                 node,
                 node.clock,
                 node.config.request_timeout,
-                lambda: self._chooser(META_GROUP, self._meta_replicas(), None),
+                lambda: self._chooser(
+                    META_GROUP,
+                    meta := self._meta_replicas(),
+                    None,
+                    first=self._first_target(META_GROUP, meta),
+                ),
                 self._meta_answered,
                 self._why,
             )
@@ -357,7 +366,10 @@ class Router:
         self, group: str, replicas: tuple[int, ...], request: Request, bucket: str | None
     ) -> WireValue:
         node = self.node
-        chooser = self._chooser(group, replicas, bucket)
+        reading = isinstance(request, Read)
+        chooser = self._chooser(
+            group, replicas, bucket, first=self._first_target(group, replicas, read=reading)
+        )
         result = await route(
             node, group, request, node.config.request_timeout, chooser, _NO_REPLICA
         )
@@ -374,7 +386,7 @@ class Router:
             case MaybeApplied(reason):
                 raise OutcomeUnknown(reason)
             case Done(reply):
-                self.leader_hints[group] = result.target
+                self._answered_by(group, result.target, read=reading)
                 return reply
 
     def _chooser(
@@ -383,10 +395,11 @@ class Router:
         replicas: tuple[int, ...],
         bucket: str | None,
         *,
+        first: int,
         was_listed: bool | None = None,
     ) -> ReplicaChooser:
         """The choice of replica for one request to ``group`` (for ``bucket``, if it is
-        a bucket's): see ``routing.ReplicaChooser``."""
+        a bucket's), starting at ``first``: see ``routing.ReplicaChooser``."""
         node = self.node
         if group == META_GROUP:
             bucket = None
@@ -399,20 +412,44 @@ class Router:
             node,
             group,
             replicas,
-            self._first_target(group, replicas),
+            first,
             why=self._why,
             bucket=bucket,
             was_listed=catalog_group() is not None if was_listed is None else was_listed,
             catalog_group=catalog_group,
         )
 
-    def _first_target(self, group: str, replicas: tuple[int, ...]) -> int:
-        """Where a request to ``group`` goes first: the last node that answered as its
+    def _first_target(self, group: str, replicas: tuple[int, ...], *, read: bool = False) -> int:
+        """Where a request to ``group`` goes first: a read, to this node if it can serve
+        it here (``_reads_here``); else the last node that answered as the group's
         leader, else this node if it is a replica, else the first replica."""
+        if read and self._reads_here(group, replicas):
+            return self.node.id
         target = self.leader_hints.get(group)
         if target in replicas:
             return target
         return self.node.id if self.node.id in replicas else replicas[0]
+
+    def _reads_here(self, group: str, replicas: tuple[int, ...]) -> bool:
+        """Whether this node serves a linearizable read of ``group`` itself: it is a
+        listed replica and a voter of its open copy, which knows a leader. A follower
+        asks that leader for its read index (one ReadIndex round for all the reads of
+        a turn) and answers from its own state once it has applied that far (thesis
+        §6.4), so the read and its value cross no peer link, and the reads of a group
+        are spread over its replicas instead of all landing on its leader."""
+        node = self.node
+        local = node.groups.get(group)
+        if local is None or node.id not in replicas or node.waiting_for_peers:
+            return False
+        raft = local.node.raft
+        return raft.lead != NONE and node.id in raft.conf.voters
+
+    def _answered_by(self, group: str, target: int, *, read: bool) -> None:
+        """Remember that ``target`` settled a write to ``group``: it is the leader the
+        group's next writes try first. A read teaches nothing: any replica that knows
+        a leader serves it (``_reads_here``)."""
+        if not read:
+            self.leader_hints[group] = target
 
 
 def _bytes(value: WireValue) -> bytes:

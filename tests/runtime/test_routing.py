@@ -136,6 +136,38 @@ class Me:
 
 
 @dataclass
+class Conf:
+    voters: frozenset[int]
+
+
+@dataclass
+class Raft:
+    lead: int
+    conf: Conf
+
+
+@dataclass
+class Core:
+    raft: Raft
+
+
+@dataclass
+class LocalCopy:
+    """This node's open copy of a group, as the router reads it: whom its core follows
+    and who votes."""
+
+    node: Core
+
+    @property
+    def leader(self) -> int:
+        return self.node.raft.lead
+
+
+def local_copy(lead: int, voters: tuple[int, ...] = (1, 2, 3)) -> LocalCopy:
+    return LocalCopy(Core(Raft(lead, Conf(frozenset(voters)))))
+
+
+@dataclass
 class Node:
     """What the store's chooser reads of its node."""
 
@@ -143,13 +175,15 @@ class Node:
     quarantined: dict[str, str] = field(default_factory=dict)
     waiting_for_peers: str | None = None
     me: Me = field(default_factory=lambda: Me("a-g"))
+    groups: dict[str, LocalCopy] = field(default_factory=dict)
 
     def catalog(self) -> dict[str, object]:
         return {}
 
 
 def store_chooser(node: Node, replicas: tuple[int, ...] = (1, 2, 3)) -> ReplicaChooser:
-    return Router(node)._chooser("g", replicas, None)  # type: ignore[arg-type]
+    router = Router(node)  # type: ignore[arg-type]
+    return router._chooser("g", replicas, None, first=router._first_target("g", replicas))
 
 
 def test_the_store_follows_a_hint_among_the_replicas_and_backs_off_after_a_round() -> None:
@@ -310,3 +344,57 @@ async def test_the_fast_path_starts_no_attempt_past_the_deadline() -> None:
     node.unresolved.pop().resolve(Rejected("not the leader", 2))
     # The request is over: not handed to the full router, whose deadline would start now.
     assert (node.attempts, outcomes) == ([1], [DeadlinePassed("not the leader")])
+
+
+async def test_a_replica_that_knows_a_leader_serves_a_read_itself() -> None:
+    # Node 1 follows leader 3, and a write learnt so: a GET is still read here
+    # (ReadIndex from 3, the value from our own state) and teaches no leader hint; the
+    # next write goes straight to the leader.
+    node = CallbackNode(answers={1: Rejected("not the leader", 3), 3: Applied(None)})
+    node.groups["g"] = local_copy(lead=3)
+    router, _ = start(node, ("put", b"k", b"v"))
+    assert (node.attempts, router.leader_hints) == ([1, 3], {"g": 3})
+    node.answers[1] = Applied(b"v")
+    _, outcomes = start(node, ("get", b"k"), router)
+    assert (node.attempts, outcomes) == ([1, 3, 1], [Applied(b"v")])
+    node.answers[1] = Rejected("not the leader", 3)
+    start(node, ("put", b"k", b"w"), router)
+    assert node.attempts == [1, 3, 1, 3]
+    assert router.leader_hints == {"g": 3}
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["no leader known", "not a voter", "not a listed replica", "no open copy", "not serving yet"],
+)
+async def test_a_read_goes_to_the_leader_when_this_node_cannot_serve_it(why: str) -> None:
+    # (A group taken out of service, or not loaded yet, has no open copy here.)
+    node = CallbackNode(answers={2: Applied(b"v")})
+    if why != "no open copy":
+        node.groups["g"] = local_copy(
+            lead=0 if why == "no leader known" else 2,
+            voters=(2, 3, 4) if why == "not a voter" else (1, 2, 3),
+        )
+    if why == "not serving yet":
+        node.waiting_for_peers = "waiting for the other founders"
+    router = Router(node)  # type: ignore[arg-type]
+    router.leader_hints["g"] = 2
+    replicas = (2, 3, 4) if why == "not a listed replica" else (1, 2, 3)
+    assert router._first_target("g", replicas, read=True) == 2
+    if why != "not a listed replica":
+        _, outcomes = start(node, ("get", b"k"), router)
+        assert (node.attempts, outcomes) == ([2], [Applied(b"v")])
+
+
+async def test_the_fast_path_retries_from_the_target_it_tried_even_if_a_hint_moved() -> None:
+    # The first attempt went to this node (no hint yet); meanwhile another request
+    # learnt leader 3. The refusal names leader 2: the retry follows it, from the
+    # attempt actually made, not from a first target recomputed from the new hint.
+    node = CallbackNode()
+    router, outcomes = start(node, ("put", b"k", b"v"))
+    assert node.attempts == [1]
+    router.leader_hints["g"] = 3
+    node.answers[2] = Applied(None)
+    node.unresolved.pop().resolve(Rejected("not the leader", 2))
+    assert (node.attempts, outcomes) == ([1, 2], [Applied(None)])
+    assert router.leader_hints == {"g": 2}

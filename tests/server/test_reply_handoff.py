@@ -1,7 +1,7 @@
-"""Replies to task-free commands are made and written by the connection, not by the
+"""Replies to task-free commands are made and written by the line server, not by the
 host loop: the outcome callback (run inside ``RaftHost``'s turn) only records the
-outcome and wakes the connection's writer, which formats and writes every reply that
-is ready in one go."""
+outcome and queues the connection; after the turn, the server's answering task formats
+every connection's ready replies and writes each connection's in one go."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+import boutique_server.server as server_module
 from boutique.runtime.group import Applied, Outcome, Rejected
 from boutique_server.connection_state import Answer
 
@@ -146,3 +147,66 @@ async def test_a_create_holds_up_only_the_commands_on_its_own_bucket(
             then(Applied(None))
     await conn.expect(b"OK\r\n" * 4)
     assert await memory_router.get("x", b"k") == b"v"
+
+
+async def test_one_task_answers_every_connection_that_settled_in_a_turn(
+    start_memory_server: StartMemoryServer,
+    memory_router: MemoryRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Outcomes for three connections recorded in one turn wake no writer: the server's
+    # answering task makes all three replies after the turn (one wake-up, not three).
+    await memory_router.create("b")
+    router = LaterRouter(memory_router)
+    served = await start_memory_server(router)
+    conns = [await served.connect() for _ in range(3)]
+    for i, conn in enumerate(conns):
+        await conn.send(b"PUT b k%d v\n" % i)
+    await trio.testing.wait_all_tasks_blocked()
+    woken: list[str] = []
+
+    class Recorded:
+        """Stands in for a writer's wake-up event: records each ``set``."""
+
+        def __init__(self, source: str) -> None:
+            self.source = source
+
+        def set(self) -> None:
+            woken.append(self.source)
+
+    for connection in served.server.live:
+        monkeypatch.setattr(connection, "_writer_wanted", Recorded(connection.source))
+    for _, then in router.waiting:
+        then(Applied(None))
+    assert woken == []
+    for conn in conns:
+        await conn.expect(b"OK\r\n")
+    assert served.server.served == 3
+
+
+async def test_a_failure_answering_one_connection_closes_only_that_one(
+    start_memory_server: StartMemoryServer,
+    memory_router: MemoryRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await memory_router.create("b")
+    router = LaterRouter(memory_router)
+    served = await start_memory_server(router)
+    doomed, other = await served.connect(), await served.connect()
+    await doomed.send(b"PUT b k1 v\n")
+    await trio.testing.wait_all_tasks_blocked()
+    [(_, then)] = router.waiting
+
+    def broken(command: object, outcome: object) -> bytes:
+        raise RuntimeError("a bug formatting a reply")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(server_module, "_settled_reply", broken)
+        then(Applied(None))
+        await trio.testing.wait_all_tasks_blocked()
+    assert await doomed.closed() == b""
+    # The server's answering task lives on: the other connection is still answered.
+    await other.send(b"PUT b k2 v\n")
+    await trio.testing.wait_all_tasks_blocked()
+    router.waiting[-1][1](Applied(None))
+    await other.expect(b"OK\r\n")

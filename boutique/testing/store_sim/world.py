@@ -309,6 +309,9 @@ class SimWorld:
                     process.node = node
                     process.nursery = nursery
                     process.server = LineServer(self.config, process.me, node, Router(node))
+                    # What ``LineServer.serve`` starts besides its listeners: the task
+                    # that answers what the host loop settled.
+                    nursery.start_soon(process.server.answer_settled)
                     started = True
                     task_status.started()
                     await node.removed.wait()
