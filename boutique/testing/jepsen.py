@@ -16,7 +16,9 @@
    to "no bucket" and a CREATE as turning that into absent.
 3. Meanwhile the nemesis injects one fault at a time from ``options.faults`` (kills,
    pauses, partitions, leader transfers, replica moves: see ``FAULTS``), holds it,
-   heals it, and logs both instants.
+   heals it, and logs both instants. With ``options.fault_count`` the run is measured
+   in faults instead of seconds: exactly that many, then one quiet spell
+   (``options.fault_interval``) on the healed cluster, and the working phase ends.
 4. Then everything is healed and the checks run: the cluster must serve every bucket
    through every node within ``options.recovery_timeout`` (recovery); every node must
    list every bucket; every key is read once more (final reads, recorded too); the
@@ -145,6 +147,12 @@ class JepsenOptions:
     """Chance, per operation, that a client moves to another random node."""
     faults: tuple[str, ...] = ()
     """Names from ``FAULTS``, injected one at a time in turn."""
+    fault_count: int | None = None
+    """Inject exactly this many faults (in turn), then let clients work
+    ``fault_interval`` more seconds on the healed cluster and end the working phase;
+    ``seconds`` is not used. The number of faults then does not depend on how fast the
+    machine is, and no time goes by after the last fault with nothing left to inject
+    (a run by ``seconds`` ends only at its deadline)."""
     fault_interval: float = 1.0
     """Quiet seconds before each fault."""
     fault_hold: float = 2.0
@@ -708,6 +716,11 @@ class Jepsen:
         self._missing_buckets: Counter[str] = Counter()
         self.recovery_seconds: float | None = None
         self.interrupted = False
+        self._work_over = False
+        """Set when a run by ``fault_count`` has had its faults: clients and the churn
+        end after the operation they are in (never cancelled mid-operation)."""
+        if options.fault_count is not None and (options.fault_count < 1 or not self.faults):
+            raise ValueError("fault_count needs at least one fault to inject")
 
     def clock(self) -> float:
         """Seconds since the run began: the one clock for operations and faults."""
@@ -732,7 +745,9 @@ class Jepsen:
         """Run, heal, check. ``stop`` ends the working phase early (Ctrl-C in a long
         run); the checks still run on what was recorded."""
         await self._create_buckets()
-        until = self.clock() + self.options.seconds
+        # A counted run ends when its nemesis is done (``_work_over``), not by the clock.
+        counted = self.options.fault_count is not None
+        until = math.inf if counted else self.clock() + self.options.seconds
         async with trio.open_nursery() as nursery:
             if stop is not None:
 
@@ -795,7 +810,7 @@ class Jepsen:
         node = ""
         writes = 0
         try:
-            while self.clock() < until:
+            while self._working(until):
                 roll = rng.random()
                 kind = GET if roll < opts.read_fraction else PUT
                 if kind == PUT and roll > 1 - opts.delete_fraction:
@@ -882,7 +897,7 @@ class Jepsen:
         opts = self.options
         rng = random.Random(f"{opts.seed}/churn")
         exists = dict.fromkeys(opts.churn_buckets, True)
-        while self.clock() < until:
+        while self._working(until):
             await trio.sleep(opts.churn_interval * rng.uniform(0.5, 1.5))
             bucket = rng.choice(opts.churn_buckets)
             kind = DROP if exists[bucket] else CREATE
@@ -910,12 +925,15 @@ class Jepsen:
 
     # --- the nemesis ----------------------------------------------------------------
 
+    def _working(self, until: float) -> bool:
+        return self.clock() < until and not self._work_over
+
     async def _nemesis(self, until: float) -> None:
         if not self.faults:
             return
         opts = self.options
         turn = 0
-        while True:
+        while opts.fault_count is None or turn < opts.fault_count:
             await trio.sleep(opts.fault_interval)
             hold = opts.fault_hold * self.ctx.rng.uniform(0.7, 1.3)
             if self.clock() + hold > until:
@@ -923,6 +941,10 @@ class Jepsen:
             fault = self.faults[turn % len(self.faults)]
             turn += 1
             await self._one_fault(fault, hold)
+        # Counted run: the clients get a quiet spell on the healed cluster, as between
+        # two faults, then the working phase ends.
+        await trio.sleep(opts.fault_interval)
+        self._work_over = True
 
     async def _one_fault(self, fault: Fault, hold: float) -> None:
         started = self.clock()
