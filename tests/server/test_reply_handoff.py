@@ -20,7 +20,7 @@ from boutique.runtime.group import Applied, Outcome, Rejected
 from boutique_server.connection_state import Answer
 
 if TYPE_CHECKING:  # conftest is not importable at run time; its fixtures hand these out
-    from conftest import MemoryRouter, StartMemoryServer
+    from conftest import MemoryRouter, Served, StartMemoryServer
 
 
 class LaterRouter:
@@ -41,6 +41,15 @@ class LaterRouter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+async def later_server(
+    start_memory_server: StartMemoryServer, memory_router: MemoryRouter
+) -> tuple[LaterRouter, Served]:
+    """A server over a ``LaterRouter``, with bucket "b" created."""
+    await memory_router.create("b")
+    router = LaterRouter(memory_router)
+    return router, await start_memory_server(router)
 
 
 @pytest.fixture
@@ -65,9 +74,7 @@ async def test_the_loops_callback_only_records_and_the_connection_writes(
     memory_router: MemoryRouter,
     writes_in_the_loop: tuple[list[int], list[bool]],
 ) -> None:
-    await memory_router.create("b")
-    router = LaterRouter(memory_router)
-    served = await start_memory_server(router)
+    router, served = await later_server(start_memory_server, memory_router)
     conn = await served.connect()
     await conn.send(b"PUT b k1 v\nDELETE b k2\nPUT b k3 v\n")
     await trio.testing.wait_all_tasks_blocked()
@@ -105,9 +112,7 @@ async def test_an_attempt_that_settles_nothing_goes_to_the_full_router_from_the_
 async def test_an_outcome_for_a_connection_that_is_gone_is_dropped(
     start_memory_server: StartMemoryServer, memory_router: MemoryRouter
 ) -> None:
-    await memory_router.create("b")
-    router = LaterRouter(memory_router)
-    served = await start_memory_server(router)
+    router, served = await later_server(start_memory_server, memory_router)
     conn = await served.connect()
     await conn.send(b"PUT b k v\n")
     await trio.testing.wait_all_tasks_blocked()
@@ -156,9 +161,7 @@ async def test_one_task_answers_every_connection_that_settled_in_a_turn(
 ) -> None:
     # Outcomes for three connections recorded in one turn wake no writer: the server's
     # answering task makes all three replies after the turn (one wake-up, not three).
-    await memory_router.create("b")
-    router = LaterRouter(memory_router)
-    served = await start_memory_server(router)
+    router, served = await later_server(start_memory_server, memory_router)
     conns = [await served.connect() for _ in range(3)]
     for i, conn in enumerate(conns):
         await conn.send(b"PUT b k%d v\n" % i)
@@ -189,9 +192,7 @@ async def test_a_failure_answering_one_connection_closes_only_that_one(
     memory_router: MemoryRouter,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await memory_router.create("b")
-    router = LaterRouter(memory_router)
-    served = await start_memory_server(router)
+    router, served = await later_server(start_memory_server, memory_router)
     doomed, other = await served.connect(), await served.connect()
     await doomed.send(b"PUT b k1 v\n")
     await trio.testing.wait_all_tasks_blocked()
