@@ -16,6 +16,7 @@ import pytest
 
 from boutique.config import parse_config
 from boutique.machine import encode_value
+from boutique.runtime.group import GroupRuntime
 from boutique.runtime.node import META_GROUP, Node
 from boutique.storage.memory import MemoryNodeStorage
 from boutique.testing.config_text import node_tables
@@ -28,14 +29,19 @@ splits = ["h", "o", "v"]
 """ + node_tables((1, 2, 3))
 
 
-def test_a_bucket_created_in_a_batch_after_a_node_started_record_is_founded(
-    tmp_path: Path,
-) -> None:
+def started_node(tmp_path: Path) -> tuple[Node, GroupRuntime]:
+    """Node 1 on memory storage with its groups open, and its meta group."""
     config = parse_config(CONFIG, base_dir=tmp_path)
     node = Node(config, config.nodes[0])
     node.storage = MemoryNodeStorage()
     node.open_groups()
-    meta = node.groups[META_GROUP]
+    return node, node.groups[META_GROUP]
+
+
+def test_a_bucket_created_in_a_batch_after_a_node_started_record_is_founded(
+    tmp_path: Path,
+) -> None:
+    node, meta = started_node(tmp_path)
     batch = [("node_started", 2), ("create", "apples")]
     meta.on_applied.clear()
     first = meta.host.applied_index + 1
@@ -57,11 +63,7 @@ def test_a_bucket_created_in_a_batch_after_a_node_started_record_is_founded(
 def test_buckets_created_by_one_create_many_entry_are_hosted_without_a_full_reconcile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = parse_config(CONFIG, base_dir=tmp_path)
-    node = Node(config, config.nodes[0])
-    node.storage = MemoryNodeStorage()
-    node.open_groups()
-    meta = node.groups[META_GROUP]
+    node, meta = started_node(tmp_path)
 
     def full_reconcile(*, close: bool) -> None:
         raise AssertionError("a batch of creates reconciled the whole catalog")
