@@ -10,6 +10,7 @@
     python -m boutique.bench idle --buckets 10000      idle CPU and memory per bucket
     python -m boutique.bench all                       every standard scenario, as a table
     python -m boutique.bench echo --scenario writes64  the same load on a bare trio server
+    python -m boutique.bench echo --scenario reads64 --servers 3 --loop selectors
     python -m boutique.bench bigbucket --gb 2          one 2 GB bucket: snapshot, catch-up,
                                                        restart, and the longest loop stall
 
@@ -27,8 +28,10 @@ errors and Ctrl-C; the last line says so.
 keys written once), then failover and idle, each on a fresh cluster; it ends with a
 markdown table whose rows carry the command that reproduces them.
 
-``echo`` is the yardstick: the same clients and request lines against one trio process
-that answers ``OK`` to every line and does nothing else (``boutique/bench/echo.py``).
+``echo`` is the yardstick: the same clients and request lines against bare server
+processes that answer every line at once as an in-memory map and do nothing else, with a
+trio task per connection or one ``selectors`` loop (``boutique/bench/echo.py``);
+``tools/floor.sh`` measures them with ``compare.sh``'s own load generator.
 """
 
 from __future__ import annotations
@@ -57,10 +60,15 @@ from .cluster import (
     machine_lines,
     parse_targets,
 )
-from .echo import echo_server
+from .echo import LOOPS, echo_servers
 from .failover import FAULTS, FailoverResult, run_failover
 from .idle import IdleResult, run_idle
 from .load import LoadOptions, LoadResult, describe_options, parse_mix, report_lines, run_load
+
+LOOP_SUMMARY = {
+    "trio": "one trio task per connection",
+    "selectors": "one selectors loop over every socket",
+}
 
 DEFAULT_CLIENT_PROCS = 2
 """Two load generator processes, one per core of the 2-core machine of issue 8. Measured
@@ -223,9 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(load, nodes=3)
 
     echo = modes.add_parser(
-        "echo", help="the same load against a bare trio server that answers OK (a ceiling)"
+        "echo", help="the same load against bare servers with no Raft or storage (the floor)"
     )
     echo.add_argument("--scenario", choices=sorted(SCENARIOS), help="a standard scenario")
+    echo.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="trio",
+        help="trio: a task per connection, as the store's server; selectors: one loop",
+    )
+    echo.add_argument(
+        "--servers", type=int, default=1, help="bare server processes (3 to match a cluster)"
+    )
     _load_args(echo)
 
     failover = modes.add_parser("failover", help="time for writes to resume after a leader dies")
@@ -380,25 +397,28 @@ def mode_load(args: argparse.Namespace, ledger: Ledger) -> int:
 
 def mode_echo(args: argparse.Namespace, ledger: Ledger) -> int:
     options = load_options(args)
-    if options.mix.get("get", 0) > 0:
-        # A GET expects its value before the OK; the echo server has none to give.
-        print("echo: the echo server answers OK alone, so only put and delete mixes make sense")
-        return 2
     title = f"scenario {args.scenario}" if args.scenario else "load"
-    _print([f"boutique benchmark: {title} against the echo server (the ceiling)", *machine_lines()])
-    with (
-        echo_server(ledger) as (address, pid),
-        BenchCluster(ledger, targets=[address], target_pids=[pid]) as cluster,
-    ):
-        _print(
-            [
-                "server:      one trio process answering OK to every line (no parsing,"
-                " no Raft, no storage); see boutique/bench/echo.py",
-                describe_options(options),
-            ]
-        )
-        result = run_load(cluster, options, ledger, label=f"echo {args.scenario or 'load'}")
-        _print(report_lines(result))
+    servers = "server" if args.servers == 1 else f"{args.servers} servers"
+    _print(
+        [
+            f"boutique benchmark: {title} against {servers} with the {args.loop} loop (the floor)",
+            *machine_lines(),
+        ]
+    )
+    with echo_servers(ledger, args.servers, args.loop) as started:
+        addresses = [address for address, _ in started]
+        pids = [pid for _, pid in started]
+        with BenchCluster(ledger, targets=addresses, target_pids=pids) as cluster:
+            _print(
+                [
+                    f"server:      {servers} answering every line at once as an in-memory map"
+                    f" ({LOOP_SUMMARY[args.loop]}; no Raft, no storage, no routing);"
+                    " see boutique/bench/echo.py",
+                    describe_options(options),
+                ]
+            )
+            result = run_load(cluster, options, ledger, label=f"echo {args.scenario or 'load'}")
+            _print(report_lines(result))
     return 0
 
 
