@@ -1,10 +1,14 @@
-"""Micro-benchmark of the line server's task-free path: the cost of one ``Router.start``.
+"""Micro-benchmark of the line server's task-free path: ``Router.start`` and the line work.
 
 Runs ``Router.start`` against a node double that answers every attempt at once (as
 the bucket's leader would, here or at a peer), so what is timed is the router's own
 work per request — choosing the target, the attempt's ``Pending``, the routing
 decisions and the reply callback — not Raft, storage or sockets. Prints the best of
-``rounds`` rounds of ``calls`` calls, for a target on this node and on a peer:
+``rounds`` rounds of ``calls`` calls, for a target on this node and on a peer. It also
+times the work every request needs before and after routing, whatever the store does:
+parsing one GET line as it arrives alone (``LineParser.feed`` and its event) and
+rendering a 100-byte value's reply. Together they are a lower bound, in this
+interpreter, on the Python work a node does per request beyond its sockets:
 
     python -m boutique.bench.fastpath [--calls N] [--rounds R]
 
@@ -21,6 +25,7 @@ from types import SimpleNamespace
 from boutique.registry import BucketInfo
 from boutique.runtime.outcomes import Applied
 from boutique.runtime.router import Router
+from boutique_server.protocol import LineParser, Value, render
 
 
 class _AnsweringNode:
@@ -67,6 +72,28 @@ def time_start(leader: int, calls: int, rounds: int) -> float:
     return best
 
 
+def time_line_work(calls: int, rounds: int) -> tuple[float, float]:
+    """Seconds to parse one GET line fed alone, and to render a 100-byte value's reply."""
+    parser = LineParser()
+    line = b"GET apple bk00000042\r\n"
+    value = b"v" * 100
+    parse = render_ = float("inf")
+    for _ in range(rounds):
+        parsed = 0
+        started = time.perf_counter()
+        for _ in range(calls):
+            parser.feed(line)
+            for _event in parser.events():
+                parsed += 1
+        parse = min(parse, (time.perf_counter() - started) / calls)
+        assert parsed == calls, "every line must become one event"
+        started = time.perf_counter()
+        for _ in range(calls):
+            render(Value(value))
+        render_ = min(render_, (time.perf_counter() - started) / calls)
+    return parse, render_
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m boutique.bench.fastpath")
     parser.add_argument("--calls", type=int, default=100_000)
@@ -75,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     for leader, where in ((1, "this node"), (2, "a peer")):
         seconds = time_start(leader, args.calls, args.rounds)
         print(f"Router.start, leader on {where}: {seconds * 1e6:.2f} us per request")
+    parse, render_ = time_line_work(args.calls, args.rounds)
+    print(f"LineParser.feed of one GET line and its event: {parse * 1e6:.2f} us")
+    print(f"render of a 100-byte value's reply: {render_ * 1e6:.2f} us")
 
 
 if __name__ == "__main__":

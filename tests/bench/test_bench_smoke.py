@@ -211,4 +211,6 @@ def test_fastpath_times_router_start_and_every_request_is_answered(
     assert [line.split(":")[0] for line in lines] == [
         "Router.start, leader on this node",
         "Router.start, leader on a peer",
+        "LineParser.feed of one GET line and its event",
+        "render of a 100-byte value's reply",
     ]
