@@ -134,4 +134,4 @@ class LoopbackHost(RaftHost):
 
     def make_transport(self) -> PeerTransport:
         # Duck-typed: LoopbackTransport has every method the host calls on a transport.
-        return cast(PeerTransport, self.network.transport(self.id, self.on_frame))
+        return cast(PeerTransport, self.network.transport(self.id, self.deliver_frame))
