@@ -11,16 +11,17 @@ it an event loop and nothing else. ``RaftHost.run``:
    ``trio.Event``), calls ``turn()``, and checkpoints between turns while work is
    carried over, so a turn over thousands of groups never starves keepalives and
    clients; and the ticker task, which calls ``tick()`` every ``tick_interval``;
-   a peer's frame that arrives while the loop sleeps with nothing to do is turned at
-   once by the task that read it (``deliver_frame``), see below;
+   the frames a peer sends while the loop sleeps with nothing to do are turned at once
+   by the task that read them (``frame_arrived``, ``frames_delivered``), see below;
 4. starts the owner's own tasks (``start_background``).
 
 Inline turns (issue 19, single-connection latency): a follower's append and a leader's
 acknowledgement each used to cost a trip through the scheduler (the transport task
 posts, wakes the loop task, which runs in the next batch: ~30 us on the critical path
-of every write, twice). ``deliver_frame`` instead takes the turn in the transport's
-own task when the loop is asleep and nothing else is posted: the turn is the same
-``turn()`` the loop would take, on exactly the same work, just sooner. Only while the
+of every write, twice). Instead, when the loop is asleep and nothing else is posted,
+the transport's own task takes that turn once it has handed over every frame of the
+read (``frames_delivered``: one turn, and one sync, for a burst of appends, as the
+loop would): the same ``turn()`` on the same work, just sooner. Only while the
 host is lightly loaded: when the loop already has work (its event is set), or its last
 turn handled more than one request or frame (``INLINE_TURN_LOAD``), the frame joins
 the loop's next turn as before, with whatever else arrives meanwhile, so a loaded host
@@ -68,7 +69,7 @@ from .transport import PeerTransport
 TIMED_OUT = "timed out waiting for the group"
 
 INLINE_TURN_LOAD = 1
-"""A peer's frame is turned inline (``RaftHost.deliver_frame``) only if the last turn
+"""A peer's frames are turned inline (``RaftHost.frames_delivered``) only if the last turn
 handled at most this many inbox items (requests, frames, suspicions): a lightly loaded
 host. Beyond it the loop's turns batch, and a frame waits for the next one."""
 
@@ -120,8 +121,8 @@ class RaftHost(HostCore):
     ) -> None:
         self._wakeup = trio.Event()
         self._holding = False
-        """True while ``deliver_frame`` hands a frame to the core: work it posts is
-        turned inline (``_held``) instead of waking the loop task."""
+        """True from ``frame_arrived`` to ``frames_delivered``: work the frames post is
+        turned then (``_held``) instead of waking the loop task."""
         self._held = False
         self._light = True
         """The last turn handled at most ``INLINE_TURN_LOAD`` inbox items."""
@@ -172,7 +173,8 @@ class RaftHost(HostCore):
             self.secret,
             self.cluster_name,
             self.peers,
-            self.deliver_frame,
+            self.frame_arrived,
+            on_delivered=self.frames_delivered,
             on_suspect=self.on_suspect,
             max_frame=self.settings.max_frame,
             tls=self.peer_tls,
@@ -190,23 +192,35 @@ class RaftHost(HostCore):
             self._wakeup.set()
 
     def deliver_frame(self, peer: int, payload: object) -> None:
-        """A peer's frame (the transport's callback): ``on_frame``, then, if the loop
-        was asleep with nothing to do and the frame posted work, that work's turn now,
-        in this task (see the module docstring). Never awaits."""
-        if (
-            not self._light
-            or self._wakeup.is_set()
-            or self._holding
-            or self.halted
-            or self._failure is not None
-        ):
-            self.on_frame(peer, payload)  # the loop has work already: the frame joins it
-            return
-        self._holding, self._held = True, False
+        """A peer's frame handed over on its own (a transport that delivers frames one
+        at a time): ``frame_arrived``, then ``frames_delivered``."""
         try:
-            self.on_frame(peer, payload)
+            self.frame_arrived(peer, payload)
         finally:
-            self._holding = False
+            self.frames_delivered(peer)
+
+    def frame_arrived(self, peer: int, payload: object) -> None:
+        """One frame of a read (``PeerTransport``'s ``on_frame``): to the core. If the
+        loop was asleep with nothing to do and the host is lightly loaded, the work the
+        frames post waits for ``frames_delivered`` instead of waking the loop task.
+        Never awaits."""
+        if (
+            not self._holding
+            and self._light
+            and not self._wakeup.is_set()
+            and not self.halted
+            and self._failure is None
+        ):
+            self._holding, self._held = True, False
+        self.on_frame(peer, payload)
+
+    def frames_delivered(self, peer: int) -> None:
+        """Every frame of the read was handed over (``PeerTransport``'s
+        ``on_delivered``): the turn for what they posted, now, in this task (see the
+        module docstring). Never awaits."""
+        if not self._holding:
+            return  # the loop had work already: the frames joined it
+        self._holding = False
         if not self._held:
             return  # nothing for a turn (an answer, a goodbye)
         self._held = False

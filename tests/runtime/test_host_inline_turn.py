@@ -1,8 +1,8 @@
-"""A peer's frame that reaches an idle, lightly loaded host is turned by the task that read
-it (``RaftHost.deliver_frame``, issue 19): a follower's acknowledgement and a leader's
-commit no longer wait for the loop task's next trip through the scheduler. A loaded
-host keeps batching: the frame joins the loop's next turn. A storage failure in such a
-turn still ends the node."""
+"""The frames a peer sends to an idle, lightly loaded host are turned by the task that read
+them (``RaftHost.frame_arrived`` and ``frames_delivered``, issue 19): a follower's
+acknowledgement and a leader's commit no longer wait for the loop task's next trip
+through the scheduler. A loaded host keeps batching: the frame joins the loop's next
+turn. A storage failure in such a turn still ends the node."""
 
 from __future__ import annotations
 
@@ -46,9 +46,15 @@ def make_raft_host() -> tuple[RaftHost, RecordingTransport]:
     return host, transport
 
 
-async def test_the_transport_hands_frames_to_deliver_frame() -> None:
-    host, _ = make_raft_host()
-    assert host.make_transport()._on_frame == host.deliver_frame
+async def test_frames_read_together_are_turned_once_by_the_transports_task() -> None:
+    host, transport = make_raft_host()
+    peers = host.make_transport()  # delivers to the host; the recording one sends
+    peers._deliver(2, [forwarded(FORWARD), forwarded(FORWARD + 1)])
+    # One turn for the whole read (one sync for a burst of appends), taken before the
+    # transport's task goes back to its socket; its answers in one frame.
+    assert host.counters.turns == 1
+    assert transport.frames == [refused(FORWARD, FORWARD + 1)]
+    assert not host._wakeup.is_set()
 
 
 async def test_a_frame_reaching_an_idle_host_is_turned_before_the_callback_returns() -> None:
