@@ -111,3 +111,16 @@ async def test_a_storage_failure_in_an_inline_turn_ends_the_node() -> None:
     with pytest.raises(StorageFailedError) as raised:
         await host._loop()
     assert raised.value is failure
+
+
+async def test_a_host_halted_while_it_holds_a_reads_work_still_wakes_its_loop() -> None:
+    host, _ = make_raft_host()
+
+    def halting_frame(peer: int, payload: object) -> None:
+        host.halt()  # e.g. the owner stops the node from inside the frame's handling
+
+    host.on_frame = halting_frame  # type: ignore[method-assign]
+    host.deliver_frame(2, forwarded(FORWARD))
+    # halt's "wake up and see it" is not swallowed by the hold: the loop returns.
+    assert host._wakeup.is_set()
+    await host._loop()
