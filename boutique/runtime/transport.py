@@ -291,7 +291,10 @@ class PeerTransport:
     reachable has been silent for ``suspect_after`` seconds. ``on_link_lost(peer)`` is
     called each time an authenticated stream to or from ``peer`` ends: frames written
     into it that the peer had not read, and frames it sent that we had not read, are
-    gone (the queue is not: it waits for the next connection).
+    gone (the queue is not: it waits for the next connection). ``on_delivered(peer)``,
+    if given, is called after the frames decoded from one read of a connection were
+    all handed to ``on_frame`` (at least one): the host takes their turn then, once for
+    all of them, rather than once per frame.
 
     Call ``send``, ``reachable`` and ``set_peers`` from the trio thread.
     """
@@ -312,6 +315,7 @@ class PeerTransport:
         on_suspect: Callable[[int], None] | None = None,
         on_link_lost: Callable[[int], None] | None = None,
         on_removed: Callable[[int], None] | None = None,
+        on_delivered: Callable[[int], None] | None = None,
         io_timeout: float = 2.0,
         handshake_timeout: float = 1.0,
         max_pending_handshakes: int = 64,
@@ -344,6 +348,7 @@ class PeerTransport:
         self._on_suspect = on_suspect
         self._on_link_lost = on_link_lost
         self._on_removed = on_removed
+        self._on_delivered = on_delivered
         self.removed: frozenset[int] = frozenset()
         """Ids the cluster removed: refused with a ``removed`` notice (``set_removed``)."""
         self._told_removed: set[int] = set()
@@ -937,6 +942,14 @@ class PeerTransport:
                 self.stats.callback_errors += 1
                 logger.exception(
                     "node %d: on_frame failed for a frame from peer %d", self.node_id, peer
+                )
+        if frames and self._on_delivered is not None:
+            try:
+                self._on_delivered(peer)
+            except Exception:
+                self.stats.callback_errors += 1
+                logger.exception(
+                    "node %d: on_delivered failed after frames from peer %d", self.node_id, peer
                 )
 
     def _auth_failed(

@@ -3,8 +3,9 @@
 ``LoopbackNetwork`` joins hosts by node id. ``LoopbackHost`` is a ``RaftHost`` whose
 transport is a ``LoopbackTransport`` on such a network; everything else (storage, the
 loop, the Ready cycle) is the real host. A frame is handed to the receiver's
-``on_frame`` by a task of the receiver, in order per link, as a real connection does:
-never from inside the sender's turn. Observers (``on_send``) see every frame at the
+``deliver_frame`` by a task of the receiver, in order per link, as a real connection
+does (that task may take the frame's turn, as a real connection's does): never from
+inside the sender's turn. Observers (``on_send``) see every frame at the
 instant it leaves its sender, which is where a promise (a vote, an acknowledgement, an
 answer) becomes visible to the world. Links can be cut; a frame over a cut link or to a
 node that is not running is dropped.
@@ -134,4 +135,4 @@ class LoopbackHost(RaftHost):
 
     def make_transport(self) -> PeerTransport:
         # Duck-typed: LoopbackTransport has every method the host calls on a transport.
-        return cast(PeerTransport, self.network.transport(self.id, self.on_frame))
+        return cast(PeerTransport, self.network.transport(self.id, self.deliver_frame))

@@ -204,7 +204,7 @@ class SimNode(Node):
         transport = SimTransport(
             self.network,
             self.id,
-            self.on_frame,
+            self.deliver_frame,
             on_suspect=self.on_suspect,
             on_link_lost=self.on_link_lost,
             on_removed=self.learn_removed,
