@@ -36,8 +36,9 @@ for r in $(seq "$ROUNDS"); do
     for case in "put 64 1" "get 64 1" "put 1 1" "put 8 32"; do
       set -- $case
       op=(--op "$1"); [ "$1" = get ] && op=(--op mix --get-ratio 1)
-      python3 "$LOAD" --endpoints "$EPS" "${op[@]}" -c "$2" --depth "$3" -t "$T" --procs 2 --pids "$SPIDS" 2>/dev/null | tail -1 \
-        | { echo "{\"round\":$r,\"loop\":\"$loop\",\"case\":\"$1$2x$3\",\"r\":$(cat)}"; } >> "$OUT/results.jsonl"
+      result=$(python3 "$LOAD" --endpoints "$EPS" "${op[@]}" -c "$2" --depth "$3" -t "$T" --procs 2 --pids "$SPIDS" 2>"$OUT/load.err" | tail -1)
+      if [ -z "$result" ]; then echo "the load generator failed ($loop, $1$2x$3):"; cat "$OUT/load.err"; exit 1; fi
+      echo "{\"round\":$r,\"loop\":\"$loop\",\"case\":\"$1$2x$3\",\"r\":$result}" >> "$OUT/results.jsonl"
     done
     stop
   done
