@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from boutique.bench.echo import MAX_LINE, BareMap
-from boutique.testing.local_cluster import free_ports
+from boutique.bench.cluster import Ledger
+from boutique.bench.echo import MAX_LINE, BareMap, echo_servers
 
 
 def test_a_get_answers_the_value_last_put_and_ok() -> None:
@@ -38,22 +35,10 @@ def test_every_other_line_answers_ok_and_a_partial_line_waits() -> None:
 
 @pytest.fixture(params=["trio", "selectors"])
 def bare_server(request: pytest.FixtureRequest) -> Iterator[int]:
-    (port,) = free_ports(1)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "boutique.bench.echo", "--port", str(port), "--loop", request.param]
-    )
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None
-                time.sleep(0.05)
+    """The port of one bare server process, started and ended (by PID) as the bench does."""
+    with echo_servers(Ledger(), 1, request.param) as started:
+        ((_, port), _) = started[0]
         yield port
-    finally:
-        process.kill()
-        process.wait()
 
 
 def _read_until(conn: socket.socket, end: bytes) -> bytes:
